@@ -1,0 +1,201 @@
+//! The configuration file: one TOML document, every key optional.
+//!
+//! Unknown keys and bad values stop start-up with a message that names the key, because a
+//! silently ignored typo in a server config is a security bug waiting to happen.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub domain: String,
+    pub data_dir: PathBuf,
+    pub listen: Listen,
+    pub tls: Tls,
+    pub storage: Storage,
+    pub registration: Registration,
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Listen {
+    /// STARTTLS listener; TLS is required before authentication.
+    pub c2s: SocketAddr,
+    /// Direct TLS listener (XEP-0368).
+    pub c2s_tls: SocketAddr,
+    pub s2s: SocketAddr,
+    pub http: SocketAddr,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tls {
+    /// PEM certificate chain; empty means a self-signed certificate generated into data_dir.
+    pub cert: String,
+    pub key: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Storage {
+    /// Empty means `sqlite://<data_dir>/rookery.db`.
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Registration {
+    /// XEP-0077 in-band registration.
+    pub open: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub max_stanza_bytes: usize,
+    pub max_body_chars: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            domain: "localhost".into(),
+            data_dir: PathBuf::from("./data"),
+            listen: Listen::default(),
+            tls: Tls::default(),
+            storage: Storage::default(),
+            registration: Registration::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Listen {
+            c2s: ([127, 0, 0, 1], 5222).into(),
+            c2s_tls: ([127, 0, 0, 1], 5223).into(),
+            s2s: ([127, 0, 0, 1], 5269).into(),
+            http: ([127, 0, 0, 1], 5280).into(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_stanza_bytes: 262_144,
+            max_body_chars: 100_000,
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and validates config text; `toml` names an unknown key with its line and column.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::new(),
+            message: e.to_string(),
+        })?;
+        config.validate()
+    }
+
+    fn validate(mut self) -> Result<Config, ConfigError> {
+        let domain =
+            crate::jid::normalize_domain(&self.domain).map_err(|e| ConfigError::Invalid {
+                key: "domain",
+                message: e.to_string(),
+            })?;
+        self.domain = domain;
+        if self.tls.cert.is_empty() != self.tls.key.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "tls.cert",
+                message: "tls.cert and tls.key must be set together".into(),
+            });
+        }
+        if self.limits.max_stanza_bytes < 10_000 {
+            return Err(ConfigError::Invalid {
+                key: "limits.max_stanza_bytes",
+                message: "must be at least 10000 (RFC 6120 §13.12)".into(),
+            });
+        }
+        if self.limits.max_body_chars == 0 {
+            return Err(ConfigError::Invalid {
+                key: "limits.max_body_chars",
+                message: "must be greater than 0".into(),
+            });
+        }
+        Ok(self)
+    }
+
+    /// The database URL, with the embedded SQLite default filled in.
+    pub fn storage_url(&self) -> String {
+        if self.storage.url.is_empty() {
+            format!("sqlite://{}/rookery.db", self.data_dir.display())
+        } else {
+            self.storage.url.clone()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_the_documented_defaults() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c.domain, "localhost");
+        assert_eq!(c.listen.c2s.port(), 5222);
+        assert_eq!(c.listen.c2s_tls.port(), 5223);
+        assert_eq!(c.limits.max_stanza_bytes, 262_144);
+        assert_eq!(c.storage_url(), "sqlite://./data/rookery.db");
+        assert!(!c.registration.open);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::from_toml("[listen]\nc2z = \"127.0.0.1:1\"\n").unwrap_err();
+        assert!(err.to_string().contains("c2z"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_is_named() {
+        let err = Config::from_toml("[limits]\nmax_stanza_bytes = \"big\"\n").unwrap_err();
+        assert!(err.to_string().contains("max_stanza_bytes"), "{err}");
+        let err = Config::from_toml("domain = \"bad domain\"\n").unwrap_err();
+        assert!(err.to_string().contains("domain"), "{err}");
+    }
+}

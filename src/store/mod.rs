@@ -1,0 +1,197 @@
+//! Persistent state behind one trait: accounts, rosters, pending subscription requests,
+//! offline messages, block lists and vCards.
+//!
+//! One implementation per database engine; the rest of the server only sees `dyn Store`.
+//! Usernames passed in are already nodeprep-normalised localparts; contact JIDs are normalised
+//! bare JID strings.
+
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("account already exists")]
+    AccountExists,
+    #[error("no such account")]
+    NoSuchAccount,
+    #[error("unsupported storage url `{0}` (expected sqlite://…)")]
+    UnsupportedUrl(String),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// SCRAM key pair for one hash function (RFC 5802 §3): enough to verify a client proof and to
+/// prove the server's identity, never enough to log in as the user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScramKeys {
+    pub stored_key: Vec<u8>,
+    pub server_key: Vec<u8>,
+}
+
+/// Everything stored about a password: one salt and iteration count shared by the SHA-1 and
+/// SHA-256 key pairs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub salt: Vec<u8>,
+    pub iterations: u32,
+    pub sha1: ScramKeys,
+    pub sha256: ScramKeys,
+}
+
+/// RFC 6121 subscription state of a roster item, without the pending-in part (kept separately
+/// as a [`SubscriptionRequest`] because it also exists for contacts not in the roster).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subscription {
+    None,
+    To,
+    From,
+    Both,
+}
+
+impl Subscription {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Subscription::None => "none",
+            Subscription::To => "to",
+            Subscription::From => "from",
+            Subscription::Both => "both",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Subscription> {
+        Some(match s {
+            "none" => Subscription::None,
+            "to" => Subscription::To,
+            "from" => Subscription::From,
+            "both" => Subscription::Both,
+            _ => return None,
+        })
+    }
+
+    /// The user receives the contact's presence.
+    pub fn has_to(self) -> bool {
+        matches!(self, Subscription::To | Subscription::Both)
+    }
+
+    /// The contact receives the user's presence.
+    pub fn has_from(self) -> bool {
+        matches!(self, Subscription::From | Subscription::Both)
+    }
+
+    pub fn with_to(self, on: bool) -> Subscription {
+        Self::from_flags(on, self.has_from())
+    }
+
+    pub fn with_from(self, on: bool) -> Subscription {
+        Self::from_flags(self.has_to(), on)
+    }
+
+    fn from_flags(to: bool, from: bool) -> Subscription {
+        match (to, from) {
+            (false, false) => Subscription::None,
+            (true, false) => Subscription::To,
+            (false, true) => Subscription::From,
+            (true, true) => Subscription::Both,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RosterItem {
+    /// Bare JID of the contact.
+    pub jid: String,
+    pub name: Option<String>,
+    pub subscription: Subscription,
+    /// Pending-out: the user asked to subscribe and the contact has not answered.
+    pub ask: bool,
+    pub groups: Vec<String>,
+}
+
+/// A roster with its version (XEP-0237): the version grows with every change.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Roster {
+    pub version: i64,
+    pub items: Vec<RosterItem>,
+}
+
+/// A pending-in subscription request, kept until the user answers it (RFC 6121 §3.1.3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionRequest {
+    pub contact: String,
+    /// The serialized `<presence type="subscribe"/>` as received, redelivered at each login.
+    pub stanza: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OfflineMessage {
+    pub id: i64,
+    /// The serialized `<message/>`.
+    pub stanza: String,
+    /// When the server accepted it, in Unix milliseconds (for the XEP-0203 delay stamp).
+    pub stamp_ms: i64,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync {
+    // Accounts.
+    async fn create_account(&self, user: &str, creds: &Credentials) -> StoreResult<()>;
+    /// Replaces the credentials; `NoSuchAccount` if the account does not exist.
+    async fn set_credentials(&self, user: &str, creds: &Credentials) -> StoreResult<()>;
+    async fn credentials(&self, user: &str) -> StoreResult<Option<Credentials>>;
+    /// Deletes the account and everything stored for it; false if there was none.
+    async fn delete_account(&self, user: &str) -> StoreResult<bool>;
+    async fn list_accounts(&self) -> StoreResult<Vec<String>>;
+
+    // Roster (RFC 6121 §2) with versioning (XEP-0237).
+    async fn roster(&self, user: &str) -> StoreResult<Roster>;
+    async fn roster_item(&self, user: &str, contact: &str) -> StoreResult<Option<RosterItem>>;
+    /// Inserts or replaces an item; returns the new roster version.
+    async fn put_roster_item(&self, user: &str, item: &RosterItem) -> StoreResult<i64>;
+    /// Removes an item; returns the new roster version, or None if there was no such item.
+    async fn remove_roster_item(&self, user: &str, contact: &str) -> StoreResult<Option<i64>>;
+
+    // Pending-in subscription requests.
+    async fn put_subscription_request(
+        &self,
+        user: &str,
+        request: &SubscriptionRequest,
+    ) -> StoreResult<()>;
+    async fn remove_subscription_request(&self, user: &str, contact: &str) -> StoreResult<bool>;
+    async fn subscription_requests(&self, user: &str) -> StoreResult<Vec<SubscriptionRequest>>;
+    async fn has_subscription_request(&self, user: &str, contact: &str) -> StoreResult<bool>;
+
+    // Offline messages (XEP-0160).
+    async fn push_offline(&self, user: &str, stanza: &str, stamp_ms: i64) -> StoreResult<()>;
+    async fn offline_count(&self, user: &str) -> StoreResult<u64>;
+    /// All stored messages, oldest first; they stay stored until `remove_offline`.
+    async fn offline_messages(&self, user: &str) -> StoreResult<Vec<OfflineMessage>>;
+    /// Removes messages up to and including `up_to_id` once they have been handed on.
+    async fn remove_offline(&self, user: &str, up_to_id: i64) -> StoreResult<()>;
+
+    // Blocking command (XEP-0191).
+    async fn blocklist(&self, user: &str) -> StoreResult<Vec<String>>;
+    async fn block(&self, user: &str, jids: &[String]) -> StoreResult<()>;
+    /// Unblocks the given JIDs, or every JID when `jids` is empty.
+    async fn unblock(&self, user: &str, jids: &[String]) -> StoreResult<()>;
+
+    // vcard-temp (XEP-0054).
+    async fn vcard(&self, user: &str) -> StoreResult<Option<String>>;
+    async fn set_vcard(&self, user: &str, vcard: &str) -> StoreResult<()>;
+}
+
+/// Opens the store the URL names and brings its schema up to date.
+pub async fn open(url: &str) -> StoreResult<Arc<dyn Store>> {
+    if url.starts_with("sqlite:") {
+        let _ = sqlite::SqliteStore::open(url).await?;
+        unreachable!()
+    } else {
+        Err(StoreError::UnsupportedUrl(url.to_owned()))
+    }
+}

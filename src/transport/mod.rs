@@ -1,0 +1,1 @@
+//! Transports: TCP listeners and TLS.
