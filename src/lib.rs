@@ -4,8 +4,16 @@
 //! transport (bytes) → stream (XML, negotiation) → session (one task per connection)
 //! → router (RFC 6121 delivery) → modules (protocol features) → store (persistence).
 
+pub mod app;
 pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod jid;
+pub mod modules;
+pub mod router;
+pub mod server;
+pub mod session;
+pub mod stanza;
 pub mod store;
+pub mod stream;
 pub mod transport;

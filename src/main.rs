@@ -1,1 +1,100 @@
-fn main() {}
+//! The `rookery` binary: parses the command line, reports start-up errors in one line.
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use rookery::auth::scram;
+use rookery::cli::{Cli, Command, UserAction, password, username_for};
+use rookery::config::Config;
+use rookery::store::{self, StoreError};
+
+fn load_config(path: Option<&std::path::Path>) -> Result<Config> {
+    match path {
+        Some(p) => Ok(Config::load(p)?),
+        None => Ok(Config::default()),
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("rookery: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = runtime.block_on(run(cli)) {
+        eprintln!("rookery: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Serve { config } => serve(load_config(config.as_deref())?).await,
+        Command::User { config, action } => user(load_config(config.as_deref())?, action).await,
+    }
+}
+
+async fn serve(config: Config) -> Result<()> {
+    let running = rookery::app::start(config).await?;
+    tracing::info!(domain = %running.server.domain, "rookery started");
+    wait_for_signal().await?;
+    tracing::info!("shutting down");
+    running.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("installing the SIGINT handler")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
+
+async fn user(config: Config, action: UserAction) -> Result<()> {
+    let store = store::open(&config.storage_url()).await?;
+    match action {
+        UserAction::Add { jid, password: pw } => {
+            let user = username_for(&jid, &config.domain)?;
+            let creds = scram::derive_credentials(&password(pw)?, scram::DEFAULT_ITERATIONS)?;
+            match store.create_account(&user, &creds).await {
+                Err(StoreError::AccountExists) => bail!("{user}@{} already exists", config.domain),
+                r => r?,
+            }
+            println!("created {user}@{}", config.domain);
+        }
+        UserAction::Passwd { jid, password: pw } => {
+            let user = username_for(&jid, &config.domain)?;
+            let creds = scram::derive_credentials(&password(pw)?, scram::DEFAULT_ITERATIONS)?;
+            match store.set_credentials(&user, &creds).await {
+                Err(StoreError::NoSuchAccount) => bail!("{user}@{} does not exist", config.domain),
+                r => r?,
+            }
+            println!("password changed for {user}@{}", config.domain);
+        }
+        UserAction::Delete { jid } => {
+            let user = username_for(&jid, &config.domain)?;
+            if !store.delete_account(&user).await? {
+                bail!("{user}@{} does not exist", config.domain);
+            }
+            println!("deleted {user}@{}", config.domain);
+        }
+        UserAction::List => {
+            for user in store.list_accounts().await? {
+                println!("{user}@{}", config.domain);
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,1 +1,3 @@
 //! Transports: TCP listeners and TLS.
+pub mod listener;
+pub mod tls;

@@ -1,0 +1,109 @@
+//! Start-up and shutdown of a whole server: open the store, set up TLS, bind the listeners and
+//! run them until asked to stop.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::router::table::LocalTable;
+use crate::server::Server;
+use crate::store::{self, StoreError};
+use crate::transport::listener::{self, ListenerKind};
+use crate::transport::tls::{self, TlsError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("storage: {0}")]
+    Store(#[from] StoreError),
+    #[error("tls: {0}")]
+    Tls(#[from] TlsError),
+    #[error("cannot listen on {addr} ({key}): {source}")]
+    Listen {
+        key: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A started server.
+pub struct Running {
+    pub server: Arc<Server>,
+    pub c2s_addr: SocketAddr,
+    pub c2s_tls_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    listeners: Vec<JoinHandle<()>>,
+}
+
+/// Opens everything the configuration names and starts accepting connections.
+pub async fn start(config: Config) -> Result<Running, StartError> {
+    let store = store::open(&config.storage_url()).await?;
+    let tls = tls::server_config(
+        &config.tls.cert,
+        &config.tls.key,
+        &config.data_dir,
+        &config.domain,
+    )?;
+    let c2s = listener::bind(config.listen.c2s)
+        .await
+        .map_err(|source| StartError::Listen {
+            key: "listen.c2s",
+            addr: config.listen.c2s,
+            source,
+        })?;
+    let c2s_tls = listener::bind(config.listen.c2s_tls)
+        .await
+        .map_err(|source| StartError::Listen {
+            key: "listen.c2s_tls",
+            addr: config.listen.c2s_tls,
+            source,
+        })?;
+    let local = |l: &tokio::net::TcpListener, fallback| l.local_addr().unwrap_or(fallback);
+    let c2s_addr = local(&c2s, config.listen.c2s);
+    let c2s_tls_addr = local(&c2s_tls, config.listen.c2s_tls);
+    let (stop, stopped) = watch::channel(false);
+    let server = Arc::new(Server::new(
+        config,
+        store,
+        Arc::new(LocalTable::default()),
+        tls,
+        stopped,
+    ));
+    let listeners = vec![
+        tokio::spawn(listener::accept_loop(
+            server.clone(),
+            c2s,
+            ListenerKind::C2sStartTls,
+        )),
+        tokio::spawn(listener::accept_loop(
+            server.clone(),
+            c2s_tls,
+            ListenerKind::C2sDirectTls,
+        )),
+    ];
+    Ok(Running {
+        server,
+        c2s_addr,
+        c2s_tls_addr,
+        stop,
+        listeners,
+    })
+}
+
+impl Running {
+    /// Closes every stream with `system-shutdown` and waits (a bounded time) for the sessions
+    /// to say goodbye.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for l in self.listeners {
+            let _ = l.await;
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while self.server.sessions.count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}

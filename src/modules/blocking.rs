@@ -1,0 +1,179 @@
+//! Blocking Command (XEP-0191): per-account block lists, enforced by the router in both
+//! directions.
+//!
+//! The router asks for every stanza to a local account whether its sender is blocked, so block
+//! lists are cached in memory after the first read and updated on every change.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use async_trait::async_trait;
+use minidom::Element;
+
+use super::{IqRequest, IqResult, Module, el};
+use crate::jid::{self, BareJid, Jid};
+use crate::router;
+use crate::server::Server;
+use crate::stanza::{self, StanzaError};
+
+pub const NS: &str = "urn:xmpp:blocking";
+pub const ERRORS_NS: &str = "urn:xmpp:blocking:errors";
+
+#[derive(Default)]
+pub struct Blocking {
+    cache: RwLock<HashMap<String, Arc<Vec<String>>>>,
+}
+
+impl Blocking {
+    async fn list(&self, server: &Server, user: &str) -> Arc<Vec<String>> {
+        if let Some(list) = self
+            .cache
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(user)
+        {
+            return list.clone();
+        }
+        // On a store error nobody is blocked for this stanza; the next one retries.
+        let Ok(list) = server.store.blocklist(user).await else {
+            return Arc::default();
+        };
+        let list = Arc::new(list);
+        self.cache
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(user.to_owned(), list.clone());
+        list
+    }
+
+    fn forget(&self, user: &str) {
+        self.cache
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(user);
+    }
+}
+
+fn module(server: &Server) -> Option<&Blocking> {
+    server.module::<Blocking>()
+}
+
+/// Whether `owner`'s block list matches `other` (full JID, bare JID or domain, XEP-0191 §3.3).
+pub async fn blocks(server: &Server, owner: &BareJid, other: &Jid) -> bool {
+    let (Some(m), Some(user)) = (module(server), owner.node()) else {
+        return false;
+    };
+    if !server.is_local_domain(owner.domain().as_str()) {
+        return false;
+    }
+    let list = m.list(server, user.as_str()).await;
+    if list.is_empty() {
+        return false;
+    }
+    let full = other.to_string();
+    let bare = other.to_bare().to_string();
+    let domain = other.domain().as_str();
+    list.iter().any(|b| *b == full || *b == bare || b == domain)
+}
+
+/// The error for a user who sends to someone on their own block list.
+pub fn blocked_error() -> StanzaError {
+    StanzaError::not_acceptable().with_app(Element::bare("blocked", ERRORS_NS))
+}
+
+fn items(payload: &Element) -> Result<Vec<String>, StanzaError> {
+    payload
+        .children()
+        .filter(|c| c.is("item", NS))
+        .map(|c| {
+            let j = c.attr("jid").ok_or_else(StanzaError::bad_request)?;
+            jid::parse(j)
+                .map(|j| j.to_string())
+                .map_err(|_| StanzaError::jid_malformed())
+        })
+        .collect()
+}
+
+/// Pushes a block or unblock to every resource of the user (XEP-0191 §3.3).
+async fn push(server: &Server, owner: &BareJid, payload: &Element) {
+    for r in server.sessions.resources(owner) {
+        let iq = stanza::build(
+            "iq",
+            &[
+                ("type", "set"),
+                ("id", &format!("push-{}", uuid::Uuid::new_v4().simple())),
+                ("to", &r.jid.to_string()),
+            ],
+        );
+        let mut iq = iq;
+        iq.append_child(payload.clone());
+        let _ = r.sender.deliver(iq);
+    }
+}
+
+#[async_trait]
+impl Module for Blocking {
+    fn name(&self) -> &'static str {
+        "blocking"
+    }
+
+    fn server_features(&self, _server: &Server) -> Vec<&'static str> {
+        vec![NS]
+    }
+
+    fn iq_namespaces(&self) -> &'static [&'static str] {
+        &[NS]
+    }
+
+    async fn handle_iq(&self, req: IqRequest<'_>) -> IqResult {
+        let (true, Some(user)) = (req.is_own_account(), req.local_user()) else {
+            return Err(StanzaError::forbidden());
+        };
+        let owner = req.from.to_bare();
+        let store = &req.server.store;
+        match (req.is_set, req.payload.name()) {
+            (false, "blocklist") => {
+                let mut list = Element::bare("blocklist", NS);
+                for j in self.list(req.server, user).await.iter() {
+                    list.append_child(el("item", NS, &[("jid", j)]));
+                }
+                Ok(Some(list))
+            }
+            (true, "block") => {
+                let jids = items(req.payload)?;
+                if jids.is_empty() {
+                    return Err(StanzaError::bad_request());
+                }
+                store
+                    .block(user, &jids)
+                    .await
+                    .map_err(|_| StanzaError::internal())?;
+                self.forget(user);
+                // Blocked contacts stop seeing the user's presence (XEP-0191 §3.3.2).
+                for j in &jids {
+                    let mut unavailable =
+                        stanza::build("presence", &[("type", "unavailable"), ("to", j)]);
+                    for r in req.server.sessions.resources(&owner) {
+                        if r.available() {
+                            stanza::set_attr(&mut unavailable, "from", &r.jid.to_string());
+                            router::route(req.server, unavailable.clone()).await;
+                        }
+                    }
+                }
+                push(req.server, &owner, req.payload).await;
+                Ok(None)
+            }
+            (true, "unblock") => {
+                let jids = items(req.payload)?;
+                store
+                    .unblock(user, &jids)
+                    .await
+                    .map_err(|_| StanzaError::internal())?;
+                self.forget(user);
+                push(req.server, &owner, req.payload).await;
+                Ok(None)
+            }
+            _ => Err(StanzaError::bad_request()),
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! Service Discovery (XEP-0030): info and items of the server and of accounts, generated from
+//! the registered modules.
+
+use async_trait::async_trait;
+use minidom::Element;
+
+use super::{IqRequest, IqResult, IqTarget, Module, el};
+use crate::server::Server;
+use crate::stanza::StanzaError;
+
+pub const INFO: &str = "http://jabber.org/protocol/disco#info";
+pub const ITEMS: &str = "http://jabber.org/protocol/disco#items";
+
+pub struct Disco;
+
+/// The server's disco#info features, sorted and without duplicates.
+pub fn server_features(server: &Server) -> Vec<&'static str> {
+    let mut features: Vec<&'static str> = server
+        .modules
+        .iter()
+        .flat_map(|m| m.server_features(server))
+        .collect();
+    features.sort_unstable();
+    features.dedup();
+    features
+}
+
+fn account_features(server: &Server) -> Vec<&'static str> {
+    let mut features: Vec<&'static str> = server
+        .modules
+        .iter()
+        .flat_map(|m| m.account_features().iter().copied())
+        .collect();
+    features.sort_unstable();
+    features.dedup();
+    features
+}
+
+fn info(identity: (&str, &str, &str), features: &[&str]) -> Element {
+    let (category, kind, name) = identity;
+    let mut query = Element::bare("query", INFO);
+    query.append_child(el(
+        "identity",
+        INFO,
+        &[("category", category), ("type", kind), ("name", name)],
+    ));
+    for f in features {
+        query.append_child(el("feature", INFO, &[("var", f)]));
+    }
+    query
+}
+
+#[async_trait]
+impl Module for Disco {
+    fn name(&self) -> &'static str {
+        "disco"
+    }
+
+    fn server_features(&self, _server: &Server) -> Vec<&'static str> {
+        vec![INFO, ITEMS]
+    }
+
+    fn account_features(&self) -> &'static [&'static str] {
+        &[INFO, ITEMS]
+    }
+
+    fn iq_namespaces(&self) -> &'static [&'static str] {
+        &[INFO, ITEMS]
+    }
+
+    async fn handle_iq(&self, req: IqRequest<'_>) -> IqResult {
+        if req.is_set {
+            return Err(StanzaError::not_allowed());
+        }
+        if req.payload.attr("node").is_some() {
+            return Err(StanzaError::item_not_found());
+        }
+        let is_info = req.payload.ns() == INFO;
+        match (&req.target, is_info) {
+            (IqTarget::Server, true) => Ok(Some(info(
+                ("server", "im", "rookery"),
+                &server_features(req.server),
+            ))),
+            (IqTarget::Account(_), true) => Ok(Some(info(
+                ("account", "registered", ""),
+                &account_features(req.server),
+            ))),
+            // Neither the server nor accounts publish items yet.
+            (_, false) => Ok(Some(Element::bare("query", ITEMS))),
+        }
+    }
+}

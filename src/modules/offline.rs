@@ -1,0 +1,133 @@
+//! Offline messages (XEP-0160): chat and normal messages for an account with no available
+//! resource are stored and delivered, with a XEP-0203 delay stamp, at its next initial presence.
+
+use async_trait::async_trait;
+use minidom::Element;
+use tracing::warn;
+
+use super::{Module, el};
+use crate::jid::BareJid;
+use crate::router;
+use crate::server::Server;
+use crate::stanza::{self, StanzaError};
+use crate::stream::{ns, writer};
+
+/// Messages kept per account; beyond this the sender gets an error rather than the account
+/// growing without bound.
+pub const MAX_OFFLINE_PER_USER: u64 = 1000;
+
+const CHATSTATES: &str = "http://jabber.org/protocol/chatstates";
+const HINTS: &str = "urn:xmpp:hints";
+
+pub struct Offline;
+
+#[async_trait]
+impl Module for Offline {
+    fn name(&self) -> &'static str {
+        "offline"
+    }
+
+    fn server_features(&self, _server: &Server) -> Vec<&'static str> {
+        vec!["msgoffline"]
+    }
+}
+
+/// Whether a message is worth keeping for later: chat states are transient (XEP-0085 §5.6) and
+/// XEP-0334 hints can ask for no storage.
+fn worth_storing(msg: &Element) -> bool {
+    if msg.has_child("no-store", HINTS) || msg.has_child("no-permanent-store", HINTS) {
+        return false;
+    }
+    msg.children().any(|c| c.ns() != CHATSTATES)
+}
+
+/// Stores a message for an account with no available resource, or bounces it when the
+/// account's offline storage is full.
+pub async fn store_or_bounce(server: &Server, to: &BareJid, msg: Element) {
+    if !worth_storing(&msg) {
+        return;
+    }
+    let Some(user) = to.node().map(|n| n.as_str()) else {
+        return;
+    };
+    let count = match server.store.offline_count(user).await {
+        Ok(n) => n,
+        Err(e) => {
+            warn!(error = %e, "offline store unavailable");
+            return router::bounce(server, &msg, StanzaError::internal()).await;
+        }
+    };
+    if count >= MAX_OFFLINE_PER_USER {
+        return router::bounce(
+            server,
+            &msg,
+            StanzaError::service_unavailable().with_text("offline storage full"),
+        )
+        .await;
+    }
+    let Ok(xml) = String::from_utf8(writer::element(&msg)) else {
+        return;
+    };
+    let now = chrono::Utc::now().timestamp_millis();
+    if let Err(e) = server.store.push_offline(user, &xml, now).await {
+        warn!(error = %e, "cannot store offline message");
+        router::bounce(server, &msg, StanzaError::internal()).await;
+    }
+}
+
+/// Takes the stored messages of `user`, stamped with when they were received (XEP-0203).
+/// They are removed from the store only once handed over.
+pub async fn take(server: &Server, user: &str) -> Vec<Element> {
+    let stored = match server.store.offline_messages(user).await {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot read offline messages");
+            return Vec::new();
+        }
+    };
+    let Some(last) = stored.last().map(|m| m.id) else {
+        return Vec::new();
+    };
+    let mut out = Vec::with_capacity(stored.len());
+    for m in stored {
+        let Ok(mut msg) = m.stanza.parse::<Element>() else {
+            continue;
+        };
+        let mut delay = el(
+            "delay",
+            ns::DELAY,
+            &[
+                ("from", &server.domain),
+                ("stamp", &stanza::stamp_from_ms(m.stamp_ms)),
+            ],
+        );
+        delay.append_text_node("Offline storage");
+        msg.append_child(delay);
+        out.push(msg);
+    }
+    if let Err(e) = server.store.remove_offline(user, last).await {
+        warn!(error = %e, "cannot remove delivered offline messages");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chat_states_alone_are_not_stored() {
+        let m: Element = "<message xmlns='jabber:client'><active xmlns='http://jabber.org/protocol/chatstates'/></message>"
+            .parse()
+            .unwrap();
+        assert!(!worth_storing(&m));
+        let m: Element = "<message xmlns='jabber:client'><body>x</body><active xmlns='http://jabber.org/protocol/chatstates'/></message>"
+            .parse()
+            .unwrap();
+        assert!(worth_storing(&m));
+        let m: Element = "<message xmlns='jabber:client'><body>x</body><no-store xmlns='urn:xmpp:hints'/></message>"
+            .parse()
+            .unwrap();
+        assert!(!worth_storing(&m));
+    }
+}

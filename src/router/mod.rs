@@ -1,0 +1,222 @@
+//! The router: finds where a stanza goes and applies the RFC 6121 §8 delivery rules.
+//!
+//! Callers hand it stanzas whose `from` is already trusted (stamped by the session that
+//! received them) and whose `to` is set. Local sessions get stanzas through their channel;
+//! what no session takes goes to the feature modules (offline storage, subscription
+//! handling) or back to the sender as an error, never into silence.
+
+pub mod table;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use minidom::Element;
+use tracing::debug;
+
+use crate::jid::{self, BareJid, FullJid, Jid};
+use crate::modules::{self, blocking, offline, presence};
+use crate::server::Server;
+use crate::stanza::{self, StanzaError};
+use table::{DeliveryError, Resource};
+
+/// Routes a stanza to its `to` address.
+///
+/// Boxed because routing recurses: a subscription handled for a local user can route presence
+/// and errors again.
+pub fn route(server: &Server, stanza: Element) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+    Box::pin(route_now(server, stanza))
+}
+
+async fn route_now(server: &Server, stanza: Element) {
+    let Some(to_attr) = stanza.attr("to") else {
+        debug!("dropping stanza without a recipient");
+        return;
+    };
+    let to = match jid::parse(to_attr) {
+        Ok(to) => to,
+        Err(_) => return bounce(server, &stanza, StanzaError::jid_malformed()).await,
+    };
+    if !server.is_local_domain(to.domain().as_str()) {
+        // Federation is not available yet: tell the sender instead of dropping.
+        return bounce(server, &stanza, StanzaError::remote_server_not_found()).await;
+    }
+    if to.node().is_none() {
+        return to_server(server, stanza).await;
+    }
+    let from = stanza.attr("from").and_then(|f| jid::parse(f).ok());
+    if let Some(from) = &from
+        && blocking::blocks(server, &to.to_bare(), from).await
+    {
+        // XEP-0191 §3.4: a blocked entity's messages and iqs are refused, presence dropped.
+        if stanza.name() != "presence" {
+            bounce(server, &stanza, StanzaError::service_unavailable()).await;
+        }
+        return;
+    }
+    match stanza.name() {
+        "message" => route_message(server, &to, stanza).await,
+        "presence" => route_presence(server, &to, stanza).await,
+        "iq" => route_iq(server, &to, stanza).await,
+        _ => debug!(name = stanza.name(), "dropping unknown stanza kind"),
+    }
+}
+
+/// Sends the error reply for `stanza` back to its sender.
+pub async fn bounce(server: &Server, stanza: &Element, err: StanzaError) {
+    if let Some(reply) = stanza::error_reply(stanza, &err) {
+        route(server, reply).await;
+    }
+}
+
+async fn to_server(server: &Server, stanza: Element) {
+    match stanza.name() {
+        "iq" => {
+            let from = stanza.attr("from").and_then(|f| jid::parse(f).ok());
+            if let Some(from) = from
+                && let Some(reply) =
+                    modules::handle_iq(server, &from, None, modules::IqTarget::Server, &stanza)
+                        .await
+            {
+                route(server, reply).await;
+            }
+        }
+        "message" if matches!(stanza::stanza_type(&stanza), "" | "normal" | "chat") => {
+            bounce(server, &stanza, StanzaError::service_unavailable()).await
+        }
+        _ => {}
+    }
+}
+
+fn full_of(to: &Jid) -> Option<FullJid> {
+    to.clone().try_into_full().ok()
+}
+
+async fn account_exists(server: &Server, bare: &BareJid) -> bool {
+    if !server.sessions.resources(bare).is_empty() {
+        return true;
+    }
+    let Some(user) = bare.node() else {
+        return false;
+    };
+    matches!(server.store.credentials(user.as_str()).await, Ok(Some(_)))
+}
+
+/// Hands a stanza to one resource; gives it back if the session cannot take it.
+fn deliver(resource: &Resource, stanza: Element) -> Result<(), Element> {
+    resource.sender.deliver(stanza).map_err(|e| match e {
+        DeliveryError::Full(s) | DeliveryError::Closed(s) => s,
+    })
+}
+
+/// The available resources with non-negative priority, highest priority first.
+fn candidates(server: &Server, bare: &BareJid) -> Vec<Resource> {
+    let mut list: Vec<Resource> = server
+        .sessions
+        .resources(bare)
+        .into_iter()
+        .filter(|r| r.available() && r.priority >= 0)
+        .collect();
+    list.sort_by_key(|r| std::cmp::Reverse(r.priority));
+    list
+}
+
+async fn route_message(server: &Server, to: &Jid, stanza: Element) {
+    let bare = to.to_bare();
+    if let Some(full) = full_of(to)
+        && let Some(resource) = server.sessions.resource(&full)
+    {
+        match deliver(&resource, stanza) {
+            Ok(()) => return,
+            // The session is going away: treat it as addressed to the bare JID.
+            Err(stanza) => return message_to_bare(server, &bare, stanza).await,
+        }
+    }
+    message_to_bare(server, &bare, stanza).await
+}
+
+/// RFC 6121 §8.5.2 (bare JID) and §8.5.3.2 (full JID with no such resource).
+async fn message_to_bare(server: &Server, bare: &BareJid, stanza: Element) {
+    if !account_exists(server, bare).await {
+        return bounce(server, &stanza, StanzaError::service_unavailable()).await;
+    }
+    let kind = stanza::stanza_type(&stanza).to_owned();
+    match kind.as_str() {
+        "groupchat" => bounce(server, &stanza, StanzaError::service_unavailable()).await,
+        "error" => {}
+        "headline" => {
+            for r in candidates(server, bare) {
+                let _ = deliver(&r, stanza.clone());
+            }
+        }
+        _ => {
+            let list = candidates(server, bare);
+            let top = list.first().map(|r| r.priority);
+            let mut delivered = false;
+            for r in list.iter().filter(|r| Some(r.priority) == top) {
+                delivered |= deliver(r, stanza.clone()).is_ok();
+            }
+            if !delivered {
+                offline::store_or_bounce(server, bare, stanza).await;
+            }
+        }
+    }
+}
+
+async fn route_presence(server: &Server, to: &Jid, stanza: Element) {
+    let bare = to.to_bare();
+    match stanza::stanza_type(&stanza) {
+        "subscribe" | "subscribed" | "unsubscribe" | "unsubscribed" => {
+            presence::inbound_subscription(server, &bare, stanza).await
+        }
+        "probe" => presence::inbound_probe(server, &bare, &stanza).await,
+        _ => {
+            if let Some(full) = full_of(to) {
+                if let Some(r) = server.sessions.resource(&full) {
+                    let _ = deliver(&r, stanza);
+                }
+                return;
+            }
+            for r in server.sessions.resources(&bare) {
+                if r.available() {
+                    let _ = deliver(&r, stanza.clone());
+                }
+            }
+        }
+    }
+}
+
+async fn route_iq(server: &Server, to: &Jid, stanza: Element) {
+    let is_request = matches!(stanza::stanza_type(&stanza), "get" | "set");
+    if let Some(full) = full_of(to) {
+        if let Some(r) = server.sessions.resource(&full) {
+            if let Err(stanza) = deliver(&r, stanza)
+                && is_request
+            {
+                bounce(server, &stanza, StanzaError::service_unavailable()).await;
+            }
+        } else if is_request {
+            bounce(server, &stanza, StanzaError::service_unavailable()).await;
+        }
+        return;
+    }
+    if !is_request {
+        return;
+    }
+    let bare = to.to_bare();
+    if !account_exists(server, &bare).await {
+        return bounce(server, &stanza, StanzaError::service_unavailable()).await;
+    }
+    let from = stanza.attr("from").and_then(|f| jid::parse(f).ok());
+    if let Some(from) = from
+        && let Some(reply) = modules::handle_iq(
+            server,
+            &from,
+            None,
+            modules::IqTarget::Account(bare),
+            &stanza,
+        )
+        .await
+    {
+        route(server, reply).await;
+    }
+}

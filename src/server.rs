@@ -1,0 +1,87 @@
+//! The server's shared state: configuration, store, session table, TLS and feature modules.
+//! Every connection task holds an `Arc<Server>`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::modules::{self, Module};
+use crate::router::table::SessionTable;
+use crate::store::Store;
+use crate::transport::tls::TlsSetup;
+
+pub struct Server {
+    pub config: Config,
+    /// The served domain, normalised.
+    pub domain: String,
+    pub store: Arc<dyn Store>,
+    pub sessions: Arc<dyn SessionTable>,
+    pub tls: TlsSetup,
+    /// RFC 5929 tls-server-end-point channel-binding data of our certificate, computed once.
+    pub tls_server_end_point: Vec<u8>,
+    pub modules: Vec<Arc<dyn Module>>,
+    /// iq payload namespace → index into `modules`, built once at start.
+    iq_handlers: HashMap<&'static str, usize>,
+    next_conn_id: AtomicU64,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Server {
+    pub fn new(
+        config: Config,
+        store: Arc<dyn Store>,
+        sessions: Arc<dyn SessionTable>,
+        tls: TlsSetup,
+        shutdown: watch::Receiver<bool>,
+    ) -> Server {
+        let modules = modules::all();
+        let mut iq_handlers = HashMap::new();
+        for (i, m) in modules.iter().enumerate() {
+            for ns in m.iq_namespaces() {
+                iq_handlers.insert(*ns, i);
+            }
+        }
+        Server {
+            tls_server_end_point: crate::transport::tls::tls_server_end_point(&tls.leaf_der),
+            domain: config.domain.clone(),
+            config,
+            store,
+            sessions,
+            tls,
+            modules,
+            iq_handlers,
+            next_conn_id: AtomicU64::new(1),
+            shutdown,
+        }
+    }
+
+    pub fn next_conn_id(&self) -> u64 {
+        self.next_conn_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn iq_handler(&self, ns: &str) -> Option<&Arc<dyn Module>> {
+        self.iq_handlers.get(ns).map(|&i| &self.modules[i])
+    }
+
+    /// A receiver that changes to `true` when the server shuts down.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.clone()
+    }
+
+    /// The running instance of a module type, for modules whose state other parts consult.
+    pub fn module<T: Module + 'static>(&self) -> Option<&T> {
+        self.modules.iter().find_map(|m| {
+            let any: &dyn std::any::Any = m.as_ref();
+            any.downcast_ref::<T>()
+        })
+    }
+
+    pub fn is_local_domain(&self, domain: &str) -> bool {
+        domain == self.domain
+    }
+}
+
+pub type SharedServer = Arc<Server>;

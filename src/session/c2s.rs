@@ -1,0 +1,817 @@
+//! A client-to-server session (RFC 6120): one task per connection, from the first byte
+//! through STARTTLS, SASL and resource binding to the established stream, and the clean-up
+//! when it ends.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use minidom::Element;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{Instrument, debug, info, info_span};
+
+use super::conn::{Failure, Socket, XmlConn};
+use crate::auth::{plain, scram};
+use crate::jid::{self, FullJid, Jid};
+use crate::modules::{self, IqTarget, blocking, presence, register};
+use crate::router::{self, table::SessionCommand, table::SessionSender};
+use crate::server::Server;
+use crate::stanza::{self, StanzaError};
+use crate::stream::parser::{ParserLimits, StreamEvent, StreamHeader};
+use crate::stream::{ns, writer};
+
+/// Outgoing queue of a session: deep enough for bursts, small enough that a client that stops
+/// reading is noticed quickly.
+const QUEUE_DEPTH: usize = 1024;
+/// A silent client gets a ping after this long (XEP-0199 §4.2)...
+const PING_AFTER: Duration = Duration::from_secs(180);
+/// ...and is disconnected if nothing arrives within this much more.
+const PING_TIMEOUT: Duration = Duration::from_secs(60);
+/// Negotiation must finish in this time, so half-open connections do not pile up.
+const NEGOTIATION_TIMEOUT: Duration = Duration::from_secs(60);
+const MAX_AUTH_ATTEMPTS: u32 = 3;
+const MAX_DEPTH: usize = 32;
+const SASL_CB_NS: &str = "urn:xmpp:sasl-cb:0";
+
+/// Serves one accepted TCP connection until it ends.
+pub async fn serve(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, direct_tls: bool) {
+    let conn_id = server.next_conn_id();
+    let span = info_span!("c2s", conn = conn_id, %peer, jid = tracing::field::Empty);
+    async move {
+        let _ = tcp.set_nodelay(true);
+        let limits = ParserLimits {
+            max_stanza_bytes: server.config.limits.max_stanza_bytes,
+            max_depth: MAX_DEPTH,
+        };
+        let mut conn = XmlConn::new(Socket::Plain(tcp), limits);
+        if direct_tls {
+            conn = match tls_accept(&server, conn).await {
+                Ok(c) => c,
+                Err(e) => return debug!(error = %e, "TLS handshake failed"),
+            };
+        }
+        // The deadline covers the TLS handshake, authentication and binding, so half-open or
+        // stalled connections cannot hold resources.
+        let deadline = Instant::now() + NEGOTIATION_TIMEOUT;
+        match negotiate(&server, conn, deadline).await {
+            Negotiated::Bound(conn, bound) => {
+                tracing::Span::current().record("jid", tracing::field::display(&bound.jid));
+                established(&server, conn, conn_id, bound).await;
+            }
+            Negotiated::Failed(mut conn, failure) => finish(&mut conn, failure).await,
+            Negotiated::Dropped(reason) => debug!(%reason, "connection dropped during negotiation"),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn finish(conn: &mut XmlConn, failure: Failure) {
+    match failure {
+        Failure::Stream { condition, text } => {
+            debug!(
+                condition,
+                text = text.as_deref().unwrap_or(""),
+                "closing with stream error"
+            );
+            conn.close_with_error(condition, text.as_deref()).await
+        }
+        Failure::Closed => conn.close().await,
+        other => debug!(reason = %other, "connection ended"),
+    }
+}
+
+async fn tls_accept(server: &Server, conn: XmlConn) -> Result<XmlConn, Failure> {
+    let limits = ParserLimits {
+        max_stanza_bytes: server.config.limits.max_stanza_bytes,
+        max_depth: MAX_DEPTH,
+    };
+    let Socket::Plain(tcp) = conn.socket else {
+        return Err(Failure::stream("policy-violation", "TLS is already on"));
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(server.tls.config.clone());
+    let tls = tokio::time::timeout(NEGOTIATION_TIMEOUT, acceptor.accept(tcp))
+        .await
+        .map_err(|_| Failure::WriteTimeout)??;
+    Ok(XmlConn::new(Socket::Tls(Box::new(tls)), limits))
+}
+
+/// Reads the peer's stream header, answers with ours, and checks it (RFC 6120 §4.7, §4.9.3).
+async fn open_stream(server: &Server, conn: &mut XmlConn) -> Result<StreamHeader, Failure> {
+    let header = match conn.next_event().await? {
+        StreamEvent::Open(h) => h,
+        _ => return Err(Failure::stream("bad-format", "expected a stream header")),
+    };
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    conn.queue_bytes(
+        writer::stream_header(&server.domain, header.from.as_deref(), &id, ns::CLIENT).as_bytes(),
+    );
+    let to_ok = header
+        .to
+        .as_deref()
+        .and_then(|t| jid::normalize_domain(t).ok())
+        .is_some_and(|t| t == server.domain);
+    if !to_ok {
+        return Err(Failure::stream(
+            "host-unknown",
+            "this server does not serve that domain",
+        ));
+    }
+    let major = header
+        .version
+        .as_deref()
+        .and_then(|v| v.split('.').next())
+        .and_then(|m| m.parse::<u32>().ok());
+    if major != Some(1) {
+        return Err(Failure::stream(
+            "unsupported-version",
+            "only version 1.0 streams are supported",
+        ));
+    }
+    Ok(header)
+}
+
+fn limits_feature(server: &Server) -> Element {
+    let mut limits = Element::bare("limits", ns::STREAM_LIMITS);
+    limits.append_child(modules::text_el(
+        "max-bytes",
+        ns::STREAM_LIMITS,
+        &server.config.limits.max_stanza_bytes.to_string(),
+    ));
+    limits
+}
+
+/// Channel-binding data this TLS connection can offer.
+fn channel_binding(server: &Server, conn: &XmlConn) -> scram::ChannelBindingData {
+    match &conn.socket {
+        Socket::Tls(tls) => scram::ChannelBindingData {
+            tls_exporter: crate::transport::tls::tls_exporter(tls.get_ref().1),
+            tls_server_end_point: Some(server.tls_server_end_point.clone()),
+        },
+        Socket::Plain(_) => scram::ChannelBindingData::default(),
+    }
+}
+
+fn mechanisms(cb: &scram::ChannelBindingData) -> Vec<&'static str> {
+    let mut m = Vec::new();
+    if cb.tls_exporter.is_some() || cb.tls_server_end_point.is_some() {
+        m.extend(["SCRAM-SHA-256-PLUS", "SCRAM-SHA-1-PLUS"]);
+    }
+    m.extend(["SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN"]);
+    m
+}
+
+enum Negotiated {
+    Bound(XmlConn, Bound),
+    Failed(XmlConn, Failure),
+    Dropped(Failure),
+}
+
+/// The outcome of resource binding, before the session enters the session table.
+struct Bound {
+    jid: FullJid,
+    /// The bind request, answered once the resource is in the session table.
+    request: Element,
+}
+
+/// Runs STARTTLS, SASL and resource binding.
+async fn negotiate(server: &Server, mut conn: XmlConn, deadline: Instant) -> Negotiated {
+    if !conn.is_tls() {
+        match tokio::time::timeout_at(deadline, pre_tls(server, &mut conn)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(f)) => return Negotiated::Failed(conn, f),
+            Err(_) => return Negotiated::Failed(conn, negotiation_timeout()),
+        }
+        conn = match tls_accept(server, conn).await {
+            Ok(c) => c,
+            Err(f) => return Negotiated::Dropped(f),
+        };
+    }
+    match tokio::time::timeout_at(deadline, authenticate_and_bind(server, &mut conn)).await {
+        Ok(Ok(bound)) => Negotiated::Bound(conn, bound),
+        Ok(Err(f)) => Negotiated::Failed(conn, f),
+        Err(_) => Negotiated::Failed(conn, negotiation_timeout()),
+    }
+}
+
+fn negotiation_timeout() -> Failure {
+    Failure::stream("connection-timeout", "negotiation took too long")
+}
+
+/// The plain-text stream: only STARTTLS is offered, and required (RFC 6120 §5.3.1).
+async fn pre_tls(server: &Server, conn: &mut XmlConn) -> Result<(), Failure> {
+    open_stream(server, conn).await?;
+    let mut starttls = Element::bare("starttls", ns::TLS);
+    starttls.append_child(Element::bare("required", ns::TLS));
+    conn.queue_bytes(&writer::features(&[starttls]));
+    conn.flush().await?;
+    loop {
+        let el = conn.next_stanza().await?;
+        if el.is("starttls", ns::TLS) {
+            conn.send(&Element::bare("proceed", ns::TLS)).await?;
+            return Ok(());
+        }
+        if el.is("auth", ns::SASL) {
+            conn.send(&sasl_failure("encryption-required")).await?;
+            continue;
+        }
+        return Err(Failure::stream("policy-violation", "STARTTLS is required"));
+    }
+}
+
+fn sasl_failure(condition: &str) -> Element {
+    let mut f = Element::bare("failure", ns::SASL);
+    f.append_child(Element::bare(condition, ns::SASL));
+    f
+}
+
+async fn authenticate_and_bind(server: &Server, conn: &mut XmlConn) -> Result<Bound, Failure> {
+    open_stream(server, conn).await?;
+    let cb = channel_binding(server, conn);
+    let mut mechs = Element::bare("mechanisms", ns::SASL);
+    for m in mechanisms(&cb) {
+        mechs.append_child(modules::text_el("mechanism", ns::SASL, m));
+    }
+    let mut features = vec![mechs];
+    // XEP-0440: which channel-binding types the -PLUS mechanisms can use here.
+    let mut cb_types = Element::bare("sasl-channel-binding", SASL_CB_NS);
+    if cb.tls_exporter.is_some() {
+        cb_types.append_child(modules::el(
+            "channel-binding",
+            SASL_CB_NS,
+            &[("type", "tls-exporter")],
+        ));
+    }
+    if cb.tls_server_end_point.is_some() {
+        cb_types.append_child(modules::el(
+            "channel-binding",
+            SASL_CB_NS,
+            &[("type", "tls-server-end-point")],
+        ));
+    }
+    features.push(cb_types);
+    features.extend(register::stream_feature(server));
+    features.push(limits_feature(server));
+    conn.queue_bytes(&writer::features(&features));
+    conn.flush().await?;
+
+    let mut failures = 0;
+    let user = loop {
+        let el = conn.next_stanza().await?;
+        if el.is("auth", ns::SASL) {
+            match sasl(server, conn, &el, &cb).await? {
+                Ok(user) => break user,
+                Err(condition) => {
+                    conn.send(&sasl_failure(condition)).await?;
+                    failures += 1;
+                    if failures >= MAX_AUTH_ATTEMPTS {
+                        return Err(Failure::stream(
+                            "policy-violation",
+                            "too many failed authentication attempts",
+                        ));
+                    }
+                }
+            }
+        } else if el.is("iq", ns::CLIENT) {
+            // Only in-band registration is possible before authentication (XEP-0077 §3.1).
+            if let Some(reply) = register::handle_unauthenticated(server, &el).await {
+                conn.send(&reply).await?;
+            }
+        } else {
+            return Err(Failure::stream("not-authorized", "authenticate first"));
+        }
+    };
+    info!(user = %user, "authenticated");
+    conn.restart();
+    open_stream(server, conn).await?;
+    let mut bind = Element::bare("bind", ns::BIND);
+    bind.append_child(Element::bare("required", ns::BIND));
+    let mut session = Element::bare("session", ns::SESSION);
+    session.append_child(Element::bare("optional", ns::SESSION));
+    let mut features = vec![bind, session];
+    for m in &server.modules {
+        features.extend(m.stream_features(server));
+    }
+    features.push(limits_feature(server));
+    conn.queue_bytes(&writer::features(&features));
+    conn.flush().await?;
+
+    loop {
+        let el = conn.next_stanza().await?;
+        if !el.is("iq", ns::CLIENT) {
+            return Err(Failure::stream("not-authorized", "bind a resource first"));
+        }
+        let payload = stanza::iq_payload(&el);
+        if payload.is_some_and(|p| p.is("session", ns::SESSION)) {
+            conn.send(&stanza::iq_result(&el, None)).await?;
+            continue;
+        }
+        if stanza::stanza_type(&el) != "set" || !payload.is_some_and(|p| p.is("bind", ns::BIND)) {
+            let err = stanza::error_reply(
+                &el,
+                &StanzaError::not_authorized().with_text("bind a resource first"),
+            );
+            if let Some(err) = err {
+                conn.send(&err).await?;
+            }
+            continue;
+        }
+        let requested = payload
+            .and_then(|p| p.get_child("resource", ns::BIND))
+            .map(|r| r.text())
+            .filter(|r| !r.trim().is_empty());
+        let resource = requested.unwrap_or_else(|| {
+            format!(
+                "rookery-{}",
+                &uuid::Uuid::new_v4().simple().to_string()[..12]
+            )
+        });
+        match FullJid::new(&format!("{user}@{}/{resource}", server.domain)) {
+            Ok(jid) => return Ok(Bound { jid, request: el }),
+            Err(_) => {
+                if let Some(err) = stanza::error_reply(
+                    &el,
+                    &StanzaError::bad_request().with_text("invalid resource"),
+                ) {
+                    conn.send(&err).await?;
+                }
+            }
+        }
+    }
+}
+
+/// Reads the client's next SASL response; `Ok(None)` when it aborts.
+async fn sasl_response(conn: &mut XmlConn) -> Result<Result<Vec<u8>, &'static str>, Failure> {
+    let el = conn.next_stanza().await?;
+    if el.is("abort", ns::SASL) {
+        return Ok(Err("aborted"));
+    }
+    if !el.is("response", ns::SASL) {
+        return Err(Failure::stream(
+            "not-authorized",
+            "expected a SASL response",
+        ));
+    }
+    Ok(decode_sasl(&el.text())
+        .ok_or("incorrect-encoding")
+        .map(Option::unwrap_or_default))
+}
+
+/// Decodes SASL data: empty text is "no data", `=` is an empty message (RFC 6120 §6.4.2).
+fn decode_sasl(text: &str) -> Option<Option<Vec<u8>>> {
+    let text = text.trim();
+    match text {
+        "" => Some(None),
+        "=" => Some(Some(Vec::new())),
+        t => BASE64.decode(t).ok().map(Some),
+    }
+}
+
+fn challenge(data: &[u8]) -> Element {
+    let mut c = Element::bare("challenge", ns::SASL);
+    c.append_text_node(BASE64.encode(data));
+    c
+}
+
+fn success(data: &[u8]) -> Element {
+    let mut s = Element::bare("success", ns::SASL);
+    if !data.is_empty() {
+        s.append_text_node(BASE64.encode(data));
+    }
+    s
+}
+
+/// Runs one SASL exchange; returns the authenticated username or the failure condition.
+async fn sasl(
+    server: &Server,
+    conn: &mut XmlConn,
+    auth: &Element,
+    cb: &scram::ChannelBindingData,
+) -> Result<Result<String, &'static str>, Failure> {
+    let offered = mechanisms(cb);
+    let Some(mech) = auth.attr("mechanism").filter(|m| offered.contains(m)) else {
+        return Ok(Err("invalid-mechanism"));
+    };
+    let Some(initial) = decode_sasl(&auth.text()) else {
+        return Ok(Err("incorrect-encoding"));
+    };
+    let first = match initial {
+        Some(data) => data,
+        None => {
+            conn.send(&challenge(&[])).await?;
+            match sasl_response(conn).await? {
+                Ok(data) => data,
+                Err(condition) => return Ok(Err(condition)),
+            }
+        }
+    };
+    let own_jid = |user: &str| format!("{user}@{}", server.domain);
+    if mech == "PLAIN" {
+        let req = match plain::parse(&first) {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(e.condition())),
+        };
+        let Ok(user) = jid::normalize_user(&req.authcid) else {
+            return Ok(Err("not-authorized"));
+        };
+        if req.authzid.as_deref().is_some_and(|z| z != own_jid(&user)) {
+            return Ok(Err("invalid-authzid"));
+        }
+        let creds = server.store.credentials(&user).await.ok().flatten();
+        let valid = creds
+            .as_ref()
+            .is_some_and(|c| scram::verify_password(c, &req.password));
+        if !valid {
+            info!(user = %user, mechanism = mech, "authentication failed");
+            return Ok(Err("not-authorized"));
+        }
+        conn.send(&success(&[])).await?;
+        return Ok(Ok(user));
+    }
+    let hash = if mech.starts_with("SCRAM-SHA-256") {
+        scram::ScramHash::Sha256
+    } else {
+        scram::ScramHash::Sha1
+    };
+    let plus = mech.ends_with("-PLUS");
+    let offers_plus = offered.iter().any(|m| m.ends_with("-PLUS"));
+    let client_first = match scram::ClientFirst::parse(&first, plus, offers_plus) {
+        Ok(cf) => cf,
+        Err(e) => return Ok(Err(e.condition())),
+    };
+    let user = jid::normalize_user(&client_first.username).ok();
+    let authzid_ok = match (&client_first.authzid, &user) {
+        (None, _) => true,
+        (Some(z), Some(u)) => *z == own_jid(u),
+        (Some(_), None) => false,
+    };
+    let creds = match &user {
+        Some(u) => server.store.credentials(u).await.ok().flatten(),
+        None => None,
+    };
+    let (scram_server, server_first) =
+        scram::ScramServer::server_first(hash, client_first, creds.as_ref());
+    conn.send(&challenge(&server_first)).await?;
+    let response = match sasl_response(conn).await? {
+        Ok(data) => data,
+        Err(condition) => return Ok(Err(condition)),
+    };
+    let server_final = match scram_server.client_final(&response, cb) {
+        Ok(f) => f,
+        Err(e) => {
+            info!(
+                user = user.as_deref().unwrap_or("?"),
+                mechanism = mech,
+                "authentication failed"
+            );
+            return Ok(Err(e.condition()));
+        }
+    };
+    let (Some(user), Some(_)) = (user, creds) else {
+        return Ok(Err("not-authorized"));
+    };
+    if !authzid_ok {
+        return Ok(Err("invalid-authzid"));
+    }
+    conn.send(&success(&server_final)).await?;
+    Ok(Ok(user))
+}
+
+/// An established session: bound, in the session table, exchanging stanzas.
+struct Session<'a> {
+    server: &'a Server,
+    conn: XmlConn,
+    jid: FullJid,
+    conn_id: u64,
+    presence: presence::SessionPresence,
+    last_read: Instant,
+    /// Id and time of our unanswered ping, if any.
+    ping: Option<(String, Instant)>,
+}
+
+enum Wake {
+    Command(Option<SessionCommand>),
+    Read(Result<usize, Failure>),
+    Shutdown,
+    Timer,
+}
+
+async fn established(server: &Server, mut conn: XmlConn, conn_id: u64, bound: Bound) {
+    let (tx, mut rx) = mpsc::channel(QUEUE_DEPTH);
+    let sender = SessionSender { conn_id, tx };
+    match server.sessions.bind(bound.jid.clone(), sender).await {
+        Ok(Some(old)) => old.command(SessionCommand::Replaced),
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot bind");
+            return conn.close_with_error("internal-server-error", None).await;
+        }
+    }
+    let mut bind = Element::bare("bind", ns::BIND);
+    bind.append_child(modules::text_el("jid", ns::BIND, &bound.jid.to_string()));
+    conn.queue(&stanza::iq_result(&bound.request, Some(bind)));
+    info!("session started");
+    let mut session = Session {
+        server,
+        conn,
+        jid: bound.jid,
+        conn_id,
+        presence: presence::SessionPresence::default(),
+        last_read: Instant::now(),
+        ping: None,
+    };
+    let result = match session.conn.flush().await {
+        Ok(()) => session.run(&mut rx).await,
+        Err(f) => f,
+    };
+    session.end(&mut rx).await;
+    let Session { mut conn, .. } = session;
+    finish(&mut conn, result).await;
+    info!("session ended");
+}
+
+impl Session<'_> {
+    async fn run(&mut self, rx: &mut mpsc::Receiver<SessionCommand>) -> Failure {
+        let mut shutdown = self.server.shutdown_signal();
+        loop {
+            let deadline = match &self.ping {
+                None => self.last_read + PING_AFTER,
+                Some((_, sent)) => *sent + PING_TIMEOUT,
+            };
+            let wake = tokio::select! {
+                biased;
+                cmd = rx.recv() => Wake::Command(cmd),
+                n = self.conn.read_some() => Wake::Read(n),
+                _ = shutdown.changed() => Wake::Shutdown,
+                _ = tokio::time::sleep_until(deadline) => Wake::Timer,
+            };
+            let step = match wake {
+                Wake::Command(cmd) => self.on_command(cmd, rx),
+                Wake::Read(n) => match n {
+                    Ok(n) => self.on_read(n).await,
+                    Err(f) => Err(f),
+                },
+                Wake::Shutdown => Err(Failure::stream(
+                    "system-shutdown",
+                    "the server is shutting down",
+                )),
+                Wake::Timer => self.on_timer(),
+            };
+            if let Err(f) = step {
+                return f;
+            }
+            if let Err(f) = self.conn.flush().await {
+                return f;
+            }
+        }
+    }
+
+    /// Queues what other parts of the server sent, draining a burst before one write.
+    fn on_command(
+        &mut self,
+        mut cmd: Option<SessionCommand>,
+        rx: &mut mpsc::Receiver<SessionCommand>,
+    ) -> Result<(), Failure> {
+        for _ in 0..256 {
+            match cmd {
+                Some(SessionCommand::Stanza(el)) => self.conn.queue(&el),
+                Some(SessionCommand::Replaced) => {
+                    return Err(Failure::stream(
+                        "conflict",
+                        "replaced by a new connection for the same resource",
+                    ));
+                }
+                Some(SessionCommand::Close(condition)) => {
+                    return Err(Failure::Stream {
+                        condition,
+                        text: None,
+                    });
+                }
+                None => return Err(Failure::stream("internal-server-error", "session removed")),
+            }
+            cmd = match rx.try_recv() {
+                Ok(c) => Some(c),
+                Err(_) => return Ok(()),
+            };
+        }
+        Ok(())
+    }
+
+    async fn on_read(&mut self, n: usize) -> Result<(), Failure> {
+        self.last_read = Instant::now();
+        self.ping = None;
+        self.conn.feed(n)?;
+        while let Some(ev) = self.conn.take_event() {
+            match ev {
+                StreamEvent::Stanza(el) => self.on_stanza(el).await?,
+                StreamEvent::Close => return Err(Failure::Closed),
+                StreamEvent::Open(_) => {
+                    return Err(Failure::stream("invalid-xml", "unexpected stream header"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn on_timer(&mut self) -> Result<(), Failure> {
+        if self.ping.is_some() {
+            return Err(Failure::stream("connection-timeout", "no answer to ping"));
+        }
+        let id = format!("ping-{}", uuid::Uuid::new_v4().simple());
+        let mut iq = stanza::build(
+            "iq",
+            &[
+                ("type", "get"),
+                ("id", &id),
+                ("from", &self.server.domain),
+                ("to", &self.jid.to_string()),
+            ],
+        );
+        iq.append_child(Element::bare("ping", modules::ping::NS));
+        self.conn.queue(&iq);
+        self.ping = Some((id, Instant::now()));
+        Ok(())
+    }
+
+    fn reply_error(&mut self, stanza: &Element, err: StanzaError) {
+        if let Some(reply) = stanza::error_reply(stanza, &err) {
+            self.conn.queue(&reply);
+        }
+    }
+
+    async fn on_stanza(&mut self, mut el: Element) -> Result<(), Failure> {
+        let kind = el.name().to_owned();
+        if !matches!(kind.as_str(), "message" | "presence" | "iq") {
+            return Err(Failure::stream(
+                "unsupported-stanza-type",
+                format!("<{kind}/> is not a stanza"),
+            ));
+        }
+        if el.ns() != ns::CLIENT {
+            return Err(Failure::stream(
+                "invalid-namespace",
+                "stanzas must be in jabber:client",
+            ));
+        }
+        // RFC 6120 §8.1.2.1: a client may only send from its own JID; the server stamps it.
+        if let Some(from) = el.attr("from") {
+            let own = jid::parse(from).is_ok_and(|f| match f.try_as_full() {
+                Ok(full) => *full == self.jid,
+                Err(bare) => *bare == self.jid.to_bare(),
+            });
+            if !own {
+                return Err(Failure::stream(
+                    "invalid-from",
+                    "stanzas must come from your own JID",
+                ));
+            }
+        }
+        stanza::set_attr(&mut el, "from", &self.jid.to_string());
+        let to = match el.attr("to").map(jid::parse) {
+            None => None,
+            Some(Ok(to)) => Some(to),
+            Some(Err(_)) => {
+                self.reply_error(&el, StanzaError::jid_malformed());
+                return Ok(());
+            }
+        };
+        match kind.as_str() {
+            "message" => self.on_message(el, to).await,
+            "presence" => self.on_presence(el, to).await,
+            _ => self.on_iq(el, to).await,
+        }
+        Ok(())
+    }
+
+    async fn on_message(&mut self, mut el: Element, to: Option<Jid>) {
+        let max = self.server.config.limits.max_body_chars;
+        if el
+            .children()
+            .filter(|c| c.is("body", ns::CLIENT))
+            .any(|b| b.text().chars().count() > max)
+        {
+            return self.reply_error(
+                &el,
+                StanzaError::policy_violation()
+                    .with_text(format!("message body over {max} characters")),
+            );
+        }
+        // RFC 6121 §8.5.2: a message without 'to' is for the sender's own bare JID.
+        let to = to.unwrap_or_else(|| Jid::from(self.jid.to_bare()));
+        stanza::set_attr(&mut el, "to", &to.to_string());
+        if blocking::blocks(self.server, &self.jid.to_bare(), &to).await {
+            return self.reply_error(&el, blocking::blocked_error());
+        }
+        router::route(self.server, el).await;
+    }
+
+    async fn on_presence(&mut self, el: Element, to: Option<Jid>) {
+        if let Some(to) = &to
+            && blocking::blocks(self.server, &self.jid.to_bare(), to).await
+        {
+            // XEP-0191 §3.5: presence to a blocked entity is not sent.
+            return;
+        }
+        let mut to_self = Vec::new();
+        let result = presence::outbound(
+            self.server,
+            &mut self.presence,
+            &self.jid,
+            self.conn_id,
+            el.clone(),
+            &mut to_self,
+        )
+        .await;
+        for s in &to_self {
+            self.conn.queue(s);
+        }
+        if let Err(e) = result {
+            self.reply_error(&el, e);
+        }
+    }
+
+    async fn on_iq(&mut self, el: Element, to: Option<Jid>) {
+        let kind = stanza::stanza_type(&el).to_owned();
+        if !matches!(kind.as_str(), "get" | "set" | "result" | "error") || el.attr("id").is_none() {
+            return self.reply_error(
+                &el,
+                StanzaError::bad_request().with_text("iq needs an id and a valid type"),
+            );
+        }
+        let own_bare = self.jid.to_bare();
+        let target = match &to {
+            None => Some(IqTarget::Account(own_bare.clone())),
+            Some(t)
+                if t.node().is_none()
+                    && t.resource().is_none()
+                    && self.server.is_local_domain(t.domain().as_str()) =>
+            {
+                Some(IqTarget::Server)
+            }
+            Some(t) if t.resource().is_none() && t.to_bare() == own_bare => {
+                Some(IqTarget::Account(own_bare.clone()))
+            }
+            Some(_) => None,
+        };
+        let Some(target) = target else {
+            let to = to.unwrap_or_else(|| Jid::from(own_bare.clone()));
+            if blocking::blocks(self.server, &own_bare, &to).await {
+                return self.reply_error(&el, blocking::blocked_error());
+            }
+            return router::route(self.server, el).await;
+        };
+        if kind == "result" || kind == "error" {
+            if self
+                .ping
+                .as_ref()
+                .is_some_and(|(id, _)| Some(id.as_str()) == el.attr("id"))
+            {
+                self.ping = None;
+            }
+            return;
+        }
+        let payload = stanza::iq_payload(&el);
+        if payload.is_some_and(|p| p.is("session", ns::SESSION)) {
+            return self.conn.queue(&stanza::iq_result(&el, None));
+        }
+        if payload.is_some_and(|p| p.is("bind", ns::BIND)) {
+            return self.reply_error(&el, StanzaError::not_allowed().with_text("already bound"));
+        }
+        let from = Jid::from(self.jid.clone());
+        if let Some(reply) =
+            modules::handle_iq(self.server, &from, Some(self.conn_id), target, &el).await
+        {
+            self.conn.queue(&reply);
+        }
+    }
+
+    /// Leaves the session table and hands on what was queued for this session but not written,
+    /// so that no stanza disappears with the connection.
+    async fn end(&mut self, rx: &mut mpsc::Receiver<SessionCommand>) {
+        let mut ignored = Vec::new();
+        presence::go_unavailable(
+            self.server,
+            &mut self.presence,
+            &self.jid,
+            self.conn_id,
+            None,
+            &mut ignored,
+        )
+        .await;
+        if let Err(e) = self.server.sessions.unbind(&self.jid, self.conn_id).await {
+            tracing::warn!(error = %e, "cannot unbind");
+        }
+        rx.close();
+        while let Ok(cmd) = rx.try_recv() {
+            if let SessionCommand::Stanza(el) = cmd
+                && el.name() == "message"
+            {
+                router::route(self.server, el).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! A client connection as an XML stream: the socket (plain or TLS), the parser, and the
+//! outgoing buffer. The session above it never sees bytes.
+
+use std::collections::VecDeque;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use minidom::Element;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+
+use crate::stream::parser::{ParseError, ParserLimits, StreamEvent, StreamParser};
+use crate::stream::writer;
+
+/// A write that cannot finish in this time means the peer stopped reading.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+const READ_BUFFER: usize = 16 * 1024;
+
+pub enum Socket {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Socket {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Socket::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Socket::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Socket {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Socket::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Socket::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Socket::Plain(s) => Pin::new(s).poll_flush(cx),
+            Socket::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Socket::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Socket::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Why a connection ends.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    #[error("i/o: {0}")]
+    Io(#[from] io::Error),
+    #[error("peer closed the connection")]
+    Eof,
+    #[error("write timed out")]
+    WriteTimeout,
+    /// We must send this stream error and close.
+    #[error("stream error {condition}")]
+    Stream {
+        condition: &'static str,
+        text: Option<String>,
+    },
+    /// The peer closed the stream with `</stream:stream>`.
+    #[error("stream closed by peer")]
+    Closed,
+}
+
+impl Failure {
+    pub fn stream(condition: &'static str, text: impl Into<String>) -> Failure {
+        Failure::Stream {
+            condition,
+            text: Some(text.into()),
+        }
+    }
+}
+
+impl From<ParseError> for Failure {
+    fn from(e: ParseError) -> Failure {
+        Failure::Stream {
+            condition: e.condition(),
+            text: Some(e.to_string()),
+        }
+    }
+}
+
+pub struct XmlConn {
+    pub socket: Socket,
+    parser: StreamParser,
+    limits: ParserLimits,
+    buf: Box<[u8]>,
+    events: VecDeque<StreamEvent>,
+    out: Vec<u8>,
+}
+
+impl XmlConn {
+    pub fn new(socket: Socket, limits: ParserLimits) -> XmlConn {
+        XmlConn {
+            socket,
+            parser: StreamParser::new(limits),
+            limits,
+            buf: vec![0; READ_BUFFER].into_boxed_slice(),
+            events: VecDeque::new(),
+            out: Vec::with_capacity(4096),
+        }
+    }
+
+    pub fn is_tls(&self) -> bool {
+        matches!(self.socket, Socket::Tls(_))
+    }
+
+    /// Starts a new stream on the same connection (after STARTTLS or SASL, RFC 6120 §4.3.3).
+    pub fn restart(&mut self) {
+        self.parser = StreamParser::new(self.limits);
+        self.events.clear();
+    }
+
+    /// The next parsed event, reading as needed.
+    pub async fn next_event(&mut self) -> Result<StreamEvent, Failure> {
+        loop {
+            if let Some(ev) = self.events.pop_front() {
+                return Ok(ev);
+            }
+            let n = self.read_some().await?;
+            self.feed(n)?;
+        }
+    }
+
+    /// The next complete stanza, taking a `</stream:stream>` as `Closed` and a second stream
+    /// header as an error.
+    pub async fn next_stanza(&mut self) -> Result<Element, Failure> {
+        match self.next_event().await? {
+            StreamEvent::Stanza(el) => Ok(el),
+            StreamEvent::Close => Err(Failure::Closed),
+            StreamEvent::Open(_) => Err(Failure::stream("invalid-xml", "unexpected stream header")),
+        }
+    }
+
+    /// Reads some bytes; cancel-safe, so it can sit in a `select!`.
+    pub async fn read_some(&mut self) -> Result<usize, Failure> {
+        match self.socket.read(&mut self.buf).await? {
+            0 => Err(Failure::Eof),
+            n => Ok(n),
+        }
+    }
+
+    /// Parses the first `n` bytes of the read buffer into queued events.
+    pub fn feed(&mut self, n: usize) -> Result<(), Failure> {
+        let mut events = Vec::new();
+        self.parser.feed(&self.buf[..n], &mut events)?;
+        self.events.extend(events);
+        Ok(())
+    }
+
+    pub fn take_event(&mut self) -> Option<StreamEvent> {
+        self.events.pop_front()
+    }
+
+    pub fn queue_bytes(&mut self, bytes: &[u8]) {
+        self.out.extend_from_slice(bytes);
+    }
+
+    pub fn queue(&mut self, el: &Element) {
+        let bytes = writer::element(el);
+        self.out.extend_from_slice(&bytes);
+    }
+
+    /// Writes what is queued.
+    pub async fn flush(&mut self) -> Result<(), Failure> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let out = std::mem::take(&mut self.out);
+        let write = async {
+            self.socket.write_all(&out).await?;
+            self.socket.flush().await
+        };
+        match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+            Ok(r) => r?,
+            Err(_) => return Err(Failure::WriteTimeout),
+        }
+        self.out = out;
+        self.out.clear();
+        Ok(())
+    }
+
+    pub async fn send(&mut self, el: &Element) -> Result<(), Failure> {
+        self.queue(el);
+        self.flush().await
+    }
+
+    pub async fn send_bytes(&mut self, bytes: &[u8]) -> Result<(), Failure> {
+        self.queue_bytes(bytes);
+        self.flush().await
+    }
+
+    /// Sends a stream error and the closing tag, then shuts the connection down.
+    pub async fn close_with_error(&mut self, condition: &str, text: Option<&str>) {
+        self.queue_bytes(&writer::stream_error(condition, text));
+        let _ = self.flush().await;
+        let _ = tokio::time::timeout(WRITE_TIMEOUT, self.socket.shutdown()).await;
+    }
+
+    pub async fn close(&mut self) {
+        self.queue_bytes(writer::STREAM_CLOSE);
+        let _ = self.flush().await;
+        let _ = tokio::time::timeout(WRITE_TIMEOUT, self.socket.shutdown()).await;
+    }
+}

@@ -1,0 +1,18 @@
+//! XML streams: parsing with limits, writing, stream errors, and the namespaces they use.
+
+pub mod parser;
+pub mod writer;
+
+/// Namespaces the core speaks; feature modules keep their own.
+pub mod ns {
+    pub const STREAM: &str = "http://etherx.jabber.org/streams";
+    pub const CLIENT: &str = "jabber:client";
+    pub const STREAM_ERRORS: &str = "urn:ietf:params:xml:ns:xmpp-streams";
+    pub const STANZA_ERRORS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
+    pub const TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
+    pub const SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
+    pub const BIND: &str = "urn:ietf:params:xml:ns:xmpp-bind";
+    pub const SESSION: &str = "urn:ietf:params:xml:ns:xmpp-session";
+    pub const STREAM_LIMITS: &str = "urn:xmpp:stream-limits:0";
+    pub const DELAY: &str = "urn:xmpp:delay";
+}

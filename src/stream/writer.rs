@@ -1,0 +1,97 @@
+//! Serialising what the server sends: stream headers, features, stream errors and stanzas.
+//!
+//! Stream-level elements are written by hand with the conventional `stream:` prefix because
+//! some older clients match on the prefixed name rather than on the namespace.
+
+use minidom::Element;
+
+use super::ns;
+
+/// Escapes text for use inside an attribute value or character data.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The response stream header (RFC 6120 §4.7).
+pub fn stream_header(from: &str, to: Option<&str>, id: &str, content_ns: &str) -> String {
+    let to = to
+        .map(|t| format!(" to='{}'", escape(t)))
+        .unwrap_or_default();
+    format!(
+        "<?xml version='1.0'?><stream:stream xmlns='{content_ns}' xmlns:stream='{}' \
+         id='{}' from='{}'{to} version='1.0' xml:lang='en'>",
+        ns::STREAM,
+        escape(id),
+        escape(from),
+    )
+}
+
+/// Serialises an element; `minidom` declares the namespaces it needs.
+pub fn element(el: &Element) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    // Writing into a Vec cannot fail for I/O reasons, and a tree built by the server or
+    // parsed by rxml only holds valid names.
+    if el.write_to(&mut out).is_err() {
+        out.clear();
+    }
+    out
+}
+
+pub fn features(children: &[Element]) -> Vec<u8> {
+    let mut out = b"<stream:features>".to_vec();
+    for child in children {
+        out.extend_from_slice(&element(child));
+    }
+    out.extend_from_slice(b"</stream:features>");
+    out
+}
+
+/// A stream error (RFC 6120 §4.9) followed by the closing tag.
+pub fn stream_error(condition: &str, text: Option<&str>) -> Vec<u8> {
+    let text = text
+        .map(|t| {
+            format!(
+                "<text xmlns='{}' xml:lang='en'>{}</text>",
+                ns::STREAM_ERRORS,
+                escape(t)
+            )
+        })
+        .unwrap_or_default();
+    format!(
+        "<stream:error><{condition} xmlns='{}'/>{text}</stream:error></stream:stream>",
+        ns::STREAM_ERRORS
+    )
+    .into_bytes()
+}
+
+pub const STREAM_CLOSE: &[u8] = b"</stream:stream>";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_escapes_attributes() {
+        let h = stream_header("a'b", Some("<x>"), "id1", ns::CLIENT);
+        assert!(h.contains("from='a&apos;b'"));
+        assert!(h.contains("to='&lt;x&gt;'"));
+    }
+
+    #[test]
+    fn stream_error_has_condition_and_text() {
+        let e = String::from_utf8(stream_error("host-unknown", Some("no such host"))).unwrap();
+        assert!(e.starts_with("<stream:error><host-unknown xmlns="));
+        assert!(e.ends_with("</stream:stream>"));
+    }
+}
