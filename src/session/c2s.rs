@@ -62,7 +62,7 @@ pub async fn serve(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, direct
                 tracing::Span::current().record("jid", tracing::field::display(&bound.jid));
                 established(&server, conn, conn_id, bound).await;
             }
-            Negotiated::Failed(mut conn, failure) => finish(&mut conn, failure).await,
+            Negotiated::Failed(mut conn, failure) => finish(&server, &mut conn, failure).await,
             Negotiated::Dropped(reason) => debug!(%reason, "connection dropped during negotiation"),
         }
     }
@@ -70,9 +70,13 @@ pub async fn serve(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, direct
     .await
 }
 
-async fn finish(conn: &mut XmlConn, failure: Failure) {
+async fn finish(server: &Server, conn: &mut XmlConn, failure: Failure) {
     match failure {
         Failure::Stream { condition, text } => {
+            if !conn.header_sent {
+                let id = uuid::Uuid::new_v4().simple().to_string();
+                conn.queue_bytes(writer::stream_header(&server.domain, None, &id, ns::CLIENT).as_bytes());
+            }
             debug!(
                 condition,
                 text = text.as_deref().unwrap_or(""),
@@ -530,7 +534,7 @@ async fn established(server: &Server, mut conn: XmlConn, conn_id: u64, bound: Bo
     };
     session.end(&mut rx).await;
     let Session { mut conn, .. } = session;
-    finish(&mut conn, result).await;
+    finish(server, &mut conn, result).await;
     info!("session ended");
 }
 

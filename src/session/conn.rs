@@ -109,6 +109,9 @@ pub struct XmlConn {
     buf: Box<[u8]>,
     events: VecDeque<StreamEvent>,
     out: Vec<u8>,
+    /// Our stream header went out on the current stream; a stream error needs one first
+    /// (RFC 6120 §4.9.1.1).
+    pub header_sent: bool,
 }
 
 impl XmlConn {
@@ -120,6 +123,7 @@ impl XmlConn {
             buf: vec![0; READ_BUFFER].into_boxed_slice(),
             events: VecDeque::new(),
             out: Vec::with_capacity(4096),
+            header_sent: false,
         }
     }
 
@@ -131,6 +135,7 @@ impl XmlConn {
     pub fn restart(&mut self) {
         self.parser = StreamParser::new(self.limits);
         self.events.clear();
+        self.header_sent = false;
     }
 
     /// The next parsed event, reading as needed.
