@@ -546,8 +546,8 @@ impl Session<'_> {
                 None => self.last_read + PING_AFTER,
                 Some((_, sent)) => *sent + PING_TIMEOUT,
             };
+            // Unbiased, so a busy queue cannot starve reading and the reverse.
             let wake = tokio::select! {
-                biased;
                 cmd = rx.recv() => Wake::Command(cmd),
                 n = self.conn.read_some() => Wake::Read(n),
                 _ = shutdown.changed() => Wake::Shutdown,
