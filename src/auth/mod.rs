@@ -1,13 +1,30 @@
-//! Authentication: SASL mechanisms and password credentials.
+//! Authentication: SASL mechanisms (SCRAM, PLAIN) and password credentials.
+
 pub mod plain;
 pub mod scram;
-#[derive(Debug, thiserror::Error)]
+
+/// Why an authentication failed, as an RFC 6120 §6.5 SASL failure condition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
-    #[error("x")]
+    #[error("malformed SASL request")]
+    MalformedRequest,
+    #[error("SASL data is not valid base64 or UTF-8")]
+    IncorrectEncoding,
+    #[error("not authorized")]
     NotAuthorized,
+    #[error("the authorization identity is not allowed")]
+    InvalidAuthzid,
+    #[error("the password cannot be prepared (SASLprep)")]
+    BadPassword,
 }
+
 impl AuthError {
     pub fn condition(&self) -> &'static str {
-        "not-authorized"
+        match self {
+            AuthError::MalformedRequest | AuthError::BadPassword => "malformed-request",
+            AuthError::IncorrectEncoding => "incorrect-encoding",
+            AuthError::NotAuthorized => "not-authorized",
+            AuthError::InvalidAuthzid => "invalid-authzid",
+        }
     }
 }

@@ -75,7 +75,9 @@ async fn finish(server: &Server, conn: &mut XmlConn, failure: Failure) {
         Failure::Stream { condition, text } => {
             if !conn.header_sent {
                 let id = uuid::Uuid::new_v4().simple().to_string();
-                conn.queue_bytes(writer::stream_header(&server.domain, None, &id, ns::CLIENT).as_bytes());
+                conn.queue_bytes(
+                    writer::stream_header(&server.domain, None, &id, ns::CLIENT).as_bytes(),
+                );
             }
             debug!(
                 condition,

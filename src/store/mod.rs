@@ -189,8 +189,7 @@ pub trait Store: Send + Sync {
 /// Opens the store the URL names and brings its schema up to date.
 pub async fn open(url: &str) -> StoreResult<Arc<dyn Store>> {
     if url.starts_with("sqlite:") {
-        let _ = sqlite::SqliteStore::open(url).await?;
-        unreachable!()
+        Ok(Arc::new(sqlite::SqliteStore::open(url).await?))
     } else {
         Err(StoreError::UnsupportedUrl(url.to_owned()))
     }

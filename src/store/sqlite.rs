@@ -1,12 +1,650 @@
-//! The SQLite store (the embedded default).
+//! The SQLite store, the embedded default: one file under `data_dir`, in WAL mode so readers
+//! never wait for the writer.
 
-use super::StoreResult;
+use std::str::FromStr;
+use std::time::Duration;
 
-/// Placeholder until the SQLite implementation lands.
-pub struct SqliteStore;
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, Transaction};
+
+use super::{
+    Credentials, OfflineMessage, Roster, RosterItem, ScramKeys, Store, StoreError, StoreResult,
+    Subscription, SubscriptionRequest,
+};
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
 
 impl SqliteStore {
+    /// Opens (creating if needed) the database the URL names and applies the migrations.
     pub async fn open(url: &str) -> StoreResult<SqliteStore> {
-        Err(super::StoreError::UnsupportedUrl(url.to_owned()))
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(5));
+        let in_memory = url.contains(":memory:");
+        if !in_memory {
+            let path = options.get_filename();
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|e| StoreError::Database(e.into()))?;
+            }
+        }
+        // An in-memory database exists per connection, so it must have exactly one.
+        let max = if in_memory { 1 } else { 8 };
+        let pool = SqlitePoolOptions::new()
+            .max_connections(max)
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        Ok(SqliteStore { pool })
+    }
+
+    /// Bumps the roster version inside a transaction that changes the roster.
+    async fn bump_version(tx: &mut Transaction<'_, Sqlite>, user: &str) -> StoreResult<i64> {
+        let row = sqlx::query(
+            "INSERT INTO roster_versions (username, version) VALUES (?, 1) \
+             ON CONFLICT (username) DO UPDATE SET version = version + 1 RETURNING version",
+        )
+        .bind(user)
+        .fetch_one(&mut **tx)
+        .await?;
+        Ok(row.try_get(0)?)
+    }
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+fn keys(row: &sqlx::sqlite::SqliteRow, stored: &str, server: &str) -> StoreResult<ScramKeys> {
+    Ok(ScramKeys {
+        stored_key: row.try_get(stored)?,
+        server_key: row.try_get(server)?,
+    })
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_account(&self, user: &str, creds: &Credentials) -> StoreResult<()> {
+        let result = sqlx::query(
+            "INSERT INTO accounts (username, salt, iterations, sha1_stored_key, sha1_server_key, \
+             sha256_stored_key, sha256_server_key, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(user)
+        .bind(&creds.salt)
+        .bind(creds.iterations as i64)
+        .bind(&creds.sha1.stored_key)
+        .bind(&creds.sha1.server_key)
+        .bind(&creds.sha256.stored_key)
+        .bind(&creds.sha256.server_key)
+        .bind(chrono::Utc::now().timestamp_millis())
+        .execute(&self.pool)
+        .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if is_unique_violation(&e) => Err(StoreError::AccountExists),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn set_credentials(&self, user: &str, creds: &Credentials) -> StoreResult<()> {
+        let done = sqlx::query(
+            "UPDATE accounts SET salt = ?, iterations = ?, sha1_stored_key = ?, \
+             sha1_server_key = ?, sha256_stored_key = ?, sha256_server_key = ? WHERE username = ?",
+        )
+        .bind(&creds.salt)
+        .bind(creds.iterations as i64)
+        .bind(&creds.sha1.stored_key)
+        .bind(&creds.sha1.server_key)
+        .bind(&creds.sha256.stored_key)
+        .bind(&creds.sha256.server_key)
+        .bind(user)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NoSuchAccount);
+        }
+        Ok(())
+    }
+
+    async fn credentials(&self, user: &str) -> StoreResult<Option<Credentials>> {
+        let row = sqlx::query("SELECT * FROM accounts WHERE username = ?")
+            .bind(user)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let iterations: i64 = row.try_get("iterations")?;
+        Ok(Some(Credentials {
+            salt: row.try_get("salt")?,
+            iterations: u32::try_from(iterations).unwrap_or(0),
+            sha1: keys(&row, "sha1_stored_key", "sha1_server_key")?,
+            sha256: keys(&row, "sha256_stored_key", "sha256_server_key")?,
+        }))
+    }
+
+    async fn delete_account(&self, user: &str) -> StoreResult<bool> {
+        let mut tx = self.pool.begin().await?;
+        // The foreign keys cascade, but every table is named so nothing depends on them.
+        for statement in [
+            "DELETE FROM roster_groups WHERE username = ?",
+            "DELETE FROM roster_items WHERE username = ?",
+            "DELETE FROM roster_versions WHERE username = ?",
+            "DELETE FROM subscription_requests WHERE username = ?",
+            "DELETE FROM offline_messages WHERE username = ?",
+            "DELETE FROM blocklist WHERE username = ?",
+            "DELETE FROM vcards WHERE username = ?",
+        ] {
+            sqlx::query(statement).bind(user).execute(&mut *tx).await?;
+        }
+        let done = sqlx::query("DELETE FROM accounts WHERE username = ?")
+            .bind(user)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn list_accounts(&self) -> StoreResult<Vec<String>> {
+        let rows = sqlx::query("SELECT username FROM accounts ORDER BY username")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| r.try_get(0).map_err(Into::into))
+            .collect()
+    }
+
+    async fn roster(&self, user: &str) -> StoreResult<Roster> {
+        let version: i64 = sqlx::query("SELECT version FROM roster_versions WHERE username = ?")
+            .bind(user)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| r.try_get(0))
+            .transpose()?
+            .unwrap_or(0);
+        let rows = sqlx::query(
+            "SELECT contact, name, subscription, ask FROM roster_items WHERE username = ? \
+             ORDER BY contact",
+        )
+        .bind(user)
+        .fetch_all(&self.pool)
+        .await?;
+        let groups = sqlx::query(
+            "SELECT contact, grp FROM roster_groups WHERE username = ? ORDER BY contact, grp",
+        )
+        .bind(user)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut items = Vec::with_capacity(rows.len());
+        for row in &rows {
+            items.push(item_from_row(row)?);
+        }
+        for g in &groups {
+            let contact: String = g.try_get(0)?;
+            if let Ok(i) = items.binary_search_by(|it: &RosterItem| it.jid.cmp(&contact)) {
+                items[i].groups.push(g.try_get(1)?);
+            }
+        }
+        Ok(Roster { version, items })
+    }
+
+    async fn roster_item(&self, user: &str, contact: &str) -> StoreResult<Option<RosterItem>> {
+        let row = sqlx::query(
+            "SELECT contact, name, subscription, ask FROM roster_items \
+             WHERE username = ? AND contact = ?",
+        )
+        .bind(user)
+        .bind(contact)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let mut item = item_from_row(&row)?;
+        let groups = sqlx::query(
+            "SELECT grp FROM roster_groups WHERE username = ? AND contact = ? ORDER BY grp",
+        )
+        .bind(user)
+        .bind(contact)
+        .fetch_all(&self.pool)
+        .await?;
+        for g in &groups {
+            item.groups.push(g.try_get(0)?);
+        }
+        Ok(Some(item))
+    }
+
+    async fn put_roster_item(&self, user: &str, item: &RosterItem) -> StoreResult<i64> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO roster_items (username, contact, name, subscription, ask) \
+             VALUES (?, ?, ?, ?, ?) ON CONFLICT (username, contact) DO UPDATE SET \
+             name = excluded.name, subscription = excluded.subscription, ask = excluded.ask",
+        )
+        .bind(user)
+        .bind(&item.jid)
+        .bind(&item.name)
+        .bind(item.subscription.as_str())
+        .bind(item.ask)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM roster_groups WHERE username = ? AND contact = ?")
+            .bind(user)
+            .bind(&item.jid)
+            .execute(&mut *tx)
+            .await?;
+        for g in &item.groups {
+            sqlx::query(
+                "INSERT OR IGNORE INTO roster_groups (username, contact, grp) VALUES (?, ?, ?)",
+            )
+            .bind(user)
+            .bind(&item.jid)
+            .bind(g)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let version = Self::bump_version(&mut tx, user).await?;
+        tx.commit().await?;
+        Ok(version)
+    }
+
+    async fn remove_roster_item(&self, user: &str, contact: &str) -> StoreResult<Option<i64>> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM roster_groups WHERE username = ? AND contact = ?")
+            .bind(user)
+            .bind(contact)
+            .execute(&mut *tx)
+            .await?;
+        let done = sqlx::query("DELETE FROM roster_items WHERE username = ? AND contact = ?")
+            .bind(user)
+            .bind(contact)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Ok(None);
+        }
+        let version = Self::bump_version(&mut tx, user).await?;
+        tx.commit().await?;
+        Ok(Some(version))
+    }
+
+    async fn put_subscription_request(
+        &self,
+        user: &str,
+        request: &SubscriptionRequest,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO subscription_requests (username, contact, stanza) VALUES (?, ?, ?) \
+             ON CONFLICT (username, contact) DO UPDATE SET stanza = excluded.stanza",
+        )
+        .bind(user)
+        .bind(&request.contact)
+        .bind(&request.stanza)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn remove_subscription_request(&self, user: &str, contact: &str) -> StoreResult<bool> {
+        let done =
+            sqlx::query("DELETE FROM subscription_requests WHERE username = ? AND contact = ?")
+                .bind(user)
+                .bind(contact)
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn subscription_requests(&self, user: &str) -> StoreResult<Vec<SubscriptionRequest>> {
+        let rows = sqlx::query(
+            "SELECT contact, stanza FROM subscription_requests WHERE username = ? ORDER BY contact",
+        )
+        .bind(user)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(SubscriptionRequest {
+                    contact: r.try_get(0)?,
+                    stanza: r.try_get(1)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn has_subscription_request(&self, user: &str, contact: &str) -> StoreResult<bool> {
+        let row =
+            sqlx::query("SELECT 1 FROM subscription_requests WHERE username = ? AND contact = ?")
+                .bind(user)
+                .bind(contact)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.is_some())
+    }
+
+    async fn push_offline(&self, user: &str, stanza: &str, stamp_ms: i64) -> StoreResult<()> {
+        sqlx::query("INSERT INTO offline_messages (username, stanza, stamp_ms) VALUES (?, ?, ?)")
+            .bind(user)
+            .bind(stanza)
+            .bind(stamp_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn offline_count(&self, user: &str) -> StoreResult<u64> {
+        let row = sqlx::query("SELECT COUNT(*) FROM offline_messages WHERE username = ?")
+            .bind(user)
+            .fetch_one(&self.pool)
+            .await?;
+        let n: i64 = row.try_get(0)?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn offline_messages(&self, user: &str) -> StoreResult<Vec<OfflineMessage>> {
+        let rows = sqlx::query(
+            "SELECT id, stanza, stamp_ms FROM offline_messages WHERE username = ? ORDER BY id",
+        )
+        .bind(user)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(OfflineMessage {
+                    id: r.try_get(0)?,
+                    stanza: r.try_get(1)?,
+                    stamp_ms: r.try_get(2)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn remove_offline(&self, user: &str, up_to_id: i64) -> StoreResult<()> {
+        sqlx::query("DELETE FROM offline_messages WHERE username = ? AND id <= ?")
+            .bind(user)
+            .bind(up_to_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn blocklist(&self, user: &str) -> StoreResult<Vec<String>> {
+        let rows = sqlx::query("SELECT jid FROM blocklist WHERE username = ? ORDER BY jid")
+            .bind(user)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| r.try_get(0).map_err(Into::into))
+            .collect()
+    }
+
+    async fn block(&self, user: &str, jids: &[String]) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        for jid in jids {
+            sqlx::query("INSERT OR IGNORE INTO blocklist (username, jid) VALUES (?, ?)")
+                .bind(user)
+                .bind(jid)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn unblock(&self, user: &str, jids: &[String]) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        if jids.is_empty() {
+            sqlx::query("DELETE FROM blocklist WHERE username = ?")
+                .bind(user)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for jid in jids {
+            sqlx::query("DELETE FROM blocklist WHERE username = ? AND jid = ?")
+                .bind(user)
+                .bind(jid)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn vcard(&self, user: &str) -> StoreResult<Option<String>> {
+        let row = sqlx::query("SELECT vcard FROM vcards WHERE username = ?")
+            .bind(user)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
+
+    async fn set_vcard(&self, user: &str, vcard: &str) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO vcards (username, vcard) VALUES (?, ?) \
+             ON CONFLICT (username) DO UPDATE SET vcard = excluded.vcard",
+        )
+        .bind(user)
+        .bind(vcard)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
+
+fn item_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<RosterItem> {
+    let subscription: String = row.try_get("subscription")?;
+    Ok(RosterItem {
+        jid: row.try_get("contact")?,
+        name: row.try_get("name")?,
+        // The CHECK constraint keeps other values out; `none` is the safe reading regardless.
+        subscription: Subscription::parse(&subscription).unwrap_or(Subscription::None),
+        ask: row.try_get("ask")?,
+        groups: Vec::new(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn creds(tag: u8) -> Credentials {
+        let k = |b: u8| ScramKeys {
+            stored_key: vec![b; 32],
+            server_key: vec![b + 1; 32],
+        };
+        Credentials {
+            salt: vec![tag; 16],
+            iterations: 4096,
+            sha1: k(tag),
+            sha256: k(tag + 2),
+        }
+    }
+
+    fn item(jid: &str, groups: &[&str]) -> RosterItem {
+        RosterItem {
+            jid: jid.into(),
+            name: Some("Name".into()),
+            subscription: Subscription::To,
+            ask: true,
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+        }
+    }
+
+    async fn every_method(store: &SqliteStore) {
+        store.create_account("alice", &creds(1)).await.unwrap();
+        store.create_account("bob", &creds(5)).await.unwrap();
+        assert!(matches!(
+            store.create_account("alice", &creds(9)).await,
+            Err(StoreError::AccountExists)
+        ));
+        assert_eq!(store.credentials("alice").await.unwrap(), Some(creds(1)));
+        store.set_credentials("alice", &creds(20)).await.unwrap();
+        assert_eq!(store.credentials("alice").await.unwrap(), Some(creds(20)));
+        assert!(matches!(
+            store.set_credentials("nobody", &creds(1)).await,
+            Err(StoreError::NoSuchAccount)
+        ));
+        assert_eq!(store.credentials("nobody").await.unwrap(), None);
+        assert_eq!(store.list_accounts().await.unwrap(), ["alice", "bob"]);
+
+        assert_eq!(store.roster("alice").await.unwrap(), Roster::default());
+        let v1 = store
+            .put_roster_item("alice", &item("carol@x", &["Friends, old", "Ünïcode"]))
+            .await
+            .unwrap();
+        let v2 = store
+            .put_roster_item("alice", &item("bob@x", &[]))
+            .await
+            .unwrap();
+        assert_eq!((v1, v2), (1, 2));
+        let roster = store.roster("alice").await.unwrap();
+        assert_eq!(roster.version, 2);
+        assert_eq!(roster.items[0].jid, "bob@x");
+        assert_eq!(roster.items[1].groups, ["Friends, old", "Ünïcode"]);
+        assert_eq!(
+            store.roster_item("alice", "carol@x").await.unwrap(),
+            Some(item("carol@x", &["Friends, old", "Ünïcode"]))
+        );
+        assert_eq!(
+            store.remove_roster_item("alice", "bob@x").await.unwrap(),
+            Some(3)
+        );
+        assert_eq!(
+            store.remove_roster_item("alice", "bob@x").await.unwrap(),
+            None
+        );
+        assert_eq!(store.roster("alice").await.unwrap().version, 3);
+
+        let req = |c: &str| SubscriptionRequest {
+            contact: c.into(),
+            stanza: format!("<presence type='subscribe' from='{c}'/>"),
+        };
+        store
+            .put_subscription_request("alice", &req("dave@x"))
+            .await
+            .unwrap();
+        store
+            .put_subscription_request("alice", &req("dave@x"))
+            .await
+            .unwrap();
+        assert!(
+            store
+                .has_subscription_request("alice", "dave@x")
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            store.subscription_requests("alice").await.unwrap(),
+            [req("dave@x")]
+        );
+        assert!(
+            store
+                .remove_subscription_request("alice", "dave@x")
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .remove_subscription_request("alice", "dave@x")
+                .await
+                .unwrap()
+        );
+
+        for i in 0..3 {
+            store
+                .push_offline("alice", &format!("<m{i}/>"), i)
+                .await
+                .unwrap();
+        }
+        assert_eq!(store.offline_count("alice").await.unwrap(), 3);
+        let msgs = store.offline_messages("alice").await.unwrap();
+        assert_eq!(
+            msgs.iter().map(|m| m.stanza.as_str()).collect::<Vec<_>>(),
+            ["<m0/>", "<m1/>", "<m2/>"]
+        );
+        store.remove_offline("alice", msgs[1].id).await.unwrap();
+        assert_eq!(
+            store.offline_messages("alice").await.unwrap()[0].stanza,
+            "<m2/>"
+        );
+
+        store
+            .block("alice", &["x@y".into(), "z".into(), "x@y".into()])
+            .await
+            .unwrap();
+        assert_eq!(store.blocklist("alice").await.unwrap(), ["x@y", "z"]);
+        store.unblock("alice", &["z".into()]).await.unwrap();
+        assert_eq!(store.blocklist("alice").await.unwrap(), ["x@y"]);
+        store.unblock("alice", &[]).await.unwrap();
+        assert!(store.blocklist("alice").await.unwrap().is_empty());
+        store.block("alice", &["x@y".into()]).await.unwrap();
+
+        assert_eq!(store.vcard("alice").await.unwrap(), None);
+        store.set_vcard("alice", "<vCard/>").await.unwrap();
+        store
+            .set_vcard("alice", "<vCard><FN>A</FN></vCard>")
+            .await
+            .unwrap();
+        assert_eq!(
+            store.vcard("alice").await.unwrap().as_deref(),
+            Some("<vCard><FN>A</FN></vCard>")
+        );
+    }
+
+    async fn deleted_without_a_trace(store: &SqliteStore) {
+        store
+            .put_subscription_request(
+                "alice",
+                &SubscriptionRequest {
+                    contact: "e@x".into(),
+                    stanza: "<p/>".into(),
+                },
+            )
+            .await
+            .unwrap();
+        assert!(store.delete_account("alice").await.unwrap());
+        assert!(!store.delete_account("alice").await.unwrap());
+        assert_eq!(store.roster("alice").await.unwrap(), Roster::default());
+        assert_eq!(store.offline_count("alice").await.unwrap(), 0);
+        assert!(store.blocklist("alice").await.unwrap().is_empty());
+        assert!(
+            store
+                .subscription_requests("alice")
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(store.vcard("alice").await.unwrap(), None);
+        assert_eq!(store.list_accounts().await.unwrap(), ["bob"]);
+    }
+
+    #[tokio::test]
+    async fn in_memory() {
+        let store = SqliteStore::open("sqlite::memory:").await.unwrap();
+        every_method(&store).await;
+        deleted_without_a_trace(&store).await;
+    }
+
+    #[tokio::test]
+    async fn file_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/sub/dir/rookery.db", dir.path().display());
+        {
+            let store = SqliteStore::open(&url).await.unwrap();
+            every_method(&store).await;
+            store.pool.close().await;
+        }
+        let store = SqliteStore::open(&url).await.unwrap();
+        assert_eq!(store.roster("alice").await.unwrap().version, 3);
+        assert_eq!(store.offline_count("alice").await.unwrap(), 1);
+        assert_eq!(store.credentials("alice").await.unwrap(), Some(creds(20)));
+        deleted_without_a_trace(&store).await;
     }
 }
