@@ -1,6 +1,6 @@
 //! The `rookery` binary: parses the command line, reports start-up errors in one line.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, anyhow, bail};
 use clap::Parser;
 use rookery::auth::scram;
 use rookery::cli::{Cli, Command, UserAction, password, username_for};
@@ -31,7 +31,8 @@ fn main() {
         }
     };
     if let Err(e) = runtime.block_on(run(cli)) {
-        eprintln!("rookery: {e:#}");
+        // Every error type here already names its cause in its message; `{:#}` would repeat it.
+        eprintln!("rookery: {e}");
         std::process::exit(1);
     }
 }
@@ -54,9 +55,10 @@ async fn serve(config: Config) -> Result<()> {
 
 async fn wait_for_signal() -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut term =
+        signal(SignalKind::terminate()).map_err(|e| anyhow!("cannot handle SIGTERM: {e}"))?;
     tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("installing the SIGINT handler")?,
+        r = tokio::signal::ctrl_c() => r.map_err(|e| anyhow!("cannot handle SIGINT: {e}"))?,
         _ = term.recv() => {}
     }
     Ok(())

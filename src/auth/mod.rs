@@ -16,6 +16,9 @@ pub enum AuthError {
     InvalidAuthzid,
     #[error("the password cannot be prepared (SASLprep)")]
     BadPassword,
+    /// The client asked for a channel-binding type this server does not provide.
+    #[error("unsupported channel-binding type")]
+    UnsupportedChannelBinding,
 }
 
 impl AuthError {
@@ -23,7 +26,7 @@ impl AuthError {
         match self {
             AuthError::MalformedRequest | AuthError::BadPassword => "malformed-request",
             AuthError::IncorrectEncoding => "incorrect-encoding",
-            AuthError::NotAuthorized => "not-authorized",
+            AuthError::NotAuthorized | AuthError::UnsupportedChannelBinding => "not-authorized",
             AuthError::InvalidAuthzid => "invalid-authzid",
         }
     }

@@ -191,7 +191,8 @@ impl ClientFirst {
             && name != "tls-exporter"
             && name != "tls-server-end-point"
         {
-            return Err(AuthError::MalformedRequest);
+            // tls-unique, for example, which TLS 1.3 does not define.
+            return Err(AuthError::UnsupportedChannelBinding);
         }
         let authzid = match authzid {
             "" => None,
@@ -546,7 +547,10 @@ mod tests {
         // A -PLUS mechanism without binding, and binding without -PLUS.
         assert!(ClientFirst::parse(b"n,,n=user,r=abc", true, true).is_err());
         assert!(ClientFirst::parse(b"p=tls-exporter,,n=user,r=abc", false, true).is_err());
-        assert!(ClientFirst::parse(b"p=tls-unique,,n=user,r=abc", true, true).is_err());
+        assert_eq!(
+            ClientFirst::parse(b"p=tls-unique,,n=user,r=abc", true, true).unwrap_err(),
+            AuthError::UnsupportedChannelBinding
+        );
         for bad in [
             &b"n,,m=ext,n=user,r=abc"[..],
             b"n,,n=user",

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span};
 
 use super::conn::{Failure, Socket, XmlConn};
-use crate::auth::{plain, scram};
+use crate::auth::{AuthError, plain, scram};
 use crate::jid::{self, FullJid, Jid};
 use crate::modules::{self, IqTarget, blocking, presence, register};
 use crate::router::{self, table::SessionCommand, table::SessionSender};
@@ -266,12 +266,22 @@ async fn authenticate_and_bind(server: &Server, conn: &mut XmlConn) -> Result<Bo
     conn.flush().await?;
 
     let mut failures = 0;
+    let mut binding_refused = false;
     let user = loop {
         let el = conn.next_stanza().await?;
         if el.is("auth", ns::SASL) {
-            match sasl(server, conn, &el, &cb).await? {
+            match sasl(server, conn, &el, &cb, binding_refused).await? {
                 Ok(user) => break user,
-                Err(condition) => {
+                Err(SaslFailure::BindingType) => {
+                    // Not a wrong password: the client may retry without channel binding.
+                    binding_refused = true;
+                    conn.send(&sasl_failure("not-authorized")).await?;
+                }
+                Err(SaslFailure::Condition(condition)) => {
+                    debug!(
+                        mechanism = el.attr("mechanism").unwrap_or(""),
+                        condition, "SASL failure"
+                    );
                     conn.send(&sasl_failure(condition)).await?;
                     failures += 1;
                     if failures >= MAX_AUTH_ATTEMPTS {
@@ -391,19 +401,35 @@ fn success(data: &[u8]) -> Element {
     s
 }
 
-/// Runs one SASL exchange; returns the authenticated username or the failure condition.
+enum SaslFailure {
+    Condition(&'static str),
+    /// The client chose a channel-binding type we do not provide.
+    BindingType,
+}
+
+impl From<&'static str> for SaslFailure {
+    fn from(condition: &'static str) -> Self {
+        SaslFailure::Condition(condition)
+    }
+}
+
+/// Runs one SASL exchange; returns the authenticated username or why it failed.
+///
+/// `binding_refused`: an earlier attempt on this stream asked for a binding type we refused,
+/// so a `y` GS2 flag is the client's correct conclusion rather than a downgrade (RFC 5802 §6).
 async fn sasl(
     server: &Server,
     conn: &mut XmlConn,
     auth: &Element,
     cb: &scram::ChannelBindingData,
-) -> Result<Result<String, &'static str>, Failure> {
+    binding_refused: bool,
+) -> Result<Result<String, SaslFailure>, Failure> {
     let offered = mechanisms(cb);
     let Some(mech) = auth.attr("mechanism").filter(|m| offered.contains(m)) else {
-        return Ok(Err("invalid-mechanism"));
+        return Ok(Err("invalid-mechanism".into()));
     };
     let Some(initial) = decode_sasl(&auth.text()) else {
-        return Ok(Err("incorrect-encoding"));
+        return Ok(Err("incorrect-encoding".into()));
     };
     let first = match initial {
         Some(data) => data,
@@ -411,7 +437,7 @@ async fn sasl(
             conn.send(&challenge(&[])).await?;
             match sasl_response(conn).await? {
                 Ok(data) => data,
-                Err(condition) => return Ok(Err(condition)),
+                Err(condition) => return Ok(Err(condition.into())),
             }
         }
     };
@@ -419,13 +445,13 @@ async fn sasl(
     if mech == "PLAIN" {
         let req = match plain::parse(&first) {
             Ok(r) => r,
-            Err(e) => return Ok(Err(e.condition())),
+            Err(e) => return Ok(Err(e.condition().into())),
         };
         let Ok(user) = jid::normalize_user(&req.authcid) else {
-            return Ok(Err("not-authorized"));
+            return Ok(Err("not-authorized".into()));
         };
         if req.authzid.as_deref().is_some_and(|z| z != own_jid(&user)) {
-            return Ok(Err("invalid-authzid"));
+            return Ok(Err("invalid-authzid".into()));
         }
         let creds = server.store.credentials(&user).await.ok().flatten();
         let valid = creds
@@ -433,7 +459,7 @@ async fn sasl(
             .is_some_and(|c| scram::verify_password(c, &req.password));
         if !valid {
             info!(user = %user, mechanism = mech, "authentication failed");
-            return Ok(Err("not-authorized"));
+            return Ok(Err("not-authorized".into()));
         }
         conn.send(&success(&[])).await?;
         return Ok(Ok(user));
@@ -444,10 +470,11 @@ async fn sasl(
         scram::ScramHash::Sha1
     };
     let plus = mech.ends_with("-PLUS");
-    let offers_plus = offered.iter().any(|m| m.ends_with("-PLUS"));
+    let offers_plus = offered.iter().any(|m| m.ends_with("-PLUS")) && !binding_refused;
     let client_first = match scram::ClientFirst::parse(&first, plus, offers_plus) {
         Ok(cf) => cf,
-        Err(e) => return Ok(Err(e.condition())),
+        Err(AuthError::UnsupportedChannelBinding) => return Ok(Err(SaslFailure::BindingType)),
+        Err(e) => return Ok(Err(e.condition().into())),
     };
     let user = jid::normalize_user(&client_first.username).ok();
     let authzid_ok = match (&client_first.authzid, &user) {
@@ -464,7 +491,7 @@ async fn sasl(
     conn.send(&challenge(&server_first)).await?;
     let response = match sasl_response(conn).await? {
         Ok(data) => data,
-        Err(condition) => return Ok(Err(condition)),
+        Err(condition) => return Ok(Err(condition.into())),
     };
     let server_final = match scram_server.client_final(&response, cb) {
         Ok(f) => f,
@@ -474,14 +501,14 @@ async fn sasl(
                 mechanism = mech,
                 "authentication failed"
             );
-            return Ok(Err(e.condition()));
+            return Ok(Err(e.condition().into()));
         }
     };
     let (Some(user), Some(_)) = (user, creds) else {
-        return Ok(Err("not-authorized"));
+        return Ok(Err("not-authorized".into()));
     };
     if !authzid_ok {
-        return Ok(Err("invalid-authzid"));
+        return Ok(Err("invalid-authzid".into()));
     }
     conn.send(&success(&server_final)).await?;
     Ok(Ok(user))
