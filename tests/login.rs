@@ -1,0 +1,183 @@
+//! Stream negotiation with real clients: STARTTLS and direct TLS, SCRAM, PLAIN, failures.
+
+mod common;
+
+use common::*;
+
+#[tokio::test(flavor = "current_thread")]
+async fn scram_login_over_starttls_and_direct_tls() {
+    let server = TestServer::start().await;
+    server.add_user("alice", "secret").await;
+    let c = XmppClient::connect(&server, "alice@localhost/desk", "secret").await;
+    assert_eq!(c.jid.to_string(), "alice@localhost/desk");
+    c.close().await;
+    let c = XmppClient::connect_via(&server, "alice@localhost/phone", "secret", true).await;
+    assert_eq!(c.jid.to_string(), "alice@localhost/phone");
+    c.close().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn server_picks_a_resource_when_none_is_asked_for() {
+    let server = TestServer::start().await;
+    server.add_user("alice", "secret").await;
+    let mut raw = Raw::tls(&server).await;
+    raw.send(&stream_header(DOMAIN)).await;
+    raw.read_until("</stream:features>").await;
+    raw.send(&format!(
+        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{}</auth>",
+        plain("alice", "secret")
+    ))
+    .await;
+    raw.read_until("<success").await;
+    raw.send(&stream_header(DOMAIN)).await;
+    let features = raw.read_until("</stream:features>").await;
+    assert!(
+        features.contains("urn:ietf:params:xml:ns:xmpp-bind"),
+        "{features}"
+    );
+    assert!(
+        features.contains("urn:xmpp:features:rosterver"),
+        "{features}"
+    );
+    raw.send("<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>")
+        .await;
+    let bound = raw.read_until("</iq>").await;
+    assert!(bound.contains("<jid>alice@localhost/"), "{bound}");
+    // The legacy session request older clients send still gets a result.
+    raw.send("<iq type='set' id='s'><session xmlns='urn:ietf:params:xml:ns:xmpp-session'/></iq>")
+        .await;
+    let session = raw.read_until("type='result'").await;
+    assert!(session.contains("id='s'"), "{session}");
+    raw.send("</stream:stream>").await;
+    let rest = raw.read_to_close().await;
+    assert!(rest.contains("</stream:stream>"), "{rest}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn wrong_password_is_not_authorized() {
+    let server = TestServer::start().await;
+    server.add_user("alice", "secret").await;
+    let mut raw = Raw::tls(&server).await;
+    raw.send(&stream_header(DOMAIN)).await;
+    let features = raw.read_until("</stream:features>").await;
+    for mech in [
+        "SCRAM-SHA-256-PLUS",
+        "SCRAM-SHA-256",
+        "SCRAM-SHA-1",
+        "PLAIN",
+    ] {
+        assert!(
+            features.contains(&format!(">{mech}<")),
+            "{mech} missing in {features}"
+        );
+    }
+    raw.send(&format!(
+        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{}</auth>",
+        plain("alice", "wrong")
+    ))
+    .await;
+    let failure = raw.read_until("</failure>").await;
+    assert!(failure.contains("<not-authorized"), "{failure}");
+    // An unknown user fails the same way.
+    raw.send(&format!(
+        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{}</auth>",
+        plain("nobody", "secret")
+    ))
+    .await;
+    let failure = raw.read_until("</failure>").await;
+    assert!(failure.contains("<not-authorized"), "{failure}");
+    // The right password still works on the same stream.
+    raw.send(&format!(
+        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{}</auth>",
+        plain("alice", "secret")
+    ))
+    .await;
+    raw.read_until("<success").await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn scram_with_wrong_password_fails_in_tokio_xmpp() {
+    use tokio_xmpp::connect::ServerConnector;
+    use tokio_xmpp::xmlstream::Timeouts;
+    let server = TestServer::start().await;
+    server.add_user("alice", "secret").await;
+    let connector = Connector {
+        addr: server.c2s,
+        tls: server.tls(),
+        direct_tls: false,
+    };
+    let jid = tokio_xmpp::jid::Jid::new("alice@localhost").unwrap();
+    let (pending, binding) = connector
+        .connect(&jid, "jabber:client", Timeouts::tight())
+        .await
+        .unwrap();
+    let (features, stream) = pending.recv_features().await.unwrap();
+    let creds = sasl::common::Credentials::default()
+        .with_username("alice")
+        .with_password("wrong")
+        .with_channel_binding(binding);
+    let err = tokio_xmpp::client_login(stream, features.sasl_mechanisms, creds)
+        .await
+        .err()
+        .expect("login must fail");
+    assert!(format!("{err:?}").contains("NotAuthorized"), "{err:?}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn plain_is_refused_before_tls() {
+    let server = TestServer::start().await;
+    server.add_user("alice", "secret").await;
+    let mut raw = Raw::tcp(server.c2s).await;
+    raw.send(&stream_header(DOMAIN)).await;
+    let features = raw.read_until("</stream:features>").await;
+    assert!(features.contains("<starttls"), "{features}");
+    assert!(features.contains("<required"), "{features}");
+    assert!(
+        !features.contains("mechanism"),
+        "no SASL before TLS: {features}"
+    );
+    raw.send(&format!(
+        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{}</auth>",
+        plain("alice", "secret")
+    ))
+    .await;
+    let failure = raw.read_until("</failure>").await;
+    assert!(failure.contains("<encryption-required"), "{failure}");
+    // Anything else before TLS ends the stream.
+    raw.send("<message to='bob@localhost'><body>x</body></message>")
+        .await;
+    let closed = raw.read_to_close().await;
+    assert!(closed.contains("<policy-violation"), "{closed}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn unknown_host_and_bad_version_get_stream_errors() {
+    let server = TestServer::start().await;
+    let mut raw = Raw::tcp(server.c2s).await;
+    raw.send(&stream_header("example.org")).await;
+    let closed = raw.read_to_close().await;
+    assert!(closed.contains("<stream:stream"), "header first: {closed}");
+    assert!(closed.contains("<host-unknown"), "{closed}");
+
+    let mut raw = Raw::tcp(server.c2s).await;
+    raw.send(
+        "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' \
+         to='localhost' version='2.0'>",
+    )
+    .await;
+    let closed = raw.read_to_close().await;
+    assert!(closed.contains("<unsupported-version"), "{closed}");
+
+    let mut raw = Raw::tcp(server.c2s).await;
+    raw.send("<stream xmlns='jabber:client' to='localhost' version='1.0'>")
+        .await;
+    let closed = raw.read_to_close().await;
+    assert!(closed.contains("<stream:stream"), "header first: {closed}");
+    assert!(closed.contains("<invalid-namespace"), "{closed}");
+    server.shutdown().await;
+}
