@@ -223,7 +223,11 @@ impl XmppClient {
     }
 
     pub async fn send(&mut self, xml: &str) {
-        let el: Element = xml.parse().expect("valid test XML");
+        // Wrapped so that the test XML can leave out the stream's default namespace.
+        let wrapped: Element = format!("<w xmlns='jabber:client'>{xml}</w>")
+            .parse()
+            .expect("valid test XML");
+        let el = wrapped.children().next().expect("one stanza").clone();
         let stanza = Stanza::try_from(el).expect("a stanza");
         self.client.send_stanza(stanza).await.expect("send");
     }
