@@ -1,0 +1,245 @@
+//! Bad input gets a clear error and affects only its own connection.
+
+mod common;
+
+use common::*;
+
+/// A second, well-behaved session that must keep working while another misbehaves.
+async fn bystanders(server: &TestServer) -> (XmppClient, XmppClient) {
+    let alice = XmppClient::connect(server, "alice@localhost/a", "pw").await;
+    let mut bob = XmppClient::connect(server, "bob@localhost/b", "pw").await;
+    bob.send("<presence/>").await;
+    bob.expect("own presence", |e| e.name() == "presence").await;
+    (alice, bob)
+}
+
+async fn still_talking(alice: &mut XmppClient, bob: &mut XmppClient, body: &'static str) {
+    alice
+        .send(&format!(
+            "<message to='bob@localhost' type='chat'><body>{body}</body></message>"
+        ))
+        .await;
+    bob.expect("message after the bad input", is_message_with_body(body))
+        .await;
+}
+
+async fn setup() -> TestServer {
+    let server = TestServer::start_with(|c| {
+        c.limits.max_stanza_bytes = 10_000;
+        c.limits.max_body_chars = 100;
+    })
+    .await;
+    for u in ["alice", "bob", "mallory"] {
+        server.add_user(u, "pw").await;
+    }
+    server
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn malformed_xml_closes_only_that_stream() {
+    let server = setup().await;
+    let (mut alice, mut bob) = bystanders(&server).await;
+    let mut bad = Raw::login(&server, "mallory", "pw", "m").await;
+    bad.send("<message><body></message>").await;
+    let closed = bad.read_to_close().await;
+    assert!(closed.contains("<not-well-formed"), "{closed}");
+    assert!(closed.ends_with("</stream:stream>"), "{closed}");
+    still_talking(&mut alice, &mut bob, "after malformed").await;
+
+    // Before authentication too, and with entity declarations.
+    let mut bad = Raw::tcp(server.c2s).await;
+    bad.send("<?xml version='1.0'?><!DOCTYPE lol [<!ENTITY lol 'lol'>]><stream:stream>")
+        .await;
+    let closed = bad.read_to_close().await;
+    assert!(closed.contains("<not-well-formed"), "{closed}");
+    still_talking(&mut alice, &mut bob, "after doctype").await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn oversized_stanza_and_deep_nesting_are_policy_violations() {
+    let server = setup().await;
+    let (mut alice, mut bob) = bystanders(&server).await;
+    let mut bad = Raw::login(&server, "mallory", "pw", "m").await;
+    bad.send(&format!(
+        "<message to='bob@localhost'><body>{}</body></message>",
+        "x".repeat(20_000)
+    ))
+    .await;
+    let closed = bad.read_to_close().await;
+    assert!(closed.contains("<policy-violation"), "{closed}");
+    still_talking(&mut alice, &mut bob, "after oversized").await;
+
+    // A start tag that never ends is cut off by the same limit.
+    let mut bad = Raw::login(&server, "mallory", "pw", "m").await;
+    let mut tag = String::from("<message");
+    for i in 0..2_000 {
+        tag.push_str(&format!(" a{i}='v'"));
+    }
+    bad.send(&tag).await;
+    let closed = bad.read_to_close().await;
+    assert!(closed.contains("<policy-violation"), "{closed}");
+
+    let mut bad = Raw::login(&server, "mallory", "pw", "m").await;
+    bad.send(&"<x>".repeat(100)).await;
+    let closed = bad.read_to_close().await;
+    assert!(closed.contains("<policy-violation"), "{closed}");
+    still_talking(&mut alice, &mut bob, "after deep").await;
+
+    // The limit is advertised (XEP-0478).
+    let mut raw = Raw::tls(&server).await;
+    raw.send(&stream_header(DOMAIN)).await;
+    let features = raw.read_until("</stream:features>").await;
+    assert!(features.contains("urn:xmpp:stream-limits:0"), "{features}");
+    assert!(
+        features.contains("<max-bytes>10000</max-bytes>"),
+        "{features}"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn body_over_the_limit_is_refused_and_the_stream_survives() {
+    let server = setup().await;
+    let (_alice, mut bob) = bystanders(&server).await;
+    let mut mallory = XmppClient::connect(&server, "mallory@localhost/m", "pw").await;
+    mallory
+        .send(&format!(
+            "<message to='bob@localhost' id='long' type='chat'><body>{}</body></message>",
+            "y".repeat(101)
+        ))
+        .await;
+    let err = mallory
+        .expect("policy-violation", |e| {
+            e.name() == "message" && e.attr("type") == Some("error")
+        })
+        .await;
+    let error = child(&err, "error").unwrap();
+    assert_eq!(error.attr("type"), Some("modify"));
+    assert!(child(error, "policy-violation").is_some());
+    let pong = mallory
+        .iq(
+            "p",
+            "<iq type='get' id='p'><ping xmlns='urn:xmpp:ping'/></iq>",
+        )
+        .await;
+    assert_eq!(pong.attr("type"), Some("result"));
+    bob.expect_none(
+        "the long message",
+        std::time::Duration::from_millis(300),
+        |e| e.name() == "message",
+    )
+    .await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn spoofed_from_is_invalid_from() {
+    let server = setup().await;
+    let (mut alice, mut bob) = bystanders(&server).await;
+    let mut bad = Raw::login(&server, "mallory", "pw", "m").await;
+    bad.send(
+        "<message from='alice@localhost/a' to='bob@localhost'><body>it is me</body></message>",
+    )
+    .await;
+    let closed = bad.read_to_close().await;
+    assert!(closed.contains("<invalid-from"), "{closed}");
+    bob.expect_none(
+        "the spoofed message",
+        std::time::Duration::from_millis(300),
+        |e| e.name() == "message",
+    )
+    .await;
+    still_talking(&mut alice, &mut bob, "after spoof").await;
+
+    // Its own bare JID is a legitimate `from`.
+    let mut ok = Raw::login(&server, "mallory", "pw", "m").await;
+    ok.send("<message from='mallory@localhost' to='bob@localhost' type='chat'><body>honest</body></message>")
+        .await;
+    bob.expect("honest message", is_message_with_body("honest"))
+        .await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn wrong_namespaces_elements_and_addresses() {
+    let server = setup().await;
+    let mut bad = Raw::login(&server, "mallory", "pw", "m").await;
+    bad.send("<message xmlns='urn:example:nope' to='bob@localhost'/>")
+        .await;
+    let closed = bad.read_to_close().await;
+    assert!(closed.contains("<invalid-namespace"), "{closed}");
+
+    let mut bad = Raw::login(&server, "mallory", "pw", "m").await;
+    bad.send("<hello/>").await;
+    let closed = bad.read_to_close().await;
+    assert!(closed.contains("<unsupported-stanza-type"), "{closed}");
+
+    let mut raw = Raw::login(&server, "mallory", "pw", "m").await;
+    raw.send("<message to='@@bad@@' id='j'><body>x</body></message>")
+        .await;
+    let err = raw.read_until("</message>").await;
+    assert!(err.contains("<jid-malformed"), "{err}");
+    raw.send("<iq type='get'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    let err = raw.read_until("</iq>").await;
+    assert!(err.contains("<bad-request"), "iq without id: {err}");
+    raw.send(
+        "<iq type='get' id='two'><ping xmlns='urn:xmpp:ping'/><ping xmlns='urn:xmpp:ping'/></iq>",
+    )
+    .await;
+    let err = raw.read_until("</iq>").await;
+    assert!(err.contains("<bad-request"), "two payloads: {err}");
+    raw.send("<iq type='get' id='u'><query xmlns='urn:example:unknown'/></iq>")
+        .await;
+    let err = raw.read_until("</iq>").await;
+    assert!(err.contains("<service-unavailable"), "{err}");
+    raw.send("<presence><priority>high</priority></presence>")
+        .await;
+    let err = raw.read_until("</presence>").await;
+    assert!(err.contains("<bad-request"), "{err}");
+    // After all of that the stream still works.
+    raw.send("<iq type='get' id='ok'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    raw.read_until("id='ok'").await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn stanzas_before_authentication_are_refused() {
+    let server = setup().await;
+    let mut raw = Raw::tls(&server).await;
+    raw.send(&stream_header(DOMAIN)).await;
+    raw.read_until("</stream:features>").await;
+    raw.send("<message to='bob@localhost'><body>sneaky</body></message>")
+        .await;
+    let closed = raw.read_to_close().await;
+    assert!(closed.contains("<not-authorized"), "{closed}");
+
+    // Three failed attempts end the stream.
+    let mut raw = Raw::tls(&server).await;
+    raw.send(&stream_header(DOMAIN)).await;
+    raw.read_until("</stream:features>").await;
+    for _ in 0..2 {
+        raw.send(&format!(
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{}</auth>",
+            plain("alice", "nope")
+        ))
+        .await;
+        raw.read_until("</failure>").await;
+    }
+    raw.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>!!!</auth>")
+        .await;
+    let closed = raw.read_to_close().await;
+    assert!(closed.contains("<incorrect-encoding"), "{closed}");
+    assert!(closed.contains("<policy-violation"), "{closed}");
+
+    let mut raw = Raw::tls(&server).await;
+    raw.send(&stream_header(DOMAIN)).await;
+    raw.read_until("</stream:features>").await;
+    raw.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='X-NOPE'/>")
+        .await;
+    let failure = raw.read_until("</failure>").await;
+    assert!(failure.contains("<invalid-mechanism"), "{failure}");
+    server.shutdown().await;
+}
