@@ -42,8 +42,10 @@ impl TestServer {
 
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut config = Config::default();
-        config.data_dir = dir.path().to_owned();
+        let mut config = Config {
+            data_dir: dir.path().to_owned(),
+            ..Config::default()
+        };
         config.listen.c2s = "127.0.0.1:0".parse().expect("addr");
         config.listen.c2s_tls = "127.0.0.1:0".parse().expect("addr");
         adjust(&mut config);
@@ -421,6 +423,39 @@ impl Raw {
             Ok(Some(s)) => s,
             Ok(None) => panic!("connection closed before {needle:?}; got {:?}", self.buf),
             Err(_) => panic!("timed out waiting for {needle:?}; got {:?}", self.buf),
+        }
+    }
+
+    /// Reads the `<iq/>` with this id, whether it is self-closing or has children.
+    pub async fn read_iq(&mut self, id: &str) -> String {
+        let marker = format!("id='{id}'");
+        let r = tokio::time::timeout(WAIT, async {
+            loop {
+                if let Some(at) = self.buf.find(&marker)
+                    && let Some(start) = self.buf[..at].rfind("<iq")
+                    && let Some(tag_end) = self.buf[at..].find('>').map(|i| at + i)
+                {
+                    let end = if self.buf[..tag_end].ends_with('/') {
+                        Some(tag_end + 1)
+                    } else {
+                        self.buf[tag_end..].find("</iq>").map(|i| tag_end + i + 5)
+                    };
+                    if let Some(end) = end {
+                        let out = self.buf[start..end].to_owned();
+                        self.buf.drain(..end);
+                        return Some(out);
+                    }
+                }
+                if self.read_chunk().await == 0 {
+                    return None;
+                }
+            }
+        })
+        .await;
+        match r {
+            Ok(Some(s)) => s,
+            Ok(None) => panic!("connection closed before iq {id}; got {:?}", self.buf),
+            Err(_) => panic!("timed out waiting for iq {id}; got {:?}", self.buf),
         }
     }
 

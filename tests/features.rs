@@ -1,0 +1,248 @@
+//! Feature modules through real clients: disco, ping, version, vCard, blocking, registration.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+#[tokio::test(flavor = "current_thread")]
+async fn disco_ping_and_version() {
+    let server = TestServer::start().await;
+    server.add_user("alice", "pw").await;
+    let mut alice = XmppClient::connect(&server, "alice@localhost/a", "pw").await;
+    let info = alice
+        .iq(
+            "d",
+            "<iq type='get' id='d' to='localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>",
+        )
+        .await;
+    let query = child(&info, "query").expect("query");
+    let identity = child(query, "identity").expect("identity");
+    assert_eq!(identity.attr("category"), Some("server"));
+    let features: Vec<&str> = query
+        .children()
+        .filter(|c| c.name() == "feature")
+        .filter_map(|c| c.attr("var"))
+        .collect();
+    for f in [
+        "http://jabber.org/protocol/disco#info",
+        "urn:xmpp:ping",
+        "jabber:iq:version",
+        "urn:xmpp:blocking",
+        "vcard-temp",
+        "msgoffline",
+    ] {
+        assert!(features.contains(&f), "{f} missing from {features:?}");
+    }
+    let items = alice
+        .iq(
+            "i",
+            "<iq type='get' id='i' to='localhost'><query xmlns='http://jabber.org/protocol/disco#items'/></iq>",
+        )
+        .await;
+    assert_eq!(items.attr("type"), Some("result"));
+    let pong = alice
+        .iq(
+            "p",
+            "<iq type='get' id='p' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>",
+        )
+        .await;
+    assert_eq!(pong.attr("type"), Some("result"));
+    let v = alice
+        .iq(
+            "v",
+            "<iq type='get' id='v' to='localhost'><query xmlns='jabber:iq:version'/></iq>",
+        )
+        .await;
+    let q = child(&v, "query").expect("version");
+    assert_eq!(child(q, "name").map(|n| n.text()), Some("rookery".into()));
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn vcard_set_and_get() {
+    let server = TestServer::start().await;
+    server.add_user("alice", "pw").await;
+    server.add_user("bob", "pw").await;
+    let mut alice = XmppClient::connect(&server, "alice@localhost/a", "pw").await;
+    let empty = alice
+        .iq(
+            "g0",
+            "<iq type='get' id='g0'><vCard xmlns='vcard-temp'/></iq>",
+        )
+        .await;
+    assert!(
+        child(&empty, "vCard").is_some(),
+        "an empty vCard for oneself"
+    );
+    let set = alice
+        .iq(
+            "s",
+            "<iq type='set' id='s'><vCard xmlns='vcard-temp'><FN>Alice Liddell</FN><NICKNAME>al</NICKNAME></vCard></iq>",
+        )
+        .await;
+    assert_eq!(set.attr("type"), Some("result"));
+    let mut bob = XmppClient::connect(&server, "bob@localhost/b", "pw").await;
+    let got = bob
+        .iq(
+            "g",
+            "<iq type='get' id='g' to='alice@localhost'><vCard xmlns='vcard-temp'/></iq>",
+        )
+        .await;
+    let vcard = child(&got, "vCard").expect("vCard");
+    assert_eq!(
+        child(vcard, "FN").map(|f| f.text()),
+        Some("Alice Liddell".into())
+    );
+    assert_eq!(got.attr("from"), Some("alice@localhost"));
+    // Nobody else may change it.
+    let denied = bob
+        .iq(
+            "x",
+            "<iq type='set' id='x' to='alice@localhost'><vCard xmlns='vcard-temp'><FN>Bob</FN></vCard></iq>",
+        )
+        .await;
+    assert_eq!(denied.attr("type"), Some("error"));
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn blocking_command() {
+    let server = TestServer::start().await;
+    server.add_user("alice", "pw").await;
+    server.add_user("bob", "pw").await;
+    let mut alice = XmppClient::connect(&server, "alice@localhost/a", "pw").await;
+    let mut bob = XmppClient::connect(&server, "bob@localhost/b", "pw").await;
+    bob.send("<presence/>").await;
+    let block = bob
+        .iq(
+            "b",
+            "<iq type='set' id='b'><block xmlns='urn:xmpp:blocking'><item jid='alice@localhost'/></block></iq>",
+        )
+        .await;
+    assert_eq!(block.attr("type"), Some("result"));
+    let list = bob
+        .iq(
+            "l",
+            "<iq type='get' id='l'><blocklist xmlns='urn:xmpp:blocking'/></iq>",
+        )
+        .await;
+    let items: Vec<_> = child(&list, "blocklist")
+        .unwrap()
+        .children()
+        .filter_map(|i| i.attr("jid"))
+        .collect();
+    assert_eq!(items, ["alice@localhost"]);
+
+    alice
+        .send("<message to='bob@localhost' type='chat'><body>let me in</body></message>")
+        .await;
+    let err = alice
+        .expect("bounce from a blocker", |e| {
+            e.name() == "message" && e.attr("type") == Some("error")
+        })
+        .await;
+    assert!(child(child(&err, "error").unwrap(), "service-unavailable").is_some());
+    bob.expect_none("blocked message", Duration::from_millis(300), |e| {
+        e.name() == "message"
+    })
+    .await;
+    // bob cannot write to alice while he blocks her either.
+    bob.send("<message to='alice@localhost' id='o' type='chat'><body>hi</body></message>")
+        .await;
+    let err = bob
+        .expect("not-acceptable", |e| {
+            e.name() == "message" && e.attr("type") == Some("error")
+        })
+        .await;
+    let error = child(&err, "error").unwrap();
+    assert!(child(error, "not-acceptable").is_some());
+    assert!(child(error, "blocked").is_some_and(|b| b.ns() == "urn:xmpp:blocking:errors"));
+
+    bob.iq(
+        "u",
+        "<iq type='set' id='u'><unblock xmlns='urn:xmpp:blocking'/></iq>",
+    )
+    .await;
+    alice
+        .send("<message to='bob@localhost' type='chat'><body>now?</body></message>")
+        .await;
+    bob.expect("message after unblock", is_message_with_body("now?"))
+        .await;
+    server.shutdown().await;
+}
+
+async fn register(server: &TestServer, user: &str, password: &str) -> String {
+    let mut raw = Raw::tls(server).await;
+    raw.send(&stream_header(DOMAIN)).await;
+    raw.read_until("</stream:features>").await;
+    raw.send("<iq type='get' id='g'><query xmlns='jabber:iq:register'/></iq>")
+        .await;
+    raw.read_iq("g").await;
+    raw.send(&format!(
+        "<iq type='set' id='s'><query xmlns='jabber:iq:register'><username>{user}</username>\
+         <password>{password}</password></query></iq>"
+    ))
+    .await;
+    raw.read_iq("s").await
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn in_band_registration_when_open() {
+    let server = TestServer::start_with(|c| c.registration.open = true).await;
+    let mut raw = Raw::tls(&server).await;
+    raw.send(&stream_header(DOMAIN)).await;
+    let features = raw.read_until("</stream:features>").await;
+    assert!(
+        features.contains("http://jabber.org/features/iq-register"),
+        "{features}"
+    );
+
+    let reply = register(&server, "newbie", "fresh").await;
+    assert!(reply.contains("type='result'"), "{reply}");
+    let c = XmppClient::connect(&server, "newbie@localhost/x", "fresh").await;
+    c.close().await;
+    let reply = register(&server, "newbie", "other").await;
+    assert!(reply.contains("<conflict"), "{reply}");
+
+    // Password change and account removal once logged in.
+    let mut raw = Raw::login(&server, "newbie", "fresh", "r").await;
+    raw.send("<iq type='set' id='pw'><query xmlns='jabber:iq:register'><username>newbie</username><password>changed</password></query></iq>")
+        .await;
+    let r = raw.read_iq("pw").await;
+    assert!(r.contains("type='result'"), "{r}");
+    let c = XmppClient::connect(&server, "newbie@localhost/y", "changed").await;
+    c.close().await;
+    raw.send("<iq type='set' id='rm'><query xmlns='jabber:iq:register'><remove/></query></iq>")
+        .await;
+    let closed = raw.read_to_close().await;
+    assert!(closed.contains("id='rm'"), "{closed}");
+    assert!(closed.contains("<not-authorized"), "{closed}");
+    let mut raw = Raw::tls(&server).await;
+    raw.send(&stream_header(DOMAIN)).await;
+    raw.read_until("</stream:features>").await;
+    raw.send(&format!(
+        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{}</auth>",
+        plain("newbie", "changed")
+    ))
+    .await;
+    assert!(
+        raw.read_until("</failure>")
+            .await
+            .contains("<not-authorized")
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn in_band_registration_when_closed() {
+    let server = TestServer::start().await;
+    let mut raw = Raw::tls(&server).await;
+    raw.send(&stream_header(DOMAIN)).await;
+    let features = raw.read_until("</stream:features>").await;
+    assert!(!features.contains("iq-register"), "{features}");
+    let reply = register(&server, "newbie", "fresh").await;
+    assert!(reply.contains("<service-unavailable"), "{reply}");
+    server.shutdown().await;
+}
