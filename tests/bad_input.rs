@@ -44,6 +44,10 @@ async fn malformed_xml_closes_only_that_stream() {
     let closed = bad.read_to_close().await;
     assert!(closed.contains("<not-well-formed"), "{closed}");
     assert!(closed.ends_with("</stream:stream>"), "{closed}");
+    assert!(
+        !closed.contains("<stream:stream"),
+        "no second stream header: {closed}"
+    );
     still_talking(&mut alice, &mut bob, "after malformed").await;
 
     // Before authentication too, and with entity declarations.

@@ -339,6 +339,10 @@ async fn same_resource_twice_replaces_the_first_with_conflict() {
     let closed = first.read_to_close().await;
     assert!(closed.contains("<conflict"), "{closed}");
     assert!(closed.contains("</stream:stream>"), "{closed}");
+    assert!(
+        !closed.contains("<stream:stream"),
+        "no second stream header: {closed}"
+    );
     // The new session is the one that gets messages.
     let mut alice = Raw::login(&server, "alice", "pw", "a").await;
     alice

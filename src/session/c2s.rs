@@ -116,6 +116,7 @@ async fn open_stream(server: &Server, conn: &mut XmlConn) -> Result<StreamHeader
     conn.queue_bytes(
         writer::stream_header(&server.domain, header.from.as_deref(), &id, ns::CLIENT).as_bytes(),
     );
+    conn.header_sent = true;
     let to_ok = header
         .to
         .as_deref()
