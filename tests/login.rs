@@ -181,3 +181,45 @@ async fn unknown_host_and_bad_version_get_stream_errors() {
     assert!(closed.contains("<invalid-namespace"), "{closed}");
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn shutdown_closes_every_stream_with_system_shutdown() {
+    let server = TestServer::start().await;
+    server.add_user("alice", "secret").await;
+    let mut raw = Raw::login(&server, "alice", "secret", "r").await;
+    let running = server.running.as_ref().expect("running");
+    assert_eq!(running.server.sessions.count(), 1);
+    let reader = tokio::spawn(async move { raw.read_to_close().await });
+    server.shutdown().await;
+    let closed = reader.await.expect("reader");
+    assert!(closed.contains("<system-shutdown"), "{closed}");
+    assert!(closed.ends_with("</stream:stream>"), "{closed}");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn silent_clients_are_pinged_and_dead_ones_closed() {
+    let server = TestServer::start_with(|c| c.limits.idle_seconds = 1).await;
+    server.add_user("alice", "secret").await;
+    // One that answers the ping stays.
+    let mut alive = Raw::login(&server, "alice", "secret", "alive").await;
+    let ping = alive.read_until("</iq>").await;
+    assert!(ping.contains("urn:xmpp:ping"), "{ping}");
+    let id = ping
+        .split("id='")
+        .nth(1)
+        .and_then(|s| s.split('\'').next())
+        .expect("ping id")
+        .to_owned();
+    alive
+        .send(&format!("<iq type='result' id='{id}' to='localhost'/>"))
+        .await;
+    // One that does not is closed with connection-timeout.
+    let mut dead = Raw::login(&server, "alice", "secret", "dead").await;
+    let closed = dead.read_to_close().await;
+    assert!(closed.contains("urn:xmpp:ping"), "{closed}");
+    assert!(closed.contains("<connection-timeout"), "{closed}");
+    // The one that answered got a second ping instead of being closed.
+    let again = alive.read_until("</iq>").await;
+    assert!(again.contains("urn:xmpp:ping"), "{again}");
+    server.shutdown().await;
+}

@@ -71,6 +71,8 @@ pub struct Registration {
 pub struct Limits {
     pub max_stanza_bytes: usize,
     pub max_body_chars: usize,
+    /// A client silent this long is pinged (XEP-0199) and closed if it stays silent.
+    pub idle_seconds: u64,
 }
 
 impl Default for Config {
@@ -103,6 +105,7 @@ impl Default for Limits {
         Limits {
             max_stanza_bytes: 262_144,
             max_body_chars: 100_000,
+            idle_seconds: 180,
         }
     }
 }
@@ -149,6 +152,12 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "limits.max_stanza_bytes",
                 message: "must be at least 10000 (RFC 6120 §13.12)".into(),
+            });
+        }
+        if self.limits.idle_seconds == 0 {
+            return Err(ConfigError::Invalid {
+                key: "limits.idle_seconds",
+                message: "must be greater than 0".into(),
             });
         }
         if self.limits.max_body_chars == 0 {

@@ -27,9 +27,7 @@ use crate::stream::{ns, writer};
 /// Outgoing queue of a session: deep enough for bursts, small enough that a client that stops
 /// reading is noticed quickly.
 const QUEUE_DEPTH: usize = 1024;
-/// A silent client gets a ping after this long (XEP-0199 §4.2)...
-const PING_AFTER: Duration = Duration::from_secs(180);
-/// ...and is disconnected if nothing arrives within this much more.
+/// A pinged client that stays silent this much longer (at most) is disconnected.
 const PING_TIMEOUT: Duration = Duration::from_secs(60);
 /// Negotiation must finish in this time, so half-open connections do not pile up.
 const NEGOTIATION_TIMEOUT: Duration = Duration::from_secs(60);
@@ -149,7 +147,18 @@ fn limits_feature(server: &Server) -> Element {
         ns::STREAM_LIMITS,
         &server.config.limits.max_stanza_bytes.to_string(),
     ));
+    limits.append_child(modules::text_el(
+        "idle-seconds",
+        ns::STREAM_LIMITS,
+        &server.config.limits.idle_seconds.to_string(),
+    ));
     limits
+}
+
+/// Silence after which a client is pinged (XEP-0199 §4.2), and the grace it then gets.
+fn idle_limits(server: &Server) -> (Duration, Duration) {
+    let idle = Duration::from_secs(server.config.limits.idle_seconds);
+    (idle, idle.min(PING_TIMEOUT))
 }
 
 /// Channel-binding data this TLS connection can offer.
@@ -571,10 +580,11 @@ async fn established(server: &Server, mut conn: XmlConn, conn_id: u64, bound: Bo
 impl Session<'_> {
     async fn run(&mut self, rx: &mut mpsc::Receiver<SessionCommand>) -> Failure {
         let mut shutdown = self.server.shutdown_signal();
+        let (ping_after, ping_timeout) = idle_limits(self.server);
         loop {
             let deadline = match &self.ping {
-                None => self.last_read + PING_AFTER,
-                Some((_, sent)) => *sent + PING_TIMEOUT,
+                None => self.last_read + ping_after,
+                Some((_, sent)) => *sent + ping_timeout,
             };
             // Unbiased, so a busy queue cannot starve reading and the reverse.
             let wake = tokio::select! {
