@@ -14,8 +14,9 @@ use crate::jid::{BareJid, FullJid};
 /// What a session's task receives from the rest of the server.
 #[derive(Debug)]
 pub enum SessionCommand {
-    /// A stanza to write to the client.
-    Stanza(Element),
+    /// A stanza to write to the client. Boxed: the channel allocates slots of the enum's size
+    /// in blocks, and an inline Element would make every idle connection's block large.
+    Stanza(Box<Element>),
     /// Another login bound the same full JID: close with a `conflict` stream error.
     Replaced,
     /// Close the stream with this stream error condition.
@@ -42,17 +43,17 @@ impl SessionSender {
     /// Queues a stanza without waiting. A full queue means the client does not read: the
     /// session is told to close, and the stanza comes back so the caller can store or bounce it.
     pub fn deliver(&self, stanza: Element) -> Result<(), DeliveryError> {
-        match self.tx.try_send(SessionCommand::Stanza(stanza)) {
+        match self.tx.try_send(SessionCommand::Stanza(Box::new(stanza))) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(SessionCommand::Stanza(s))) => {
                 let tx = self.tx.clone();
                 tokio::spawn(async move {
                     let _ = tx.send(SessionCommand::Close("policy-violation")).await;
                 });
-                Err(DeliveryError::Full(s))
+                Err(DeliveryError::Full(*s))
             }
             Err(mpsc::error::TrySendError::Closed(SessionCommand::Stanza(s))) => {
-                Err(DeliveryError::Closed(s))
+                Err(DeliveryError::Closed(*s))
             }
             Err(_) => Err(DeliveryError::Closed(Element::bare("message", ""))),
         }

@@ -55,10 +55,12 @@ pub async fn serve(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, direct
         // The deadline covers the TLS handshake, authentication and binding, so half-open or
         // stalled connections cannot hold resources.
         let deadline = Instant::now() + NEGOTIATION_TIMEOUT;
-        match negotiate(&server, conn, deadline).await {
+        // Each phase is boxed so that an idle session does not keep the negotiation's (much
+        // larger) state allocated: the task's future is as large as its largest phase.
+        match Box::pin(negotiate(&server, conn, deadline)).await {
             Negotiated::Bound(conn, bound) => {
                 tracing::Span::current().record("jid", tracing::field::display(&bound.jid));
-                established(&server, conn, conn_id, bound).await;
+                Box::pin(established(&server, conn, conn_id, bound)).await;
             }
             Negotiated::Failed(mut conn, failure) => finish(&server, &mut conn, failure).await,
             Negotiated::Dropped(reason) => debug!(%reason, "connection dropped during negotiation"),
@@ -854,7 +856,7 @@ impl Session<'_> {
             if let SessionCommand::Stanza(el) = cmd
                 && el.name() == "message"
             {
-                router::route(self.server, el).await;
+                router::route(self.server, *el).await;
             }
         }
     }

@@ -17,7 +17,8 @@ use crate::stream::writer;
 
 /// A write that cannot finish in this time means the peer stopped reading.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-const READ_BUFFER: usize = 16 * 1024;
+/// Small, because idle connections are the common case; a large stanza takes several reads.
+const READ_BUFFER: usize = 4 * 1024;
 
 pub enum Socket {
     Plain(TcpStream),
@@ -122,7 +123,7 @@ impl XmlConn {
             limits,
             buf: vec![0; READ_BUFFER].into_boxed_slice(),
             events: VecDeque::new(),
-            out: Vec::with_capacity(4096),
+            out: Vec::new(),
             header_sent: false,
         }
     }
@@ -204,6 +205,10 @@ impl XmlConn {
         }
         self.out = out;
         self.out.clear();
+        // A burst can grow the buffer; an idle connection should not keep it.
+        if self.out.capacity() > 64 * 1024 {
+            self.out = Vec::new();
+        }
         Ok(())
     }
 

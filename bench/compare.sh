@@ -1,0 +1,246 @@
+#!/usr/bin/env bash
+# Runs the same XMPP load against rookery, Prosody, ejabberd and the reference TLS relay on this
+# machine, one after the other, and prints their figures side by side with the ratio to rookery.
+#
+#   bench/compare.sh                 # defaults below
+#   USERS=2000 IDLE_USERS=10000 DURATION=10 bench/compare.sh
+#   SERVERS="rookery prosody" bench/compare.sh
+#
+# Each server runs on its own loopback address with the standard port, in a throwaway
+# directory, with TLS (STARTTLS required), SCRAM-SHA-1 accounts, rosters and offline storage,
+# message archiving off, and no traffic shaping. Everything stops when the script ends.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+USERS=${USERS:-1000}              # connected users in the chat scenario
+IDLE_USERS=${IDLE_USERS:-5000}    # connections held in the idle scenario
+DURATION=${DURATION:-10}          # seconds per measured run
+RATES=${RATES:-"1000 2000 5000 10000 20000 40000 60000"}
+SERVERS=${SERVERS:-"rookery prosody ejabberd relay"}
+WORK=$(mktemp -d /tmp/rookery-bench.XXXXXX)
+# The servers run as their own users and must reach their directories inside.
+chmod 755 "$WORK"
+RESULTS="$WORK/results.jsonl"
+PIDS=()
+
+cleanup() {
+  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  ejabberd_stop >/dev/null 2>&1 || true
+  sleep 1
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+need=()
+for p in prosody ejabberd openssl; do dpkg -s "$p" >/dev/null 2>&1 || need+=("$p"); done
+if [ ${#need[@]} -gt 0 ]; then
+  sudo_if_needed apt-get update -qq
+  sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+fi
+
+cargo build --release --bins -q
+BENCH=target/release/rookery-bench
+ROOKERY=target/release/rookery
+MAXUSERS=$(( USERS > IDLE_USERS ? USERS : IDLE_USERS ))
+ulimit -n 1048576 2>/dev/null || ulimit -n 65536 2>/dev/null || true
+
+wait_port() {  # host port
+  for _ in $(seq 1 200); do
+    (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "nothing listens on $1:$2" >&2
+  return 1
+}
+
+run() {  # label addr pid scenario extra-args...
+  local label=$1 addr=$2 pid=$3 scenario=$4
+  shift 4
+  timeout $((DURATION * 3 + 120)) "$BENCH" run --json --label "$label" --server "$addr:5222" \
+    --pid "$pid" --scenario "$scenario" --duration "$DURATION" "$@" | tee -a "$RESULTS"
+}
+
+measure() {  # label addr pid
+  local label=$1 addr=$2 pid=$3
+  run "$label" "$addr" "$pid" idle --users "$IDLE_USERS" --login-rate 2000 || true
+  for rate in $RATES; do
+    out=$(run "$label" "$addr" "$pid" chat --users "$USERS" --rate "$rate" --login-rate 1000) || break
+    # Stop raising the rate once the server no longer keeps up.
+    python3 - "$out" <<'EOF' || break
+import json, sys
+r = json.loads(sys.argv[1])
+ok = r["sent"] > 0 and r["delivered"] >= 0.999 * r["sent"] and r["p99_ms"] < 1000 \
+     and r["delivered_per_second"] >= 0.95 * r["rate"]
+sys.exit(0 if ok else 1)
+EOF
+  done
+  run "$label" "$addr" "$pid" login --users "$USERS" --concurrency 16 || true
+}
+
+# --- rookery ---------------------------------------------------------------------------------
+rookery() {
+  local dir="$WORK/rookery"
+  mkdir -p "$dir"
+  cat > "$dir/rookery.toml" <<EOF
+data_dir = "$dir/data"
+[listen]
+c2s = "127.0.0.2:5222"
+c2s_tls = "127.0.0.2:5223"
+EOF
+  "$BENCH" provision --kind rookery --target "sqlite://$dir/data/rookery.db" --users "$MAXUSERS"
+  RUST_LOG=warn "$ROOKERY" serve --config "$dir/rookery.toml" 2> "$dir/log" &
+  PIDS+=($!)
+  local pid=$!
+  wait_port 127.0.0.2 5222
+  measure rookery 127.0.0.2 "$pid"
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+}
+
+# --- Prosody -----------------------------------------------------------------------------------
+prosody_run() {
+  local dir="$WORK/prosody"
+  mkdir -p "$dir/data"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -subj /CN=localhost -addext "subjectAltName=DNS:localhost" \
+    -keyout "$dir/key.pem" -out "$dir/cert.pem" 2>/dev/null
+  cat > "$dir/prosody.cfg.lua" <<EOF
+pidfile = "$dir/prosody.pid"
+data_path = "$dir/data"
+interfaces = { "127.0.0.3" }
+c2s_ports = { 5222 }
+legacy_ssl_ports = { }
+s2s_ports = { }
+http_ports = { }
+https_ports = { }
+log = { warn = "$dir/prosody.log" }
+modules_enabled = { "roster"; "saslauth"; "tls"; "disco"; "ping"; "offline"; "posix" }
+modules_disabled = { "s2s" }
+authentication = "internal_hashed"
+storage = "internal"
+c2s_require_encryption = true
+ssl = { key = "$dir/key.pem"; certificate = "$dir/cert.pem" }
+VirtualHost "localhost"
+EOF
+  "$BENCH" provision --kind prosody --target "$dir/data" --domain localhost --users "$MAXUSERS"
+  chown -R prosody:prosody "$dir"
+  # Prosody refuses to drop privileges when started as root; start it as its own user. It
+  # reads --config relative to /etc/prosody, hence the climb back to /.
+  setpriv --reuid=prosody --regid=prosody --init-groups \
+    prosody -F --config "../..$dir/prosody.cfg.lua" &
+  PIDS+=($!)
+  local pid=$!
+  wait_port 127.0.0.3 5222
+  measure prosody 127.0.0.3 "$pid"
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+}
+
+# --- ejabberd ----------------------------------------------------------------------------------
+EJ_NODE="rookerybench@localhost"
+ejabberd_ctl() {
+  ejabberdctl --config-dir "$WORK/ejabberd" --config "$WORK/ejabberd/ejabberd.yml" \
+    --ctl-config "$WORK/ejabberd/ejabberdctl.cfg" --logs "$WORK/ejabberd/logs" \
+    --spool "$WORK/ejabberd/spool" --node "$EJ_NODE" "$@"
+}
+ejabberd_stop() { [ -d "$WORK/ejabberd" ] && ejabberd_ctl stop; }
+
+ejabberd_run() {
+  local dir="$WORK/ejabberd"
+  mkdir -p "$dir/logs" "$dir/spool"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -subj /CN=localhost -addext "subjectAltName=DNS:localhost" \
+    -keyout "$dir/key.pem" -out "$dir/cert.pem" 2>/dev/null
+  cat "$dir/cert.pem" "$dir/key.pem" > "$dir/server.pem"
+  cat > "$dir/ejabberd.yml" <<EOF
+hosts: ["localhost"]
+loglevel: warning
+certfiles: ["$dir/server.pem"]
+auth_method: internal
+auth_password_format: scram
+listen:
+  - port: 5222
+    ip: "127.0.0.4"
+    module: ejabberd_c2s
+    starttls_required: true
+    max_stanza_size: 262144
+    shaper: none
+    access: all
+    backlog: 4096
+  - port: 5280
+    ip: "127.0.0.4"
+    module: ejabberd_http
+    request_handlers:
+      /api: mod_http_api
+api_permissions:
+  "benchmark provisioning":
+    from: mod_http_api
+    who:
+      ip: 127.0.0.0/8
+    what: "register"
+acl:
+  local:
+    user_regexp: ""
+access_rules:
+  local:
+    allow: local
+shaper: {}
+shaper_rules: {}
+modules:
+  mod_roster: {}
+  mod_disco: {}
+  mod_ping: {}
+  mod_offline: {}
+  mod_http_api: {}
+EOF
+  cat > "$dir/ejabberdctl.cfg" <<EOF
+ERLANG_NODE=$EJ_NODE
+INET_DIST_INTERFACE=127.0.0.1
+EOF
+  chown -R ejabberd:ejabberd "$dir" 2>/dev/null || true
+  ejabberd_ctl start
+  ejabberd_ctl started
+  wait_port 127.0.0.4 5280
+  # `ejabberdctl register` starts a VM per call (about 0.8 s); the HTTP API over one
+  # keep-alive connection registers thousands of accounts in seconds.
+  python3 - "$MAXUSERS" <<'EOF'
+import http.client, json, sys
+conn = http.client.HTTPConnection("127.0.0.4", 5280, timeout=30)
+for i in range(1, int(sys.argv[1]) + 1):
+    body = json.dumps({"user": f"bench{i}", "host": "localhost", "password": "bench"})
+    conn.request("POST", "/api/register", body, {"Content-Type": "application/json"})
+    r = conn.getresponse()
+    r.read()
+    if r.status != 200 and i == 1:
+        sys.exit(f"ejabberd registration failed: {r.status}")
+EOF
+  wait_port 127.0.0.4 5222
+  local pid
+  pid=$(pgrep -f "beam.*$EJ_NODE" | head -n 1)
+  measure ejabberd 127.0.0.4 "$pid"
+  ejabberd_stop || true
+}
+
+# --- the reference relay -----------------------------------------------------------------------
+relay_run() {
+  "$BENCH" relay --listen 127.0.0.5:5222 2> "$WORK/relay.log" &
+  PIDS+=($!)
+  local pid=$!
+  wait_port 127.0.0.5 5222
+  for rate in $RATES; do
+    out=$(run relay 127.0.0.5 "$pid" chat --users "$USERS" --rate "$rate" --login-rate 1000) || break
+    python3 -c 'import json,sys; r=json.loads(sys.argv[1]); sys.exit(0 if r["sent"] and r["delivered"] >= 0.999*r["sent"] and r["p99_ms"] < 1000 and r["delivered_per_second"] >= 0.95*r["rate"] else 1)' "$out" || break
+  done
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+}
+
+for s in $SERVERS; do
+  case "$s" in
+    rookery) rookery ;;
+    prosody) prosody_run ;;
+    ejabberd) ejabberd_run || echo "ejabberd run failed; see $WORK/ejabberd/logs" >&2 ;;
+    relay) relay_run ;;
+    *) echo "unknown server $s" >&2; exit 2 ;;
+  esac
+done
+
+python3 bench/table.py "$RESULTS"

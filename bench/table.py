@@ -1,0 +1,86 @@
+"""Prints the comparison table from rookery-bench's JSON lines, with each figure's ratio to
+rookery's (higher is better for rates, lower for latency, memory and CPU)."""
+
+import json
+import sys
+from collections import defaultdict
+
+
+def load(path):
+    runs = defaultdict(lambda: defaultdict(list))
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line.startswith("{"):
+                r = json.loads(line)
+                runs[r["label"]][r["scenario"]].append(r)
+    return runs
+
+
+def sustained(chat_runs):
+    """The highest rate the server kept up with: everything delivered, p99 under a second."""
+    ok = [
+        r
+        for r in chat_runs
+        if r["sent"] and r["delivered"] >= 0.999 * r["sent"] and r["p99_ms"] < 1000
+        and r["delivered_per_second"] >= 0.95 * r["rate"]
+    ]
+    return max(ok, key=lambda r: r["delivered_per_second"]) if ok else None
+
+
+def figures(label, runs):
+    f = {}
+    chat = runs.get("chat", [])
+    best = sustained(chat)
+    if best:
+        f["chat msg/s (sustained)"] = best["delivered_per_second"]
+        f["CPU s per 10k msgs"] = best["cpu_seconds_per_10k"]
+        f["lost at max rate"] = best["lost"]
+    for r in chat:
+        f[f"p99 ms @ {r['rate']}/s"] = r["p99_ms"]
+    idle = runs.get("idle", [])
+    if idle and idle[-1]["connected"]:
+        f["kB per idle TLS conn"] = idle[-1]["rss_per_connection_kb"]
+        f["idle connected"] = idle[-1]["connected"]
+    login = runs.get("login", [])
+    if login:
+        f["logins/s"] = login[-1]["logins_per_second"]
+        f["login errors"] = login[-1]["errors"]
+    return f
+
+
+LOWER_IS_BETTER = ("ms", "kB", "CPU", "lost", "errors")
+
+
+def main():
+    runs = load(sys.argv[1])
+    labels = list(runs)
+    table = {label: figures(label, runs[label]) for label in labels}
+    keys = []
+    for label in labels:
+        for k in table[label]:
+            if k not in keys:
+                keys.append(k)
+    base = table.get("rookery", {})
+    width = max(len(k) for k in keys) if keys else 10
+    header = f"{'':{width}}  " + "  ".join(f"{l:>22}" for l in labels)
+    print(header)
+    print("-" * len(header))
+    for k in keys:
+        cells = []
+        for label in labels:
+            v = table[label].get(k)
+            if v is None:
+                cells.append(f"{'—':>22}")
+                continue
+            ratio = ""
+            b = base.get(k)
+            if label != "rookery" and b not in (None, 0) and v not in (0,):
+                r = b / v if not any(t in k for t in LOWER_IS_BETTER) else v / b
+                ratio = f" (rookery {r:.1f}x)"
+            cells.append(f"{v:>10.1f}{ratio:>12}" if isinstance(v, float) else f"{v:>10}{ratio:>12}")
+        print(f"{k:{width}}  " + "  ".join(cells))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,364 @@
+//! A lean XMPP client for load: one task per connection, no worker tasks, no typed stanzas.
+//! It does STARTTLS, SCRAM-SHA-1 (the mechanism Prosody, ejabberd and rookery all offer),
+//! binds a resource and then only sends and reads raw stanzas.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use hmac::{KeyInit, Mac};
+use minidom::Element;
+use rookery::stream::parser::{ParserLimits, StreamEvent, StreamParser};
+use sha1::{Digest, Sha1};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::rustls;
+
+const SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("xml: {0}")]
+    Xml(#[from] rookery::stream::parser::ParseError),
+    #[error("protocol: {0}")]
+    Protocol(String),
+    #[error("connection closed")]
+    Closed,
+}
+
+fn protocol(s: impl Into<String>) -> ClientError {
+    ClientError::Protocol(s.into())
+}
+
+/// user → (salt, SaltedPassword).
+pub type SaltedCache = Arc<Mutex<HashMap<String, (Vec<u8>, Vec<u8>)>>>;
+
+/// Where and as whom to connect.
+#[derive(Clone)]
+pub struct Target {
+    pub addr: SocketAddr,
+    pub domain: String,
+    pub tls: Arc<rustls::ClientConfig>,
+    /// Source addresses to spread connections over when one runs out of ephemeral ports.
+    pub sources: Vec<IpAddr>,
+    /// SaltedPassword per user, so repeated logins do not spend client CPU on PBKDF2.
+    pub salted: SaltedCache,
+}
+
+/// A rustls verifier that accepts any certificate: the load only ever talks to servers on
+/// loopback that this run started with throwaway self-signed certificates.
+#[derive(Debug)]
+struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+pub fn tls_config() -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map(|b| {
+            b.dangerous()
+                .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
+                .with_no_client_auth()
+        });
+    match config {
+        Ok(c) => Arc::new(c),
+        // The default protocol versions always exist for the aws-lc-rs provider.
+        Err(e) => panic!("TLS client configuration: {e}"),
+    }
+}
+
+/// A logged-in connection.
+pub struct Conn<S> {
+    io: S,
+    parser: StreamParser,
+    buf: Box<[u8]>,
+    pending: std::collections::VecDeque<Element>,
+    pub jid: String,
+}
+
+fn header(domain: &str) -> String {
+    format!(
+        "<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
+         xmlns:stream='http://etherx.jabber.org/streams' to='{domain}' version='1.0'>"
+    )
+}
+
+fn limits() -> ParserLimits {
+    ParserLimits {
+        max_stanza_bytes: 1 << 20,
+        max_depth: 64,
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+    fn new(io: S) -> Self {
+        Conn {
+            io,
+            parser: StreamParser::new(limits()),
+            buf: vec![0; 16 * 1024].into_boxed_slice(),
+            pending: Default::default(),
+            jid: String::new(),
+        }
+    }
+
+    pub async fn send(&mut self, data: &str) -> Result<(), ClientError> {
+        self.io.write_all(data.as_bytes()).await?;
+        self.io.flush().await?;
+        Ok(())
+    }
+
+    /// Reads some bytes and returns the complete stanzas they finished.
+    pub async fn read_stanzas(&mut self, out: &mut Vec<Element>) -> Result<(), ClientError> {
+        out.extend(self.pending.drain(..));
+        if !out.is_empty() {
+            return Ok(());
+        }
+        let n = self.io.read(&mut self.buf).await?;
+        if n == 0 {
+            return Err(ClientError::Closed);
+        }
+        let mut events = Vec::new();
+        self.parser.feed(&self.buf[..n], &mut events)?;
+        for ev in events {
+            match ev {
+                StreamEvent::Stanza(el) => out.push(el),
+                StreamEvent::Close => return Err(ClientError::Closed),
+                StreamEvent::Open(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn next(&mut self) -> Result<Element, ClientError> {
+        loop {
+            if let Some(el) = self.pending.pop_front() {
+                return Ok(el);
+            }
+            let mut out = Vec::new();
+            self.read_stanzas(&mut out).await?;
+            self.pending.extend(out);
+        }
+    }
+
+    fn restart(&mut self) {
+        self.parser = StreamParser::new(limits());
+        self.pending.clear();
+    }
+
+    async fn open(&mut self, domain: &str) -> Result<Element, ClientError> {
+        self.restart();
+        self.send(&header(domain)).await?;
+        let features = self.next().await?;
+        if features.name() != "features" {
+            return Err(protocol(format!(
+                "expected features, got <{}>",
+                features.name()
+            )));
+        }
+        Ok(features)
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.send("</stream:stream>").await;
+        let _ = self.io.shutdown().await;
+    }
+}
+
+async fn tcp(target: &Target, n: usize) -> Result<TcpStream, ClientError> {
+    let socket = if target.addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    if !target.sources.is_empty() {
+        let src = target.sources[n % target.sources.len()];
+        socket.bind(SocketAddr::new(src, 0))?;
+    }
+    let stream = socket.connect(target.addr).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Connects, authenticates with SCRAM-SHA-1 and binds `resource`.
+pub async fn login(
+    target: &Target,
+    n: usize,
+    user: &str,
+    password: &str,
+    resource: &str,
+) -> Result<Conn<TlsStream<TcpStream>>, ClientError> {
+    let mut plain = Conn::new(tcp(target, n).await?);
+    let features = plain.open(&target.domain).await?;
+    if !features.children().any(|c| c.name() == "starttls") {
+        return Err(protocol("no STARTTLS offered"));
+    }
+    plain
+        .send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+        .await?;
+    let proceed = plain.next().await?;
+    if proceed.name() != "proceed" {
+        return Err(protocol("STARTTLS refused"));
+    }
+    let name = rustls::pki_types::ServerName::try_from(target.domain.clone())
+        .map_err(|e| protocol(e.to_string()))?;
+    let tls = tokio_rustls::TlsConnector::from(target.tls.clone())
+        .connect(name, plain.io)
+        .await?;
+    let mut conn = Conn::new(tls);
+    conn.open(&target.domain).await?;
+    scram_sha1(&mut conn, target, user, password).await?;
+    let features = conn.open(&target.domain).await?;
+    if !features.children().any(|c| c.name() == "bind") {
+        return Err(protocol("no resource binding offered"));
+    }
+    conn.send(&format!(
+        "<iq type='set' id='bind'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>\
+         <resource>{resource}</resource></bind></iq>"
+    ))
+    .await?;
+    let bound = conn.next().await?;
+    if bound.attr("type") != Some("result") {
+        return Err(protocol("bind failed"));
+    }
+    // Older servers still want the session request before they route.
+    conn.send(
+        "<iq type='set' id='sess'><session xmlns='urn:ietf:params:xml:ns:xmpp-session'/></iq>",
+    )
+    .await?;
+    let _ = conn.next().await?;
+    conn.jid = format!("{user}@{}/{resource}", target.domain);
+    Ok(conn)
+}
+
+fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
+    match hmac::Hmac::<Sha1>::new_from_slice(key) {
+        Ok(mut m) => {
+            m.update(data);
+            m.finalize().into_bytes().to_vec()
+        }
+        Err(_) => Vec::new(),
+    }
+}
+
+async fn scram_sha1<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Conn<S>,
+    target: &Target,
+    user: &str,
+    password: &str,
+) -> Result<(), ClientError> {
+    let mut nonce_bytes = [0u8; 18];
+    getrandom::fill(&mut nonce_bytes).map_err(|e| protocol(e.to_string()))?;
+    let cnonce = BASE64.encode(nonce_bytes);
+    let first_bare = format!("n={user},r={cnonce}");
+    conn.send(&format!(
+        "<auth xmlns='{SASL}' mechanism='SCRAM-SHA-1'>{}</auth>",
+        BASE64.encode(format!("n,,{first_bare}"))
+    ))
+    .await?;
+    let challenge = conn.next().await?;
+    if challenge.name() != "challenge" {
+        return Err(protocol(format!("SASL: got <{}>", challenge.name())));
+    }
+    let server_first = String::from_utf8(
+        BASE64
+            .decode(challenge.text().trim())
+            .map_err(|e| protocol(e.to_string()))?,
+    )
+    .map_err(|e| protocol(e.to_string()))?;
+    let (mut nonce, mut salt, mut iterations) = ("", Vec::new(), 0u32);
+    for attr in server_first.split(',') {
+        match attr.split_at_checked(2) {
+            Some(("r=", v)) => nonce = v,
+            Some(("s=", v)) => salt = BASE64.decode(v).map_err(|e| protocol(e.to_string()))?,
+            Some(("i=", v)) => iterations = v.parse().map_err(|_| protocol("bad i="))?,
+            _ => {}
+        }
+    }
+    let salted = {
+        let cached = target.salted.lock().ok().and_then(|m| {
+            m.get(user)
+                .filter(|(s, _)| *s == salt)
+                .map(|(_, p)| p.clone())
+        });
+        match cached {
+            Some(p) => p,
+            None => {
+                let mut out = vec![0u8; 20];
+                pbkdf2::pbkdf2_hmac::<Sha1>(password.as_bytes(), &salt, iterations, &mut out);
+                if let Ok(mut m) = target.salted.lock() {
+                    m.insert(user.to_owned(), (salt.clone(), out.clone()));
+                }
+                out
+            }
+        }
+    };
+    let client_key = hmac(&salted, b"Client Key");
+    let stored_key = Sha1::digest(&client_key).to_vec();
+    let without_proof = format!("c=biws,r={nonce}");
+    let auth_message = format!("{first_bare},{server_first},{without_proof}");
+    let signature = hmac(&stored_key, auth_message.as_bytes());
+    let proof: Vec<u8> = client_key
+        .iter()
+        .zip(&signature)
+        .map(|(a, b)| a ^ b)
+        .collect();
+    conn.send(&format!(
+        "<response xmlns='{SASL}'>{}</response>",
+        BASE64.encode(format!("{without_proof},p={}", BASE64.encode(proof)))
+    ))
+    .await?;
+    let outcome = conn.next().await?;
+    if outcome.name() != "success" {
+        return Err(protocol(format!("authentication failed for {user}")));
+    }
+    Ok(())
+}

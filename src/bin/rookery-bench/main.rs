@@ -1,0 +1,193 @@
+//! rookery-bench: the same XMPP load against any server, with the server's CPU and memory read
+//! from /proc. Every run is bounded in count and time and talks only to loopback.
+//!
+//! Scenarios: `idle` (connect and hold), `chat` (1:1 messages at a fixed aggregate rate),
+//! `login` (connect-authenticate-bind-disconnect loops). `relay` runs the reference TLS relay,
+//! `provision` creates the benchmark accounts for rookery and Prosody.
+
+mod client;
+mod procstat;
+mod provision;
+mod relay;
+mod scenario;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "rookery-bench",
+    about = "XMPP load generator and reference relay"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Scenario {
+    Idle,
+    Chat,
+    Login,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ServerKind {
+    Rookery,
+    Prosody,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a scenario against a server.
+    Run(RunArgs),
+    /// The reference relay: TLS, a token login, and forwarding by `to` without parsing.
+    Relay {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long, default_value = "localhost")]
+        domain: String,
+    },
+    /// Create benchmark accounts `<prefix>1..=<users>` for a server that is not running.
+    Provision {
+        #[arg(long, value_enum)]
+        kind: ServerKind,
+        /// rookery: the storage URL; Prosody: its data directory.
+        #[arg(long)]
+        target: String,
+        #[arg(long, default_value = "localhost")]
+        domain: String,
+        #[arg(long, default_value_t = 1000)]
+        users: usize,
+        #[arg(long, default_value = "bench")]
+        prefix: String,
+        #[arg(long, default_value = "bench")]
+        password: String,
+    },
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    #[arg(long, value_enum)]
+    pub scenario: Scenario,
+    /// The server's c2s (STARTTLS) address; must be on loopback.
+    #[arg(long)]
+    pub server: SocketAddr,
+    #[arg(long, default_value = "localhost")]
+    pub domain: String,
+    /// The server's process id, to read its CPU time and memory.
+    #[arg(long)]
+    pub pid: Option<u32>,
+    #[arg(long, default_value_t = 100)]
+    pub users: usize,
+    #[arg(long, default_value = "bench")]
+    pub prefix: String,
+    #[arg(long, default_value = "bench")]
+    pub password: String,
+    /// New connections per second while connecting.
+    #[arg(long, default_value_t = 500)]
+    pub login_rate: u32,
+    /// chat: aggregate messages per second.
+    #[arg(long, default_value_t = 1000)]
+    pub rate: u32,
+    /// Seconds the measured phase lasts (at most 600).
+    #[arg(long, default_value_t = 10)]
+    pub duration: u64,
+    /// login: concurrent login loops.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+    /// Source addresses in 127.0.0.0/8 to spread connections over.
+    #[arg(long, value_delimiter = ',')]
+    pub sources: Vec<IpAddr>,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// A label for the output (for example the server's name).
+    #[arg(long, default_value = "server")]
+    pub label: String,
+}
+
+fn loopback_only(args: &RunArgs) -> Result<(), String> {
+    if !args.server.ip().is_loopback() {
+        return Err(format!("{} is not a loopback address", args.server));
+    }
+    if let Some(bad) = args.sources.iter().find(|s| !s.is_loopback()) {
+        return Err(format!("source {bad} is not a loopback address"));
+    }
+    if args.duration > 600 || args.users > 200_000 {
+        return Err("runs are bounded: at most 600 s and 200,000 users".into());
+    }
+    Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+enum BenchError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    Provision(#[from] provision::ProvisionError),
+    #[error("relay: {0}")]
+    Relay(std::io::Error),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("rookery-bench: {e}");
+            std::process::exit(1);
+        }
+    };
+    let result: Result<(), BenchError> = runtime.block_on(async {
+        match cli.command {
+            Command::Run(args) => {
+                loopback_only(&args).map_err(BenchError::Usage)?;
+                let report = scenario::run(&args).await;
+                if args.json {
+                    println!("{}", report.to_json());
+                } else {
+                    report.print();
+                }
+                Ok(())
+            }
+            Command::Relay { listen, domain } => {
+                if !listen.ip().is_loopback() {
+                    return Err(BenchError::Usage(format!("{listen} is not loopback")));
+                }
+                relay::run(listen, domain).await.map_err(BenchError::Relay)
+            }
+            Command::Provision {
+                kind,
+                target,
+                domain,
+                users,
+                prefix,
+                password,
+            } => {
+                let dir = PathBuf::from(&target);
+                match kind {
+                    ServerKind::Rookery => {
+                        provision::rookery(&target, users, &prefix, &password).await?
+                    }
+                    ServerKind::Prosody => {
+                        provision::prosody(&dir, &domain, users, &prefix, &password)?
+                    }
+                }
+                Ok(())
+            }
+        }
+    });
+    // Connections still open at the end are not waited for.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    if let Err(e) = result {
+        eprintln!("rookery-bench: {e}");
+        std::process::exit(1);
+    }
+}

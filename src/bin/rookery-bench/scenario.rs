@@ -1,0 +1,471 @@
+//! The scenarios and their report.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tokio_rustls::client::TlsStream;
+
+use crate::client::{self, ClientError, Conn, Target};
+use crate::procstat::{self, Sample};
+use crate::{RunArgs, Scenario};
+
+/// How long in-flight messages may take to arrive after sending stops.
+const DRAIN: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Default)]
+pub struct Report {
+    pub label: String,
+    pub scenario: String,
+    pub users: usize,
+    pub connected: usize,
+    pub connect_errors: usize,
+    pub connect_seconds: f64,
+    pub rate: u32,
+    pub sent: u64,
+    pub delivered: u64,
+    pub errors: u64,
+    pub window_seconds: f64,
+    pub latency_ms: [f64; 4],
+    pub logins: u64,
+    pub rss_before_kb: u64,
+    pub rss_after_kb: u64,
+    pub cpu_seconds: f64,
+}
+
+impl Report {
+    fn per_second(&self, n: u64) -> f64 {
+        if self.window_seconds > 0.0 {
+            n as f64 / self.window_seconds
+        } else {
+            0.0
+        }
+    }
+
+    pub fn rss_per_connection_kb(&self) -> f64 {
+        if self.connected == 0 {
+            return 0.0;
+        }
+        self.rss_after_kb.saturating_sub(self.rss_before_kb) as f64 / self.connected as f64
+    }
+
+    pub fn cpu_per_10k(&self) -> f64 {
+        let n = if self.delivered > 0 {
+            self.delivered
+        } else {
+            self.logins
+        };
+        if n == 0 {
+            return 0.0;
+        }
+        self.cpu_seconds / n as f64 * 10_000.0
+    }
+
+    pub fn to_json(&self) -> String {
+        let [p50, p90, p99, max] = self.latency_ms;
+        format!(
+            "{{\"label\":\"{}\",\"scenario\":\"{}\",\"users\":{},\"connected\":{},\
+             \"connect_errors\":{},\"connect_seconds\":{:.3},\"rate\":{},\"sent\":{},\
+             \"delivered\":{},\"lost\":{},\"errors\":{},\"window_seconds\":{:.3},\
+             \"delivered_per_second\":{:.1},\"p50_ms\":{p50:.3},\"p90_ms\":{p90:.3},\
+             \"p99_ms\":{p99:.3},\"max_ms\":{max:.3},\"logins\":{},\"logins_per_second\":{:.1},\
+             \"rss_before_kb\":{},\"rss_after_kb\":{},\"rss_per_connection_kb\":{:.2},\
+             \"cpu_seconds\":{:.2},\"cpu_seconds_per_10k\":{:.3}}}",
+            self.label,
+            self.scenario,
+            self.users,
+            self.connected,
+            self.connect_errors,
+            self.connect_seconds,
+            self.rate,
+            self.sent,
+            self.delivered,
+            self.sent.saturating_sub(self.delivered),
+            self.errors,
+            self.window_seconds,
+            self.per_second(self.delivered),
+            self.logins,
+            self.per_second(self.logins),
+            self.rss_before_kb,
+            self.rss_after_kb,
+            self.rss_per_connection_kb(),
+            self.cpu_seconds,
+            self.cpu_per_10k(),
+        )
+    }
+
+    pub fn print(&self) {
+        println!("{} / {}", self.label, self.scenario);
+        println!(
+            "  connected {}/{} in {:.2} s ({} errors)",
+            self.connected, self.users, self.connect_seconds, self.connect_errors
+        );
+        match self.scenario.as_str() {
+            "chat" => {
+                let [p50, p90, p99, max] = self.latency_ms;
+                println!(
+                    "  sent {} delivered {} lost {} errors {} at {:.0} msg/s (target {})",
+                    self.sent,
+                    self.delivered,
+                    self.sent.saturating_sub(self.delivered),
+                    self.errors,
+                    self.per_second(self.delivered),
+                    self.rate
+                );
+                println!("  latency ms p50 {p50:.2} p90 {p90:.2} p99 {p99:.2} max {max:.2}");
+                println!(
+                    "  server CPU {:.2} s, {:.3} s per 10k messages",
+                    self.cpu_seconds,
+                    self.cpu_per_10k()
+                );
+            }
+            "login" => println!(
+                "  {} logins in {:.1} s: {:.0}/s, {} errors, server CPU {:.2} s",
+                self.logins,
+                self.window_seconds,
+                self.per_second(self.logins),
+                self.errors,
+                self.cpu_seconds
+            ),
+            _ => println!(
+                "  server RSS {} kB → {} kB: {:.1} kB per connection",
+                self.rss_before_kb,
+                self.rss_after_kb,
+                self.rss_per_connection_kb()
+            ),
+        }
+    }
+}
+
+/// A small xorshift generator: the load only needs cheap, uncorrelated picks.
+struct Rng(u64);
+
+impl Rng {
+    fn new() -> Rng {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0x9e37_79b9_7f4a_7c15);
+        Rng(seed | 1)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n.max(1) as u64) as usize
+    }
+}
+
+fn target(args: &RunArgs) -> Target {
+    Target {
+        addr: args.server,
+        domain: args.domain.clone(),
+        tls: client::tls_config(),
+        sources: args.sources.clone(),
+        salted: Arc::new(Mutex::new(HashMap::new())),
+    }
+}
+
+type Connection = Conn<TlsStream<TcpStream>>;
+
+/// Logs `args.users` users in at `args.login_rate` per second.
+async fn connect_all(args: &RunArgs, target: &Target) -> (Vec<Option<Connection>>, usize, f64) {
+    let start = Instant::now();
+    let mut handles = Vec::with_capacity(args.users);
+    for i in 0..args.users {
+        let due = start + Duration::from_secs_f64(i as f64 / args.login_rate.max(1) as f64);
+        tokio::time::sleep_until(due.into()).await;
+        let target = target.clone();
+        let user = format!("{}{}", args.prefix, i + 1);
+        let password = args.password.clone();
+        handles.push(tokio::spawn(async move {
+            tokio::time::timeout(
+                Duration::from_secs(60),
+                client::login(&target, i, &user, &password, "r"),
+            )
+            .await
+        }));
+    }
+    let mut conns = Vec::with_capacity(args.users);
+    let mut errors = 0;
+    for h in handles {
+        match h.await {
+            Ok(Ok(Ok(c))) => conns.push(Some(c)),
+            other => {
+                if errors < 3 {
+                    eprintln!("login failed: {}", describe(other));
+                }
+                errors += 1;
+                conns.push(None);
+            }
+        }
+    }
+    (conns, errors, start.elapsed().as_secs_f64())
+}
+
+fn describe(
+    r: Result<
+        Result<Result<Connection, ClientError>, tokio::time::error::Elapsed>,
+        tokio::task::JoinError,
+    >,
+) -> String {
+    match r {
+        Ok(Ok(Ok(_))) => "ok".into(),
+        Ok(Ok(Err(e))) => e.to_string(),
+        Ok(Err(_)) => "timed out".into(),
+        Err(e) => e.to_string(),
+    }
+}
+
+pub async fn run(args: &RunArgs) -> Report {
+    let mut report = Report {
+        label: args.label.clone(),
+        scenario: format!("{:?}", args.scenario).to_lowercase(),
+        users: args.users,
+        rate: args.rate,
+        ..Report::default()
+    };
+    let target = target(args);
+    if args.scenario == Scenario::Login {
+        login_loops(args, &target, &mut report).await;
+        return report;
+    }
+    let before = procstat::sample(args.pid).unwrap_or_default();
+    let (conns, errors, seconds) = connect_all(args, &target).await;
+    report.connect_errors = errors;
+    report.connect_seconds = seconds;
+    report.connected = conns.iter().filter(|c| c.is_some()).count();
+    report.rss_before_kb = before.rss_kb;
+    match args.scenario {
+        Scenario::Idle => idle(args, conns, &mut report).await,
+        _ => chat(args, conns, &mut report).await,
+    }
+    report
+}
+
+async fn idle(args: &RunArgs, conns: Vec<Option<Connection>>, report: &mut Report) {
+    // Let the server settle (lazy allocations, pending writes) before reading its memory.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = procstat::sample(args.pid).unwrap_or_default();
+    report.rss_after_kb = after.rss_kb;
+    tokio::time::sleep(Duration::from_secs(args.duration)).await;
+    for c in conns.into_iter().flatten() {
+        c.close().await;
+    }
+}
+
+#[derive(Default)]
+struct ChatStats {
+    sent: AtomicU64,
+    delivered: AtomicU64,
+    errors: AtomicU64,
+    latencies_us: Mutex<Vec<u32>>,
+}
+
+enum Wake {
+    Read(Result<(), ClientError>),
+    Send(Option<usize>),
+    Stop,
+}
+
+async fn conn_task(
+    mut conn: Connection,
+    mut rx: mpsc::Receiver<usize>,
+    mut stop: watch::Receiver<bool>,
+    stats: Arc<ChatStats>,
+    jids: Arc<Vec<String>>,
+    epoch: Instant,
+) {
+    let mut stanzas = Vec::new();
+    if conn.send("<presence/>").await.is_err() {
+        return;
+    }
+    loop {
+        stanzas.clear();
+        let wake = tokio::select! {
+            r = conn.read_stanzas(&mut stanzas) => Wake::Read(r),
+            j = rx.recv() => Wake::Send(j),
+            _ = stop.changed() => Wake::Stop,
+        };
+        match wake {
+            Wake::Read(Err(_)) | Wake::Stop | Wake::Send(None) => break,
+            Wake::Read(Ok(())) => {
+                let now = epoch.elapsed().as_micros() as u64;
+                for el in &stanzas {
+                    if el.name() != "message" {
+                        continue;
+                    }
+                    if el.attr("type") == Some("error") {
+                        stats.errors.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    let sent_at = el.children().find(|c| c.name() == "body").and_then(|b| {
+                        b.text()
+                            .strip_prefix("b:")
+                            .and_then(|t| t.parse::<u64>().ok())
+                    });
+                    if let Some(sent_at) = sent_at {
+                        stats.delivered.fetch_add(1, Ordering::Relaxed);
+                        let us = now.saturating_sub(sent_at).min(u32::MAX as u64) as u32;
+                        if let Ok(mut l) = stats.latencies_us.lock() {
+                            l.push(us);
+                        }
+                    }
+                }
+            }
+            Wake::Send(Some(j)) => {
+                let stamp = epoch.elapsed().as_micros();
+                let msg = format!(
+                    "<message to='{}' type='chat'><body>b:{stamp}</body></message>",
+                    jids[j]
+                );
+                if conn.send(&msg).await.is_err() {
+                    break;
+                }
+                stats.sent.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    conn.close().await;
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)] as f64 / 1000.0
+}
+
+async fn chat(args: &RunArgs, conns: Vec<Option<Connection>>, report: &mut Report) {
+    let stats = Arc::new(ChatStats::default());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let epoch = Instant::now();
+    let mut senders = Vec::new();
+    let mut live = Vec::new();
+    let jids: Vec<String> = conns.iter().flatten().map(|c| c.jid.clone()).collect();
+    let jids = Arc::new(jids);
+    for c in conns.into_iter().flatten() {
+        let (tx, rx) = mpsc::channel(1024);
+        senders.push(tx);
+        live.push(tokio::spawn(conn_task(
+            c,
+            rx,
+            stop_rx.clone(),
+            stats.clone(),
+            jids.clone(),
+            epoch,
+        )));
+    }
+    let n = senders.len();
+    if n < 2 {
+        eprintln!("chat needs at least two connected users");
+        return;
+    }
+    // Presence broadcasts settle before the measured window.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let cpu_before = procstat::sample(args.pid).unwrap_or_default();
+    let mut rng = Rng::new();
+    let start = Instant::now();
+    let window = Duration::from_secs(args.duration);
+    let mut scheduled = 0u64;
+    let mut ticker = tokio::time::interval(Duration::from_millis(2));
+    while start.elapsed() < window {
+        ticker.tick().await;
+        let due = (args.rate as f64 * start.elapsed().as_secs_f64()) as u64;
+        while scheduled < due {
+            let from = rng.below(n);
+            let mut to = rng.below(n - 1);
+            if to >= from {
+                to += 1;
+            }
+            // A full queue means this connection cannot keep up: the message is not sent,
+            // so it counts neither as sent nor as lost.
+            let _ = senders[from].try_send(to);
+            scheduled += 1;
+        }
+    }
+    let window_seconds = start.elapsed().as_secs_f64();
+    let drain_until = Instant::now() + DRAIN;
+    // Messages still queued at the senders go out first; only then is anything in flight.
+    while Instant::now() < drain_until && senders.iter().any(|s| s.capacity() < s.max_capacity()) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    while Instant::now() < drain_until
+        && stats.delivered.load(Ordering::Relaxed) + stats.errors.load(Ordering::Relaxed)
+            < stats.sent.load(Ordering::Relaxed)
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let cpu_after = procstat::sample(args.pid).unwrap_or_default();
+    let _ = stop_tx.send(true);
+    for h in live {
+        let _ = tokio::time::timeout(Duration::from_secs(5), h).await;
+    }
+    let mut lat = stats
+        .latencies_us
+        .lock()
+        .map(|l| l.clone())
+        .unwrap_or_default();
+    lat.sort_unstable();
+    report.sent = stats.sent.load(Ordering::Relaxed);
+    report.delivered = stats.delivered.load(Ordering::Relaxed);
+    report.errors = stats.errors.load(Ordering::Relaxed);
+    report.window_seconds = window_seconds;
+    report.latency_ms = [
+        percentile(&lat, 0.50),
+        percentile(&lat, 0.90),
+        percentile(&lat, 0.99),
+        lat.last().map_or(0.0, |m| *m as f64 / 1000.0),
+    ];
+    report.cpu_seconds = cpu_delta(cpu_before, cpu_after);
+    report.rss_after_kb = cpu_after.rss_kb;
+}
+
+fn cpu_delta(before: Sample, after: Sample) -> f64 {
+    (after.cpu_seconds - before.cpu_seconds).max(0.0)
+}
+
+async fn login_loops(args: &RunArgs, target: &Target, report: &mut Report) {
+    let logins = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let before = procstat::sample(args.pid).unwrap_or_default();
+    let start = Instant::now();
+    let window = Duration::from_secs(args.duration);
+    let mut workers = Vec::new();
+    for w in 0..args.concurrency.max(1) {
+        let (target, logins, errors) = (target.clone(), logins.clone(), errors.clone());
+        let (prefix, password) = (args.prefix.clone(), args.password.clone());
+        let (users, concurrency) = (args.users.max(1), args.concurrency.max(1));
+        workers.push(tokio::spawn(async move {
+            let mut k = w;
+            while start.elapsed() < window {
+                let user = format!("{prefix}{}", k % users + 1);
+                k += concurrency;
+                match client::login(&target, k, &user, &password, &format!("l{w}")).await {
+                    Ok(c) => {
+                        c.close().await;
+                        logins.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    for w in workers {
+        let _ = w.await;
+    }
+    let after = procstat::sample(args.pid).unwrap_or_default();
+    report.window_seconds = start.elapsed().as_secs_f64();
+    report.logins = logins.load(Ordering::Relaxed);
+    report.errors = errors.load(Ordering::Relaxed);
+    report.cpu_seconds = cpu_delta(before, after);
+    report.rss_before_kb = before.rss_kb;
+    report.rss_after_kb = after.rss_kb;
+}

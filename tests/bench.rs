@@ -1,0 +1,197 @@
+//! The load tool measures what it claims: a small chat run against a real server and against
+//! the reference relay delivers everything it sends, with ordered percentiles.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+fn field(json: &str, key: &str) -> f64 {
+    let pat = format!("\"{key}\":");
+    let at = json
+        .find(&pat)
+        .unwrap_or_else(|| panic!("{key} missing in {json}"))
+        + pat.len();
+    let rest = &json[at..];
+    let end = rest.find([',', '}']).unwrap_or(rest.len());
+    rest[..end].trim_matches('"').parse().expect("a number")
+}
+
+fn bench(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_rookery-bench"))
+        .args(args)
+        .output()
+        .expect("rookery-bench runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+fn check_chat(json: &str) {
+    let sent = field(json, "sent");
+    assert!(sent >= 100.0, "{json}");
+    assert_eq!(field(json, "delivered"), sent, "{json}");
+    assert_eq!(field(json, "errors"), 0.0, "{json}");
+    let (p50, p90, p99, max) = (
+        field(json, "p50_ms"),
+        field(json, "p90_ms"),
+        field(json, "p99_ms"),
+        field(json, "max_ms"),
+    );
+    assert!(
+        0.0 < p50 && p50 <= p90 && p90 <= p99 && p99 <= max,
+        "{json}"
+    );
+    assert!(max < 5_000.0, "{json}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_run_against_rookery_delivers_everything() {
+    let server = TestServer::start().await;
+    for i in 1..=10 {
+        server.add_user(&format!("load{i}"), "pw").await;
+    }
+    let addr = server.c2s.to_string();
+    let pid = std::process::id().to_string();
+    let json = tokio::task::spawn_blocking(move || {
+        bench(&[
+            "run",
+            "--scenario",
+            "chat",
+            "--server",
+            &addr,
+            "--pid",
+            &pid,
+            "--users",
+            "10",
+            "--prefix",
+            "load",
+            "--password",
+            "pw",
+            "--rate",
+            "100",
+            "--duration",
+            "2",
+            "--json",
+        ])
+    })
+    .await
+    .expect("bench");
+    check_chat(&json);
+    assert_eq!(field(&json, "connected"), 10.0, "{json}");
+    assert!(field(&json, "cpu_seconds") >= 0.0, "{json}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_and_idle_runs_report_their_figures() {
+    let server = TestServer::start().await;
+    for i in 1..=4 {
+        server.add_user(&format!("load{i}"), "pw").await;
+    }
+    let addr = server.c2s.to_string();
+    let pid = std::process::id().to_string();
+    let (a, p) = (addr.clone(), pid.clone());
+    let login = tokio::task::spawn_blocking(move || {
+        bench(&[
+            "run",
+            "--scenario",
+            "login",
+            "--server",
+            &a,
+            "--pid",
+            &p,
+            "--users",
+            "4",
+            "--prefix",
+            "load",
+            "--password",
+            "pw",
+            "--duration",
+            "1",
+            "--concurrency",
+            "2",
+            "--json",
+        ])
+    })
+    .await
+    .expect("bench");
+    assert!(field(&login, "logins") >= 1.0, "{login}");
+    assert_eq!(field(&login, "errors"), 0.0, "{login}");
+    let idle = tokio::task::spawn_blocking(move || {
+        bench(&[
+            "run",
+            "--scenario",
+            "idle",
+            "--server",
+            &addr,
+            "--pid",
+            &pid,
+            "--users",
+            "4",
+            "--prefix",
+            "load",
+            "--password",
+            "pw",
+            "--duration",
+            "0",
+            "--json",
+        ])
+    })
+    .await
+    .expect("bench");
+    assert_eq!(field(&idle, "connected"), 4.0, "{idle}");
+    assert!(field(&idle, "rss_after_kb") > 0.0, "{idle}");
+    server.shutdown().await;
+}
+
+#[test]
+fn chat_run_against_the_relay_delivers_everything() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut relay = Command::new(env!("CARGO_BIN_EXE_rookery-bench"))
+        .args(["relay", "--listen", &addr])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("relay starts");
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(&addr).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let json = bench(&[
+        "run",
+        "--scenario",
+        "chat",
+        "--server",
+        &addr,
+        "--users",
+        "10",
+        "--rate",
+        "100",
+        "--duration",
+        "2",
+        "--json",
+    ]);
+    let _ = relay.kill();
+    let _ = relay.wait();
+    check_chat(&json);
+}
+
+#[test]
+fn refuses_targets_off_loopback() {
+    let out = Command::new(env!("CARGO_BIN_EXE_rookery-bench"))
+        .args(["run", "--scenario", "idle", "--server", "192.0.2.1:5222"])
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("loopback"));
+}
