@@ -138,7 +138,10 @@ EOF
 # --- ejabberd ----------------------------------------------------------------------------------
 EJ_NODE="rookerybench@localhost"
 ejabberd_ctl() {
-  ejabberdctl --config-dir "$WORK/ejabberd" --config "$WORK/ejabberd/ejabberd.yml" \
+  # As its own user, so that ejabberdctl does not go through `su`, which would reset the open
+  # file limit to 1024 and cap the connections.
+  setpriv --reuid=ejabberd --regid=ejabberd --init-groups env HOME=/var/lib/ejabberd \
+    ejabberdctl --config-dir "$WORK/ejabberd" --config "$WORK/ejabberd/ejabberd.yml" \
     --ctl-config "$WORK/ejabberd/ejabberdctl.cfg" --logs "$WORK/ejabberd/logs" \
     --spool "$WORK/ejabberd/spool" --node "$EJ_NODE" "$@"
 }
@@ -195,6 +198,7 @@ EOF
   cat > "$dir/ejabberdctl.cfg" <<EOF
 ERLANG_NODE=$EJ_NODE
 INET_DIST_INTERFACE=127.0.0.1
+ERL_MAX_PORTS=250000
 EOF
   chown -R ejabberd:ejabberd "$dir" 2>/dev/null || true
   ejabberd_ctl start

@@ -49,7 +49,7 @@ def figures(label, runs):
     return f
 
 
-LOWER_IS_BETTER = ("ms", "kB", "CPU", "lost", "errors")
+LOWER_IS_BETTER = ("ms @", "kB", "CPU", "lost", "errors")
 
 
 def main():

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -34,12 +35,20 @@ pub struct Running {
     pub server: Arc<Server>,
     pub c2s_addr: SocketAddr,
     pub c2s_tls_addr: SocketAddr,
+    pub http_addr: SocketAddr,
     stop: watch::Sender<bool>,
     listeners: Vec<JoinHandle<()>>,
 }
 
+async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    listener::bind(addr)
+        .await
+        .map_err(|source| StartError::Listen { key, addr, source })
+}
+
 /// Opens everything the configuration names and starts accepting connections.
 pub async fn start(config: Config) -> Result<Running, StartError> {
+    crate::metrics::install();
     let store = store::open(&config.storage_url()).await?;
     let tls = tls::server_config(
         &config.tls.cert,
@@ -47,31 +56,16 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         &config.data_dir,
         &config.domain,
     )?;
-    let c2s = listener::bind(config.listen.c2s)
-        .await
-        .map_err(|source| StartError::Listen {
-            key: "listen.c2s",
-            addr: config.listen.c2s,
-            source,
-        })?;
-    let c2s_tls = listener::bind(config.listen.c2s_tls)
-        .await
-        .map_err(|source| StartError::Listen {
-            key: "listen.c2s_tls",
-            addr: config.listen.c2s_tls,
-            source,
-        })?;
-    let local = |l: &tokio::net::TcpListener, fallback| l.local_addr().unwrap_or(fallback);
+    let c2s = bind("listen.c2s", config.listen.c2s).await?;
+    let c2s_tls = bind("listen.c2s_tls", config.listen.c2s_tls).await?;
+    let http = bind("listen.http", config.listen.http).await?;
+    let local = |l: &TcpListener, fallback| l.local_addr().unwrap_or(fallback);
     let c2s_addr = local(&c2s, config.listen.c2s);
     let c2s_tls_addr = local(&c2s_tls, config.listen.c2s_tls);
+    let http_addr = local(&http, config.listen.http);
     let (stop, stopped) = watch::channel(false);
-    let server = Arc::new(Server::new(
-        config,
-        store,
-        Arc::new(LocalTable::default()),
-        tls,
-        stopped,
-    ));
+    let sessions = Arc::new(LocalTable::default());
+    let server = Arc::new(Server::new(config, store, sessions, tls, stopped));
     let listeners = vec![
         tokio::spawn(listener::accept_loop(
             server.clone(),
@@ -83,11 +77,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             c2s_tls,
             ListenerKind::C2sDirectTls,
         )),
+        tokio::spawn(crate::http::serve(server.clone(), http)),
     ];
     Ok(Running {
         server,
         c2s_addr,
         c2s_tls_addr,
+        http_addr,
         stop,
         listeners,
     })

@@ -94,23 +94,6 @@ fn items(payload: &Element) -> Result<Vec<String>, StanzaError> {
         .collect()
 }
 
-/// Pushes a block or unblock to every resource of the user (XEP-0191 §3.3).
-async fn push(server: &Server, owner: &BareJid, payload: &Element) {
-    for r in server.sessions.resources(owner) {
-        let iq = stanza::build(
-            "iq",
-            &[
-                ("type", "set"),
-                ("id", &format!("push-{}", uuid::Uuid::new_v4().simple())),
-                ("to", &r.jid.to_string()),
-            ],
-        );
-        let mut iq = iq;
-        iq.append_child(payload.clone());
-        let _ = r.sender.deliver(iq);
-    }
-}
-
 #[async_trait]
 impl Module for Blocking {
     fn name(&self) -> &'static str {
@@ -126,9 +109,7 @@ impl Module for Blocking {
     }
 
     async fn handle_iq(&self, req: IqRequest<'_>) -> IqResult {
-        let (true, Some(user)) = (req.is_own_account(), req.local_user()) else {
-            return Err(StanzaError::forbidden());
-        };
+        let user = req.own_user()?;
         let owner = req.from.to_bare();
         let store = &req.server.store;
         match (req.is_set, req.payload.name()) {
@@ -160,7 +141,8 @@ impl Module for Blocking {
                         }
                     }
                 }
-                push(req.server, &owner, req.payload).await;
+                // XEP-0191 §3.3: every resource hears of the change.
+                super::push(req.server, &owner, req.payload, false);
                 Ok(None)
             }
             (true, "unblock") => {
@@ -170,7 +152,8 @@ impl Module for Blocking {
                     .await
                     .map_err(|_| StanzaError::internal())?;
                 self.forget(user);
-                push(req.server, &owner, req.payload).await;
+                // XEP-0191 §3.3: every resource hears of the change.
+                super::push(req.server, &owner, req.payload, false);
                 Ok(None)
             }
             _ => Err(StanzaError::bad_request()),

@@ -68,6 +68,15 @@ impl IqRequest<'_> {
         }
     }
 
+    /// The sender's username when a local user addresses their own account; `forbidden`
+    /// otherwise (rosters and block lists are private).
+    pub fn own_user(&self) -> Result<&str, StanzaError> {
+        match self.local_user() {
+            Some(user) if self.is_own_account() => Ok(user),
+            _ => Err(StanzaError::forbidden()),
+        }
+    }
+
     /// The sender's local username, if the sender is a local user.
     pub fn local_user(&self) -> Option<&str> {
         if self.server.is_local_domain(self.from.domain().as_str()) {
@@ -141,6 +150,26 @@ pub async fn handle_iq(
     match module.handle_iq(req).await {
         Ok(payload) => Some(stanza::iq_result(iq, payload)),
         Err(err) => stanza::error_reply(iq, &err),
+    }
+}
+
+/// Sends `payload` in an iq set to the resources of `owner` (roster and block-list pushes);
+/// with `only_interested`, to those that asked for the roster (RFC 6121 §2.1.6).
+pub fn push(server: &Server, owner: &BareJid, payload: &Element, only_interested: bool) {
+    for r in server.sessions.resources(owner) {
+        if only_interested && !r.interested {
+            continue;
+        }
+        let mut iq = stanza::build(
+            "iq",
+            &[
+                ("type", "set"),
+                ("id", &format!("push-{}", uuid::Uuid::new_v4().simple())),
+                ("to", &r.jid.to_string()),
+            ],
+        );
+        iq.append_child(payload.clone());
+        let _ = r.sender.deliver(iq);
     }
 }
 

@@ -69,9 +69,12 @@ pub async fn store_or_bounce(server: &Server, to: &BareJid, msg: Element) {
         return;
     };
     let now = chrono::Utc::now().timestamp_millis();
-    if let Err(e) = server.store.push_offline(user, &xml, now).await {
-        warn!(error = %e, "cannot store offline message");
-        router::bounce(server, &msg, StanzaError::internal()).await;
+    match server.store.push_offline(user, &xml, now).await {
+        Ok(()) => crate::metrics::offline_stored(),
+        Err(e) => {
+            warn!(error = %e, "cannot store offline message");
+            router::bounce(server, &msg, StanzaError::internal()).await;
+        }
     }
 }
 
@@ -108,6 +111,7 @@ pub async fn take(server: &Server, user: &str) -> Vec<Element> {
     if let Err(e) = server.store.remove_offline(user, last).await {
         warn!(error = %e, "cannot remove delivered offline messages");
     }
+    crate::metrics::offline_delivered(out.len());
     out
 }
 

@@ -297,6 +297,18 @@ async fn item_or_new(server: &Server, owner: &BareJid, contact: &BareJid) -> (Ro
     }
 }
 
+/// Drops an answered pending-in request; if that fails it is offered again at next login,
+/// which the user can answer again, so the failure is only logged.
+async fn forget_request(server: &Server, owner: &BareJid, contact: &str) {
+    if let Err(e) = server
+        .store
+        .remove_subscription_request(user_of(owner), contact)
+        .await
+    {
+        warn!(error = %e, "cannot remove a subscription request");
+    }
+}
+
 async fn has_request(server: &Server, owner: &BareJid, contact: &BareJid) -> bool {
     server
         .store
@@ -330,10 +342,7 @@ async fn outbound_subscription(
             if !has_request(server, owner, contact).await {
                 return;
             }
-            let _ = server
-                .store
-                .remove_subscription_request(user_of(owner), &contact_str)
-                .await;
+            forget_request(server, owner, &contact_str).await;
             item.subscription = item.subscription.with_from(true);
             let _ = roster::save_and_push(server, owner, &item).await;
             router::route(server, presence).await;
@@ -356,10 +365,7 @@ async fn outbound_subscription(
                 return;
             }
             if pending {
-                let _ = server
-                    .store
-                    .remove_subscription_request(user_of(owner), &contact_str)
-                    .await;
+                forget_request(server, owner, &contact_str).await;
             }
             let had_from = item.subscription.has_from();
             if exists && had_from {
@@ -465,10 +471,7 @@ pub async fn inbound_subscription(server: &Server, owner: &BareJid, mut presence
                 return;
             }
             if pending {
-                let _ = server
-                    .store
-                    .remove_subscription_request(user_of(owner), &contact_str)
-                    .await;
+                forget_request(server, owner, &contact_str).await;
             }
             if exists && item.subscription.has_from() {
                 item.subscription = item.subscription.with_from(false);

@@ -40,26 +40,12 @@ pub fn item_element(item: &RosterItem) -> Element {
 }
 
 /// Sends a roster push to every interested resource of `owner` (RFC 6121 §2.1.6).
-pub async fn push(server: &Server, owner: &BareJid, item: Element, version: i64) {
+pub fn push(server: &Server, owner: &BareJid, item: Element, version: i64) {
     let query = Element::builder("query", NS)
         .attr(rxml::xml_ncname!("ver").to_owned(), version.to_string())
         .append(item)
         .build();
-    for r in server.sessions.resources(owner) {
-        if !r.interested {
-            continue;
-        }
-        let mut iq = stanza::build(
-            "iq",
-            &[
-                ("type", "set"),
-                ("id", &format!("push-{}", uuid::Uuid::new_v4().simple())),
-                ("to", &r.jid.to_string()),
-            ],
-        );
-        iq.append_child(query.clone());
-        let _ = r.sender.deliver(iq);
-    }
+    super::push(server, owner, &query, true);
 }
 
 /// Stores an item and pushes it to the owner's interested resources.
@@ -74,7 +60,7 @@ pub async fn save_and_push(
         .put_roster_item(user, item)
         .await
         .map_err(|_| StanzaError::internal())?;
-    push(server, owner, item_element(item), version).await;
+    push(server, owner, item_element(item), version);
     Ok(())
 }
 
@@ -173,7 +159,7 @@ async fn remove(
     }
     if let Some(version) = version {
         let item = el("item", NS, &[("jid", contact), ("subscription", "remove")]);
-        push(server, owner, item, version).await;
+        push(server, owner, item, version);
     }
     Ok(())
 }
@@ -193,9 +179,7 @@ impl Module for RosterModule {
     }
 
     async fn handle_iq(&self, req: IqRequest<'_>) -> IqResult {
-        let (true, Some(user)) = (req.is_own_account(), req.local_user()) else {
-            return Err(StanzaError::forbidden());
-        };
+        let user = req.own_user()?;
         let owner = req.from.to_bare();
         let server = req.server;
         if !req.is_set {

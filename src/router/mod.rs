@@ -24,7 +24,11 @@ use table::{DeliveryError, Resource};
 /// Boxed because routing recurses: a subscription handled for a local user can route presence
 /// and errors again.
 pub fn route(server: &Server, stanza: Element) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
-    Box::pin(route_now(server, stanza))
+    Box::pin(async move {
+        let started = std::time::Instant::now();
+        route_now(server, stanza).await;
+        crate::metrics::routed(started);
+    })
 }
 
 async fn route_now(server: &Server, stanza: Element) {

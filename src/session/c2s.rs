@@ -40,6 +40,7 @@ pub async fn serve(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, direct
     let conn_id = server.next_conn_id();
     let span = info_span!("c2s", conn = conn_id, %peer, jid = tracing::field::Empty);
     async move {
+        let _counted = crate::metrics::connection("c2s");
         let _ = tcp.set_nodelay(true);
         let limits = ParserLimits {
             max_stanza_bytes: server.config.limits.max_stanza_bytes,
@@ -691,6 +692,7 @@ impl Session<'_> {
 
     async fn on_stanza(&mut self, mut el: Element) -> Result<(), Failure> {
         let kind = el.name().to_owned();
+        crate::metrics::stanza_in(&kind);
         if !matches!(kind.as_str(), "message" | "presence" | "iq") {
             return Err(Failure::stream(
                 "unsupported-stanza-type",

@@ -185,6 +185,7 @@ impl XmlConn {
     }
 
     pub fn queue(&mut self, el: &Element) {
+        crate::metrics::stanza_out(el.name());
         let bytes = writer::element(el);
         self.out.extend_from_slice(&bytes);
     }

@@ -6,6 +6,7 @@
 //! bare JID strings.
 
 pub mod sqlite;
+pub mod timed;
 
 use std::sync::Arc;
 
@@ -189,7 +190,8 @@ pub trait Store: Send + Sync {
 /// Opens the store the URL names and brings its schema up to date.
 pub async fn open(url: &str) -> StoreResult<Arc<dyn Store>> {
     if url.starts_with("sqlite:") {
-        Ok(Arc::new(sqlite::SqliteStore::open(url).await?))
+        let store: Arc<dyn Store> = Arc::new(sqlite::SqliteStore::open(url).await?);
+        Ok(Arc::new(timed::Timed(store)))
     } else {
         Err(StoreError::UnsupportedUrl(url.to_owned()))
     }

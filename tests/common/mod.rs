@@ -33,6 +33,7 @@ pub struct TestServer {
     pub config: Config,
     pub c2s: SocketAddr,
     pub c2s_tls: SocketAddr,
+    pub http: SocketAddr,
 }
 
 impl TestServer {
@@ -48,6 +49,7 @@ impl TestServer {
         };
         config.listen.c2s = "127.0.0.1:0".parse().expect("addr");
         config.listen.c2s_tls = "127.0.0.1:0".parse().expect("addr");
+        config.listen.http = "127.0.0.1:0".parse().expect("addr");
         adjust(&mut config);
         Self::run(dir, config).await
     }
@@ -57,6 +59,7 @@ impl TestServer {
         TestServer {
             c2s: running.c2s_addr,
             c2s_tls: running.c2s_tls_addr,
+            http: running.http_addr,
             running: Some(running),
             dir,
             config,

@@ -1,0 +1,63 @@
+//! The HTTP listener: health and Prometheus metrics now; the REST bridge, WebSocket and BOSH
+//! will share it.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use tokio::net::TcpListener;
+
+use crate::metrics;
+use crate::server::Server;
+
+pub fn router(server: Arc<Server>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(prometheus))
+        .with_state(server)
+}
+
+/// Serves HTTP until the server shuts down.
+pub async fn serve(server: Arc<Server>, listener: TcpListener) {
+    let mut stop = server.shutdown_signal();
+    let app = router(server);
+    let shutdown = async move {
+        let _ = stop.changed().await;
+    };
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        tracing::warn!(error = %e, "HTTP listener failed");
+    }
+}
+
+async fn health(State(server): State<Arc<Server>>) -> impl IntoResponse {
+    let body = format!(
+        "{{\"status\":\"ok\",\"domain\":\"{}\",\"sessions\":{}}}",
+        server.domain,
+        server.sessions.count()
+    );
+    ([(header::CONTENT_TYPE, "application/json")], body)
+}
+
+async fn prometheus(State(server): State<Arc<Server>>) -> impl IntoResponse {
+    metrics::set_sessions(server.sessions.count());
+    match metrics::render() {
+        Some(text) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            text,
+        ),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::CONTENT_TYPE, "application/json")],
+            "{\"code\":\"metrics_unavailable\",\"title\":\"Metrics unavailable\",\
+             \"message\":\"another metrics recorder is installed in this process\"}"
+                .to_owned(),
+        ),
+    }
+}

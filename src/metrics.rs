@@ -1,0 +1,87 @@
+//! The counters an operator and the benchmark read at `/metrics`, in one place so their names
+//! stay consistent: connections, stanzas in and out by kind, routing and store latency, and
+//! offline storage.
+
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the process-wide recorder once; later calls (several servers in one test process)
+/// share it.
+pub fn install() {
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Suffix("_seconds".into()),
+                &[
+                    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05,
+                    0.1, 0.25, 1.0,
+                ],
+            )
+            .ok()?
+            .build_recorder();
+        let handle = recorder.handle();
+        metrics::set_global_recorder(recorder).ok()?;
+        Some(handle)
+    });
+}
+
+pub fn render() -> Option<String> {
+    HANDLE.get()?.as_ref().map(|h| h.render())
+}
+
+/// Counts a connection for as long as the guard lives.
+pub struct ConnectionGuard(&'static str);
+
+pub fn connection(kind: &'static str) -> ConnectionGuard {
+    metrics::gauge!("rookery_connections", "kind" => kind).increment(1.0);
+    metrics::counter!("rookery_connections_total", "kind" => kind).increment(1);
+    ConnectionGuard(kind)
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        metrics::gauge!("rookery_connections", "kind" => self.0).decrement(1.0);
+    }
+}
+
+fn kind_label(name: &str) -> &'static str {
+    match name {
+        "message" => "message",
+        "presence" => "presence",
+        "iq" => "iq",
+        _ => "other",
+    }
+}
+
+pub fn stanza_in(name: &str) {
+    metrics::counter!("rookery_stanzas_in_total", "kind" => kind_label(name)).increment(1);
+}
+
+pub fn stanza_out(name: &str) {
+    metrics::counter!("rookery_stanzas_out_total", "kind" => kind_label(name)).increment(1);
+}
+
+pub fn routed(started: Instant) {
+    metrics::histogram!("rookery_route_seconds").record(started.elapsed().as_secs_f64());
+}
+
+pub fn store_call(op: &'static str, started: Instant) {
+    metrics::histogram!("rookery_store_seconds", "op" => op)
+        .record(started.elapsed().as_secs_f64());
+}
+
+pub fn offline_stored() {
+    metrics::counter!("rookery_offline_stored_total").increment(1);
+}
+
+pub fn offline_delivered(n: usize) {
+    metrics::counter!("rookery_offline_delivered_total").increment(n as u64);
+}
+
+pub fn set_sessions(n: usize) {
+    metrics::gauge!("rookery_sessions").set(n as f64);
+}

@@ -1,0 +1,108 @@
+//! A store wrapper that records how long every call takes (`rookery_store_seconds`), whatever
+//! the engine behind it.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+
+use super::{
+    Credentials, OfflineMessage, Roster, RosterItem, Store, StoreResult, SubscriptionRequest,
+};
+
+pub struct Timed(pub Arc<dyn Store>);
+
+macro_rules! timed {
+    ($op:literal, $call:expr) => {{
+        let started = Instant::now();
+        let result = $call.await;
+        crate::metrics::store_call($op, started);
+        result
+    }};
+}
+
+#[async_trait]
+impl Store for Timed {
+    async fn create_account(&self, user: &str, creds: &Credentials) -> StoreResult<()> {
+        timed!("create_account", self.0.create_account(user, creds))
+    }
+    async fn set_credentials(&self, user: &str, creds: &Credentials) -> StoreResult<()> {
+        timed!("set_credentials", self.0.set_credentials(user, creds))
+    }
+    async fn credentials(&self, user: &str) -> StoreResult<Option<Credentials>> {
+        timed!("credentials", self.0.credentials(user))
+    }
+    async fn delete_account(&self, user: &str) -> StoreResult<bool> {
+        timed!("delete_account", self.0.delete_account(user))
+    }
+    async fn list_accounts(&self) -> StoreResult<Vec<String>> {
+        timed!("list_accounts", self.0.list_accounts())
+    }
+    async fn roster(&self, user: &str) -> StoreResult<Roster> {
+        timed!("roster", self.0.roster(user))
+    }
+    async fn roster_item(&self, user: &str, contact: &str) -> StoreResult<Option<RosterItem>> {
+        timed!("roster_item", self.0.roster_item(user, contact))
+    }
+    async fn put_roster_item(&self, user: &str, item: &RosterItem) -> StoreResult<i64> {
+        timed!("put_roster_item", self.0.put_roster_item(user, item))
+    }
+    async fn remove_roster_item(&self, user: &str, contact: &str) -> StoreResult<Option<i64>> {
+        timed!(
+            "remove_roster_item",
+            self.0.remove_roster_item(user, contact)
+        )
+    }
+    async fn put_subscription_request(
+        &self,
+        user: &str,
+        request: &SubscriptionRequest,
+    ) -> StoreResult<()> {
+        timed!(
+            "put_subscription_request",
+            self.0.put_subscription_request(user, request)
+        )
+    }
+    async fn remove_subscription_request(&self, user: &str, contact: &str) -> StoreResult<bool> {
+        timed!(
+            "remove_subscription_request",
+            self.0.remove_subscription_request(user, contact)
+        )
+    }
+    async fn subscription_requests(&self, user: &str) -> StoreResult<Vec<SubscriptionRequest>> {
+        timed!("subscription_requests", self.0.subscription_requests(user))
+    }
+    async fn has_subscription_request(&self, user: &str, contact: &str) -> StoreResult<bool> {
+        timed!(
+            "has_subscription_request",
+            self.0.has_subscription_request(user, contact)
+        )
+    }
+    async fn push_offline(&self, user: &str, stanza: &str, stamp_ms: i64) -> StoreResult<()> {
+        timed!("push_offline", self.0.push_offline(user, stanza, stamp_ms))
+    }
+    async fn offline_count(&self, user: &str) -> StoreResult<u64> {
+        timed!("offline_count", self.0.offline_count(user))
+    }
+    async fn offline_messages(&self, user: &str) -> StoreResult<Vec<OfflineMessage>> {
+        timed!("offline_messages", self.0.offline_messages(user))
+    }
+    async fn remove_offline(&self, user: &str, up_to_id: i64) -> StoreResult<()> {
+        timed!("remove_offline", self.0.remove_offline(user, up_to_id))
+    }
+    async fn blocklist(&self, user: &str) -> StoreResult<Vec<String>> {
+        timed!("blocklist", self.0.blocklist(user))
+    }
+    async fn block(&self, user: &str, jids: &[String]) -> StoreResult<()> {
+        timed!("block", self.0.block(user, jids))
+    }
+    async fn unblock(&self, user: &str, jids: &[String]) -> StoreResult<()> {
+        timed!("unblock", self.0.unblock(user, jids))
+    }
+    async fn vcard(&self, user: &str) -> StoreResult<Option<String>> {
+        timed!("vcard", self.0.vcard(user))
+    }
+    async fn set_vcard(&self, user: &str, vcard: &str) -> StoreResult<()> {
+        timed!("set_vcard", self.0.set_vcard(user, vcard))
+    }
+}
