@@ -27,6 +27,8 @@ use crate::stream::{ns, writer};
 /// Outgoing queue of a session: deep enough for bursts, small enough that a client that stops
 /// reading is noticed quickly.
 const QUEUE_DEPTH: usize = 1024;
+/// A session quiet this long gives back its parser's scratch buffers.
+const QUIET_AFTER: Duration = Duration::from_secs(2);
 /// A pinged client that stays silent this much longer (at most) is disconnected.
 const PING_TIMEOUT: Duration = Duration::from_secs(60);
 /// Negotiation must finish in this time, so half-open connections do not pile up.
@@ -537,6 +539,8 @@ struct Session<'a> {
     last_read: Instant,
     /// Id and time of our unanswered ping, if any.
     ping: Option<(String, Instant)>,
+    /// The parser's buffers were released since the last read.
+    quiet: bool,
 }
 
 enum Wake {
@@ -569,6 +573,7 @@ async fn established(server: &Server, mut conn: XmlConn, conn_id: u64, bound: Bo
         presence: presence::SessionPresence::default(),
         last_read: Instant::now(),
         ping: None,
+        quiet: false,
     };
     let result = match session.conn.flush().await {
         Ok(()) => session.run(&mut rx).await,
@@ -586,6 +591,7 @@ impl Session<'_> {
         let (ping_after, ping_timeout) = idle_limits(self.server);
         loop {
             let deadline = match &self.ping {
+                None if !self.quiet => self.last_read + QUIET_AFTER.min(ping_after),
                 None => self.last_read + ping_after,
                 Some((_, sent)) => *sent + ping_timeout,
             };
@@ -651,6 +657,7 @@ impl Session<'_> {
     async fn on_read(&mut self, n: usize) -> Result<(), Failure> {
         self.last_read = Instant::now();
         self.ping = None;
+        self.quiet = false;
         self.conn.feed(n)?;
         while let Some(ev) = self.conn.take_event() {
             match ev {
@@ -665,6 +672,15 @@ impl Session<'_> {
     }
 
     fn on_timer(&mut self) -> Result<(), Failure> {
+        if !self.quiet {
+            self.quiet = true;
+            self.conn.release_buffers();
+        }
+        let (ping_after, _) = idle_limits(self.server);
+        if self.ping.is_none() && self.last_read.elapsed() < ping_after {
+            // Woken only to release buffers; the ping is not due yet.
+            return Ok(());
+        }
         if self.ping.is_some() {
             return Err(Failure::stream("connection-timeout", "no answer to ping"));
         }

@@ -176,6 +176,11 @@ impl XmlConn {
         Ok(())
     }
 
+    /// Frees parser buffers while the connection is quiet.
+    pub fn release_buffers(&mut self) {
+        self.parser.release_buffers();
+    }
+
     pub fn take_event(&mut self) -> Option<StreamEvent> {
         self.events.pop_front()
     }

@@ -116,6 +116,14 @@ impl StreamParser {
         Ok(())
     }
 
+    /// Frees the lexer's scratch buffers (several kB) if no stanza is half-read. For
+    /// connections that have gone quiet: doing it after every read costs throughput.
+    pub fn release_buffers(&mut self) {
+        if self.stack.is_empty() {
+            self.parser.release_temporaries();
+        }
+    }
+
     fn handle(&mut self, event: Event, out: &mut Vec<StreamEvent>) -> Result<(), ParseError> {
         match event {
             Event::XmlDeclaration(..) => {}
