@@ -4,6 +4,7 @@
 //! core never names a XEP: adding one means adding a module and a line below.
 
 pub mod blocking;
+pub mod carbons;
 pub mod disco;
 pub mod offline;
 pub mod ping;
@@ -33,6 +34,7 @@ pub fn all() -> Vec<Arc<dyn Module>> {
         Arc::new(version::Version),
         Arc::new(register::Register),
         Arc::new(blocking::Blocking::default()),
+        Arc::new(carbons::Carbons),
         Arc::new(vcard::VCard),
     ]
 }

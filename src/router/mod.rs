@@ -14,7 +14,7 @@ use minidom::Element;
 use tracing::debug;
 
 use crate::jid::{self, BareJid, FullJid, Jid};
-use crate::modules::{self, blocking, offline, presence};
+use crate::modules::{self, blocking, carbons, offline, presence};
 use crate::server::Server;
 use crate::stanza::{self, StanzaError};
 use table::{DeliveryError, Resource};
@@ -129,8 +129,14 @@ async fn route_message(server: &Server, to: &Jid, stanza: Element) {
     if let Some(full) = full_of(to)
         && let Some(resource) = server.sessions.resource(&full)
     {
+        let carbon = carbons::eligible(&stanza).then(|| stanza.clone());
         match deliver(&resource, stanza) {
-            Ok(()) => return,
+            Ok(()) => {
+                if let Some(msg) = carbon {
+                    carbons::copy(server, &bare, "received", &msg, &[full]);
+                }
+                return;
+            }
             // The session is going away: treat it as addressed to the bare JID.
             Err(stanza) => return message_to_bare(server, &bare, stanza).await,
         }
@@ -155,12 +161,16 @@ async fn message_to_bare(server: &Server, bare: &BareJid, stanza: Element) {
         _ => {
             let list = candidates(server, bare);
             let top = list.first().map(|r| r.priority);
-            let mut delivered = false;
+            let mut delivered = Vec::new();
             for r in list.iter().filter(|r| Some(r.priority) == top) {
-                delivered |= deliver(r, stanza.clone()).is_ok();
+                if deliver(r, stanza.clone()).is_ok() {
+                    delivered.push(r.jid.clone());
+                }
             }
-            if !delivered {
+            if delivered.is_empty() {
                 offline::store_or_bounce(server, bare, stanza).await;
+            } else {
+                carbons::copy(server, bare, "received", &stanza, &delivered);
             }
         }
     }

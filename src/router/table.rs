@@ -78,6 +78,8 @@ pub struct Resource {
     pub priority: i8,
     /// Requested the roster, so it receives roster pushes (RFC 6121 §2.1.6).
     pub interested: bool,
+    /// Asked for Message Carbons (XEP-0280): gets copies of the account's 1:1 chats.
+    pub carbons: bool,
 }
 
 impl Resource {
@@ -110,6 +112,7 @@ pub trait SessionTable: Send + Sync {
         presence: Option<(Arc<Element>, i8)>,
     ) -> Result<(), TableError>;
     async fn set_interested(&self, jid: &FullJid, conn_id: u64) -> Result<(), TableError>;
+    async fn set_carbons(&self, jid: &FullJid, conn_id: u64, on: bool) -> Result<(), TableError>;
 
     fn resources(&self, bare: &BareJid) -> Vec<Resource>;
     fn resource(&self, jid: &FullJid) -> Option<Resource>;
@@ -155,6 +158,7 @@ impl SessionTable for LocalTable {
             presence: None,
             priority: 0,
             interested: false,
+            carbons: false,
         });
         Ok(old)
     }
@@ -192,6 +196,11 @@ impl SessionTable for LocalTable {
 
     async fn set_interested(&self, jid: &FullJid, conn_id: u64) -> Result<(), TableError> {
         self.with_resource(jid, conn_id, |r| r.interested = true);
+        Ok(())
+    }
+
+    async fn set_carbons(&self, jid: &FullJid, conn_id: u64, on: bool) -> Result<(), TableError> {
+        self.with_resource(jid, conn_id, |r| r.carbons = on);
         Ok(())
     }
 

@@ -17,7 +17,7 @@ use tracing::{Instrument, debug, info, info_span};
 use super::conn::{Failure, Socket, XmlConn};
 use crate::auth::{AuthError, plain, scram};
 use crate::jid::{self, FullJid, Jid};
-use crate::modules::{self, IqTarget, blocking, presence, register};
+use crate::modules::{self, IqTarget, blocking, carbons, presence, register};
 use crate::router::{self, table::SessionCommand, table::SessionSender};
 use crate::server::Server;
 use crate::stanza::{self, StanzaError};
@@ -770,7 +770,18 @@ impl Session<'_> {
         if blocking::blocks(self.server, &self.jid.to_bare(), &to).await {
             return self.reply_error(&el, blocking::blocked_error());
         }
+        let carbon = carbons::eligible(&el).then(|| el.clone());
         router::route(self.server, el).await;
+        if let Some(msg) = carbon {
+            let own = self.jid.to_bare();
+            carbons::copy(
+                self.server,
+                &own,
+                "sent",
+                &msg,
+                std::slice::from_ref(&self.jid),
+            );
+        }
     }
 
     async fn on_presence(&mut self, el: Element, to: Option<Jid>) {

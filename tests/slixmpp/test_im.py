@@ -112,3 +112,24 @@ def test_restart_keeps_offline_messages(server):
         await bob.close()
 
     run(after())
+
+
+def test_carbons(server):
+    async def go():
+        phone = await connected(server, "alice@localhost/phone", "alice")
+        desk = await connected(server, "alice@localhost/desk", "alice", plugins=("xep_0280",))
+        bob = await connected(server, "bob@localhost/b", "bob")
+        await asyncio.wait_for(desk["xep_0280"].enable(), TIMEOUT)
+        received, sent = asyncio.Queue(), asyncio.Queue()
+        desk.add_event_handler("carbon_received", lambda m: received.put_nowait(m))
+        desk.add_event_handler("carbon_sent", lambda m: sent.put_nowait(m))
+        bob.send_message(mto="alice@localhost/phone", mbody="hi phone", mtype="chat")
+        m = await asyncio.wait_for(received.get(), TIMEOUT)
+        assert m["carbon_received"]["body"] == "hi phone"
+        phone.send_message(mto="bob@localhost", mbody="from the phone", mtype="chat")
+        m = await asyncio.wait_for(sent.get(), TIMEOUT)
+        assert m["carbon_sent"]["body"] == "from the phone"
+        for c in (phone, desk, bob):
+            await c.close()
+
+    run(go())
