@@ -96,10 +96,16 @@ fn wrap(kind: &str, owner: &BareJid, to: &FullJid, msg: &Element) -> Element {
     carbon
 }
 
+/// Whether a copy of `msg` may be owed to any resource of `owner`; cheap, so that the common
+/// case (nobody has carbons on) copies nothing.
+pub fn wanted(server: &Server, owner: &BareJid, msg: &Element) -> bool {
+    server.sessions.any_carbons(owner) && eligible(msg)
+}
+
 /// Sends `kind` ("sent" or "received") copies of `msg` to the carbons-enabled resources of
 /// `owner`, except those in `skip` (the sender, or the resources that got the original).
 pub fn copy(server: &Server, owner: &BareJid, kind: &str, msg: &Element, skip: &[FullJid]) {
-    if !eligible(msg) {
+    if !wanted(server, owner, msg) {
         return;
     }
     let targets: Vec<Resource> = server

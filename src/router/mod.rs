@@ -129,7 +129,7 @@ async fn route_message(server: &Server, to: &Jid, stanza: Element) {
     if let Some(full) = full_of(to)
         && let Some(resource) = server.sessions.resource(&full)
     {
-        let carbon = carbons::eligible(&stanza).then(|| stanza.clone());
+        let carbon = carbons::wanted(server, &bare, &stanza).then(|| stanza.clone());
         match deliver(&resource, stanza) {
             Ok(()) => {
                 if let Some(msg) = carbon {

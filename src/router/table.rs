@@ -115,6 +115,9 @@ pub trait SessionTable: Send + Sync {
     async fn set_carbons(&self, jid: &FullJid, conn_id: u64, on: bool) -> Result<(), TableError>;
 
     fn resources(&self, bare: &BareJid) -> Vec<Resource>;
+    /// Whether any resource of the account has carbons on: asked for every chat message, so
+    /// it must not copy the resource list.
+    fn any_carbons(&self, bare: &BareJid) -> bool;
     fn resource(&self, jid: &FullJid) -> Option<Resource>;
     fn count(&self) -> usize;
 }
@@ -207,6 +210,12 @@ impl SessionTable for LocalTable {
     fn resources(&self, bare: &BareJid) -> Vec<Resource> {
         let map = self.inner.read().unwrap_or_else(|e| e.into_inner());
         map.get(bare).cloned().unwrap_or_default()
+    }
+
+    fn any_carbons(&self, bare: &BareJid) -> bool {
+        let map = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        map.get(bare)
+            .is_some_and(|list| list.iter().any(|r| r.carbons))
     }
 
     fn resource(&self, jid: &FullJid) -> Option<Resource> {

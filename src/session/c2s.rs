@@ -770,10 +770,10 @@ impl Session<'_> {
         if blocking::blocks(self.server, &self.jid.to_bare(), &to).await {
             return self.reply_error(&el, blocking::blocked_error());
         }
-        let carbon = carbons::eligible(&el).then(|| el.clone());
+        let own = self.jid.to_bare();
+        let carbon = carbons::wanted(self.server, &own, &el).then(|| el.clone());
         router::route(self.server, el).await;
         if let Some(msg) = carbon {
-            let own = self.jid.to_bare();
             carbons::copy(
                 self.server,
                 &own,
