@@ -247,3 +247,71 @@ async fn stanzas_before_authentication_are_refused() {
     assert!(failure.contains("<invalid-mechanism"), "{failure}");
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn per_account_state_is_bounded() {
+    // The default stanza limit: a block of 1001 items is a 40 kB stanza.
+    let server = TestServer::start().await;
+    for u in ["bob", "mallory"] {
+        server.add_user(u, "pw").await;
+    }
+    let mut mallory = XmppClient::connect(&server, "mallory@localhost/m", "pw").await;
+    // Block lists.
+    let mut items = String::new();
+    for i in 0..1001 {
+        items.push_str(&format!("<item jid='spam{i}@example.org'/>"));
+    }
+    let r = mallory
+        .iq(
+            "b",
+            &format!("<iq type='set' id='b'><block xmlns='urn:xmpp:blocking'>{items}</block></iq>"),
+        )
+        .await;
+    assert_eq!(r.attr("type"), Some("error"), "{}", String::from(&r));
+    assert!(child(child(&r, "error").unwrap(), "resource-constraint").is_some());
+
+    // Directed presence.
+    mallory.send("<presence/>").await;
+    for i in 0..1000 {
+        mallory
+            .send(&format!("<presence to='peer{i}@localhost'/>"))
+            .await;
+    }
+    mallory
+        .send("<presence to='one-too-many@localhost'/>")
+        .await;
+    let err = mallory
+        .expect("resource-constraint", |e| {
+            e.name() == "presence" && e.attr("type") == Some("error")
+        })
+        .await;
+    assert!(child(child(&err, "error").unwrap(), "resource-constraint").is_some());
+
+    // Pending subscription requests: a full set drops requests from new contacts.
+    let store = &server.running.as_ref().unwrap().server.store;
+    for i in 0..1000 {
+        store
+            .put_subscription_request(
+                "bob",
+                &rookery::store::SubscriptionRequest {
+                    contact: format!("stranger{i}@example.org"),
+                    stanza: "<presence xmlns='jabber:client' type='subscribe'/>".into(),
+                },
+            )
+            .await
+            .unwrap();
+    }
+    mallory
+        .send("<presence to='bob@localhost' type='subscribe'/>")
+        .await;
+    mallory
+        .iq(
+            "p",
+            "<iq type='get' id='p'><ping xmlns='urn:xmpp:ping'/></iq>",
+        )
+        .await;
+    let pending = store.subscription_requests("bob").await.unwrap();
+    assert_eq!(pending.len(), 1000);
+    assert!(!pending.iter().any(|r| r.contact == "mallory@localhost"));
+    server.shutdown().await;
+}

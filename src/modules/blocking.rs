@@ -18,6 +18,8 @@ use crate::stanza::{self, StanzaError};
 
 pub const NS: &str = "urn:xmpp:blocking";
 pub const ERRORS_NS: &str = "urn:xmpp:blocking:errors";
+/// Entries one account may block; a bound so that no client grows the store without limit.
+pub const MAX_BLOCKED: usize = 1000;
 
 #[derive(Default)]
 pub struct Blocking {
@@ -124,6 +126,12 @@ impl Module for Blocking {
                 let jids = items(req.payload)?;
                 if jids.is_empty() {
                     return Err(StanzaError::bad_request());
+                }
+                let current = self.list(req.server, user).await;
+                let new = jids.iter().filter(|j| !current.contains(j)).count();
+                if current.len() + new > MAX_BLOCKED {
+                    return Err(StanzaError::resource_constraint()
+                        .with_text(format!("a block list holds at most {MAX_BLOCKED} entries")));
                 }
                 store
                     .block(user, &jids)

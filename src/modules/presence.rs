@@ -21,6 +21,12 @@ use crate::stream::writer;
 
 pub struct PresenceModule;
 
+/// Pending-in requests kept per account: beyond this, requests from new contacts are dropped
+/// rather than letting strangers grow the store without bound.
+pub const MAX_PENDING_REQUESTS: usize = 1000;
+/// Entities one session may send directed presence to (each must hear of its going offline).
+pub const MAX_DIRECTED: usize = 1000;
+
 #[async_trait]
 impl Module for PresenceModule {
     fn name(&self) -> &'static str {
@@ -100,6 +106,10 @@ pub async fn outbound(
             "" | "unavailable" => {
                 let key = to.to_string();
                 if kind.is_empty() {
+                    if state.directed.len() >= MAX_DIRECTED && !state.directed.contains(&key) {
+                        return Err(StanzaError::resource_constraint()
+                            .with_text("too many directed presences"));
+                    }
                     state.directed.insert(key);
                 } else {
                     state.directed.remove(&key);
@@ -442,6 +452,19 @@ pub async fn inbound_subscription(server: &Server, owner: &BareJid, mut presence
             let Ok(xml) = String::from_utf8(writer::element(&presence)) else {
                 return;
             };
+            let pending = server
+                .store
+                .subscription_requests(user_of(owner))
+                .await
+                .map(|r| r.len())
+                .unwrap_or(0);
+            if pending >= MAX_PENDING_REQUESTS && !has_request(server, owner, &contact).await {
+                warn!(
+                    user = user_of(owner),
+                    "pending subscription requests full; dropped one"
+                );
+                return;
+            }
             let request = SubscriptionRequest {
                 contact: contact_str,
                 stanza: xml,
