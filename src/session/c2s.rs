@@ -16,7 +16,7 @@ use tracing::{Instrument, debug, info, info_span};
 
 use super::conn::{Failure, Socket, XmlConn};
 use crate::auth::{AuthError, plain, scram};
-use crate::jid::{self, FullJid, Jid};
+use crate::jid::{self, BareJid, FullJid, Jid};
 use crate::modules::{self, IqTarget, blocking, carbons, presence, register};
 use crate::router::{self, table::SessionCommand, table::SessionSender};
 use crate::server::Server;
@@ -534,6 +534,9 @@ struct Session<'a> {
     server: &'a Server,
     conn: XmlConn,
     jid: FullJid,
+    /// `jid` as text and its bare form, computed once: every stanza is stamped with them.
+    jid_text: String,
+    bare: BareJid,
     conn_id: u64,
     presence: presence::SessionPresence,
     last_read: Instant,
@@ -568,6 +571,8 @@ async fn established(server: &Server, mut conn: XmlConn, conn_id: u64, bound: Bo
     let mut session = Session {
         server,
         conn,
+        jid_text: bound.jid.to_string(),
+        bare: bound.jid.to_bare(),
         jid: bound.jid,
         conn_id,
         presence: presence::SessionPresence::default(),
@@ -691,7 +696,7 @@ impl Session<'_> {
                 ("type", "get"),
                 ("id", &id),
                 ("from", &self.server.domain),
-                ("to", &self.jid.to_string()),
+                ("to", &self.jid_text),
             ],
         );
         iq.append_child(Element::bare("ping", modules::ping::NS));
@@ -725,7 +730,7 @@ impl Session<'_> {
         if let Some(from) = el.attr("from") {
             let own = jid::parse(from).is_ok_and(|f| match f.try_as_full() {
                 Ok(full) => *full == self.jid,
-                Err(bare) => *bare == self.jid.to_bare(),
+                Err(bare) => *bare == self.bare,
             });
             if !own {
                 return Err(Failure::stream(
@@ -734,7 +739,7 @@ impl Session<'_> {
                 ));
             }
         }
-        stanza::set_attr(&mut el, "from", &self.jid.to_string());
+        stanza::set_attr(&mut el, "from", &self.jid_text);
         let to = match el.attr("to").map(jid::parse) {
             None => None,
             Some(Ok(to)) => Some(to),
@@ -765,18 +770,17 @@ impl Session<'_> {
             );
         }
         // RFC 6121 §8.5.2: a message without 'to' is for the sender's own bare JID.
-        let to = to.unwrap_or_else(|| Jid::from(self.jid.to_bare()));
+        let to = to.unwrap_or_else(|| Jid::from(self.bare.clone()));
         stanza::set_attr(&mut el, "to", &to.to_string());
-        if blocking::blocks(self.server, &self.jid.to_bare(), &to).await {
+        if blocking::blocks(self.server, &self.bare, &to).await {
             return self.reply_error(&el, blocking::blocked_error());
         }
-        let own = self.jid.to_bare();
-        let carbon = carbons::wanted(self.server, &own, &el).then(|| el.clone());
+        let carbon = carbons::wanted(self.server, &self.bare, &el).then(|| el.clone());
         router::route(self.server, el).await;
         if let Some(msg) = carbon {
             carbons::copy(
                 self.server,
-                &own,
+                &self.bare,
                 "sent",
                 &msg,
                 std::slice::from_ref(&self.jid),
@@ -786,7 +790,7 @@ impl Session<'_> {
 
     async fn on_presence(&mut self, el: Element, to: Option<Jid>) {
         if let Some(to) = &to
-            && blocking::blocks(self.server, &self.jid.to_bare(), to).await
+            && blocking::blocks(self.server, &self.bare, to).await
         {
             // XEP-0191 §3.5: presence to a blocked entity is not sent.
             return;
@@ -817,7 +821,7 @@ impl Session<'_> {
                 StanzaError::bad_request().with_text("iq needs an id and a valid type"),
             );
         }
-        let own_bare = self.jid.to_bare();
+        let own_bare = self.bare.clone();
         let target = match &to {
             None => Some(IqTarget::Account(own_bare.clone())),
             Some(t)
