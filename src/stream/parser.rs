@@ -318,4 +318,52 @@ mod tests {
             other => panic!("{other:?}"),
         }
     }
+
+    /// Arbitrary bytes, and valid streams with random bytes flipped, cut at random points: the
+    /// parser returns events or an error, never panics, and never holds more than the limit.
+    #[test]
+    fn random_input_never_panics() {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let valid = format!(
+            "{OPEN}<message to='a@b' type='chat'><body>x &amp; y</body><x xmlns='u:1' a='1'/></message>\
+             <iq type='get' id='1'><query xmlns='jabber:iq:roster'/></iq><presence/></stream:stream>"
+        );
+        let alphabet = b"<>/='\"&;:!?[]- abcxyz\n\x00\xff\xc3";
+        for round in 0..2000 {
+            let mut input: Vec<u8> = if round % 2 == 0 {
+                valid.as_bytes().to_vec()
+            } else {
+                (0..(next() % 400))
+                    .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+                    .collect()
+            };
+            for _ in 0..(next() % 4) {
+                if !input.is_empty() {
+                    let i = (next() % input.len() as u64) as usize;
+                    input[i] = alphabet[(next() % alphabet.len() as u64) as usize];
+                }
+            }
+            let limits = ParserLimits {
+                max_stanza_bytes: 200,
+                max_depth: 4,
+            };
+            let mut p = StreamParser::new(limits);
+            let mut out = Vec::new();
+            let mut rest = &input[..];
+            while !rest.is_empty() {
+                let cut = 1 + (next() % rest.len() as u64) as usize;
+                if p.feed(&rest[..cut], &mut out).is_err() {
+                    break;
+                }
+                rest = &rest[cut..];
+            }
+            assert!(p.stack.len() <= limits.max_depth);
+        }
+    }
 }
