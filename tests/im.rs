@@ -443,3 +443,111 @@ async fn negative_priority_gets_no_bare_jid_messages() {
         .await;
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn directed_presence_and_its_unavailable_on_disconnect() {
+    let server = TestServer::start().await;
+    server.add_user("alice", "pw").await;
+    server.add_user("carol", "pw").await;
+    let mut carol = XmppClient::connect(&server, "carol@localhost/c", "pw").await;
+    carol.send("<presence/>").await;
+    let mut alice = XmppClient::connect(&server, "alice@localhost/a", "pw").await;
+    alice.send("<presence/>").await;
+    // Not subscribed: carol hears of alice only through directed presence.
+    alice
+        .send("<presence to='carol@localhost'><status>hello</status></presence>")
+        .await;
+    let p = carol
+        .expect(
+            "directed presence",
+            is_presence("alice@localhost/a".into(), None),
+        )
+        .await;
+    assert_eq!(child(&p, "status").map(|s| s.text()), Some("hello".into()));
+    alice.close().await;
+    carol
+        .expect(
+            "unavailable after disconnect",
+            is_presence("alice@localhost/a".into(), Some("unavailable")),
+        )
+        .await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn unsubscribe_and_cancel_end_presence_both_ways() {
+    let server = TestServer::start().await;
+    server.add_user("alice", "pw").await;
+    server.add_user("bob", "pw").await;
+    befriend(&server, "alice", "bob").await;
+    let mut alice = XmppClient::connect(&server, "alice@localhost/a", "pw").await;
+    let mut bob = XmppClient::connect(&server, "bob@localhost/b", "pw").await;
+    for (c, id) in [(&mut alice, "r1"), (&mut bob, "r2")] {
+        roster_get(c, id).await;
+        c.send("<presence/>").await;
+    }
+    alice
+        .expect(
+            "bob's presence",
+            is_presence("bob@localhost/b".into(), None),
+        )
+        .await;
+
+    // bob stops following alice: his side drops `to`, hers drops `from`, and bob is told
+    // alice is unavailable to him now.
+    bob.send("<presence to='alice@localhost' type='unsubscribe'/>")
+        .await;
+    bob.expect("bob's push: from", is_push_for("alice@localhost", "from"))
+        .await;
+    alice
+        .expect("alice's push: to", is_push_for("bob@localhost", "to"))
+        .await;
+    bob.expect(
+        "alice unavailable to bob",
+        is_presence("alice@localhost/a".into(), Some("unavailable")),
+    )
+    .await;
+
+    // bob then revokes alice's subscription to him: both sides end at `none`, and alice is
+    // told bob is unavailable to her now.
+    bob.send("<presence to='alice@localhost' type='unsubscribed'/>")
+        .await;
+    bob.expect("bob's push: none", is_push_for("alice@localhost", "none"))
+        .await;
+    alice
+        .expect("alice's push: none", is_push_for("bob@localhost", "none"))
+        .await;
+    alice
+        .expect(
+            "bob unavailable to alice",
+            is_presence("bob@localhost/b".into(), Some("unavailable")),
+        )
+        .await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn subscribing_to_a_nonexistent_account_is_refused() {
+    let server = TestServer::start().await;
+    server.add_user("alice", "pw").await;
+    let mut alice = XmppClient::connect(&server, "alice@localhost/a", "pw").await;
+    roster_get(&mut alice, "r").await;
+    alice.send("<presence/>").await;
+    alice
+        .send("<presence to='ghost@localhost' type='subscribe'/>")
+        .await;
+    // RFC 6121 §3.2.3: the roster push comes first, then the `unsubscribed` itself.
+    alice
+        .expect("pending-out cleared", |e| {
+            roster_item(e, "ghost@localhost")
+                .is_some_and(|i| i.attr("ask").is_none() && i.attr("subscription") == Some("none"))
+        })
+        .await;
+    let p = alice
+        .expect("unsubscribed on behalf of the missing account", |e| {
+            e.name() == "presence" && e.attr("type") == Some("unsubscribed")
+        })
+        .await;
+    assert_eq!(p.attr("from"), Some("ghost@localhost"));
+    server.shutdown().await;
+}
