@@ -548,7 +548,7 @@ struct Session<'a> {
 
 enum Wake {
     Command(Option<SessionCommand>),
-    Read(Result<usize, Failure>),
+    Read(Result<(), Failure>),
     Shutdown,
     Timer,
 }
@@ -603,14 +603,14 @@ impl Session<'_> {
             // Unbiased, so a busy queue cannot starve reading and the reverse.
             let wake = tokio::select! {
                 cmd = rx.recv() => Wake::Command(cmd),
-                n = self.conn.read_some() => Wake::Read(n),
+                r = self.conn.read_and_parse() => Wake::Read(r),
                 _ = shutdown.changed() => Wake::Shutdown,
                 _ = tokio::time::sleep_until(deadline) => Wake::Timer,
             };
             let step = match wake {
                 Wake::Command(cmd) => self.on_command(cmd, rx),
-                Wake::Read(n) => match n {
-                    Ok(n) => self.on_read(n).await,
+                Wake::Read(r) => match r {
+                    Ok(()) => self.on_read().await,
                     Err(f) => Err(f),
                 },
                 Wake::Shutdown => Err(Failure::stream(
@@ -659,11 +659,10 @@ impl Session<'_> {
         Ok(())
     }
 
-    async fn on_read(&mut self, n: usize) -> Result<(), Failure> {
+    async fn on_read(&mut self) -> Result<(), Failure> {
         self.last_read = Instant::now();
         self.ping = None;
         self.quiet = false;
-        self.conn.feed(n)?;
         while let Some(ev) = self.conn.take_event() {
             match ev {
                 StreamEvent::Stanza(el) => self.on_stanza(el).await?,
