@@ -18,7 +18,7 @@ use super::conn::{Failure, Socket, XmlConn};
 use crate::auth::{AuthError, plain, scram};
 use crate::jid::{self, BareJid, FullJid, Jid};
 use crate::modules::{self, IqTarget, blocking, carbons, presence, register};
-use crate::router::{self, table::SessionCommand, table::SessionSender};
+use crate::router::{self, table::SessionCommand, table::SessionSender, table::TableError};
 use crate::server::Server;
 use crate::stanza::{self, StanzaError};
 use crate::stream::parser::{ParserLimits, StreamEvent, StreamHeader};
@@ -559,6 +559,7 @@ async fn established(server: &Server, mut conn: XmlConn, conn_id: u64, bound: Bo
     match server.sessions.bind(bound.jid.clone(), sender).await {
         Ok(Some(old)) => old.command(SessionCommand::Replaced),
         Ok(None) => {}
+        Err(TableError::Conflict) => return conn.close_with_error("conflict", None).await,
         Err(e) => {
             tracing::warn!(error = %e, "cannot bind");
             return conn.close_with_error("internal-server-error", None).await;
@@ -634,7 +635,7 @@ impl Session<'_> {
         mut cmd: Option<SessionCommand>,
         rx: &mut mpsc::Receiver<SessionCommand>,
     ) -> Result<(), Failure> {
-        for _ in 0..256 {
+        for drained in 1..=256 {
             match cmd {
                 Some(SessionCommand::Stanza(el)) => self.conn.queue(&el),
                 Some(SessionCommand::Replaced) => {
@@ -650,6 +651,10 @@ impl Session<'_> {
                     });
                 }
                 None => return Err(Failure::stream("internal-server-error", "session removed")),
+            }
+            if drained == 256 {
+                // The rest waits for the next turn of the loop, after this write.
+                break;
             }
             cmd = match rx.try_recv() {
                 Ok(c) => Some(c),
