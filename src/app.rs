@@ -9,8 +9,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::cluster::Cluster;
 use crate::config::Config;
-use crate::router::table::LocalTable;
+use crate::router::table::{LocalTable, SessionTable};
 use crate::server::Server;
 use crate::store::{self, StoreError};
 use crate::transport::listener::{self, ListenerKind};
@@ -20,6 +21,8 @@ use crate::transport::tls::{self, TlsError};
 pub enum StartError {
     #[error("storage: {0}")]
     Store(#[from] StoreError),
+    #[error("cluster: {0}")]
+    Cluster(#[from] crate::cluster::ClusterError),
     #[error("tls: {0}")]
     Tls(#[from] TlsError),
     #[error("cannot listen on {addr} ({key}): {source}")]
@@ -38,6 +41,7 @@ pub struct Running {
     pub http_addr: SocketAddr,
     stop: watch::Sender<bool>,
     listeners: Vec<JoinHandle<()>>,
+    cluster: Option<(Arc<Cluster>, Vec<JoinHandle<()>>)>,
 }
 
 async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
@@ -64,7 +68,15 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let c2s_tls_addr = local(&c2s_tls, config.listen.c2s_tls);
     let http_addr = local(&http, config.listen.http);
     let (stop, stopped) = watch::channel(false);
-    let sessions = Arc::new(LocalTable::default());
+    let cluster = if config.cluster.redis_url.is_empty() {
+        None
+    } else {
+        Some(Cluster::join(&config).await?)
+    };
+    let sessions: Arc<dyn SessionTable> = match &cluster {
+        Some(c) => c.clone(),
+        None => Arc::new(LocalTable::default()),
+    };
     let server = Arc::new(Server::new(config, store, sessions, tls, stopped));
     let listeners = vec![
         tokio::spawn(listener::accept_loop(
@@ -79,6 +91,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         )),
         tokio::spawn(crate::http::serve(server.clone(), http)),
     ];
+    let cluster = cluster.map(|c| {
+        let tasks = c.start(server.clone());
+        (c, tasks)
+    });
     Ok(Running {
         server,
         c2s_addr,
@@ -86,6 +102,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         http_addr,
         stop,
         listeners,
+        cluster,
     })
 }
 
@@ -100,6 +117,12 @@ impl Running {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while self.server.sessions.count() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if let Some((cluster, tasks)) = self.cluster {
+            cluster.leave(&self.server).await;
+            for t in tasks {
+                t.abort();
+            }
         }
     }
 }

@@ -1,4 +1,4 @@
-//! The command line: `rookery serve` and `rookery user …`.
+//! The command line: `rookery serve`, `rookery migrate` and `rookery user …`.
 
 use std::io::BufRead;
 use std::path::PathBuf;
@@ -17,6 +17,11 @@ pub enum Command {
     /// Run the server.
     Serve {
         /// The configuration file; without one, the embedded defaults apply.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Create or update the database schema, then exit (start-up does the same).
+    Migrate {
         #[arg(long)]
         config: Option<PathBuf>,
     },

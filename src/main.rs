@@ -40,6 +40,15 @@ fn main() {
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve { config } => serve(load_config(config.as_deref())?).await,
+        Command::Migrate { config } => {
+            let config = load_config(config.as_deref())?;
+            store::open(&config.storage_url()).await?;
+            println!(
+                "schema of {} is up to date",
+                store::redacted(&config.storage_url())
+            );
+            Ok(())
+        }
         Command::User { config, action } => user(load_config(config.as_deref())?, action).await,
     }
 }

@@ -85,3 +85,13 @@ pub fn offline_delivered(n: usize) {
 pub fn set_sessions(n: usize) {
     metrics::gauge!("rookery_sessions").set(n as f64);
 }
+
+/// A frame crossing the cluster bus, `direction` "out" or "in".
+pub fn bus_frame(direction: &'static str) {
+    metrics::counter!("rookery_cluster_bus_frames_total", "direction" => direction).increment(1);
+}
+
+/// Frames that could not be handed to their node and were re-routed (offline or bounced).
+pub fn bus_rerouted(n: usize) {
+    metrics::counter!("rookery_cluster_bus_rerouted_total").increment(n as u64);
+}

@@ -53,7 +53,7 @@ impl Server {
             tls,
             modules,
             iq_handlers,
-            next_conn_id: AtomicU64::new(1),
+            next_conn_id: AtomicU64::new(first_conn_id()),
             shutdown,
         }
     }
@@ -82,6 +82,15 @@ impl Server {
     pub fn is_local_domain(&self, domain: &str) -> bool {
         domain == self.domain
     }
+}
+
+/// Connection ids start from a random base so that ids from different nodes of a cluster do
+/// not collide (the session table identifies a session by its id).
+fn first_conn_id() -> u64 {
+    let mut base = [0u8; 4];
+    let _ = getrandom::fill(&mut base);
+    // Below 2^52: ids stay exact wherever they pass through a double.
+    (u64::from(u32::from_be_bytes(base) & 0x000f_ffff) << 32) | 1
 }
 
 pub type SharedServer = Arc<Server>;

@@ -31,6 +31,7 @@ pub struct Config {
     pub storage: Storage,
     pub registration: Registration,
     pub limits: Limits,
+    pub cluster: Cluster,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -68,6 +69,27 @@ pub struct Registration {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+pub struct Cluster {
+    /// Empty means the in-process session table (a single node).
+    pub redis_url: String,
+    /// This node's name in the cluster; empty means the hostname plus a random suffix.
+    pub node: String,
+    /// A node that has not renewed its lease for this long is declared dead.
+    pub lease_seconds: u64,
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Cluster {
+            redis_url: String::new(),
+            node: String::new(),
+            lease_seconds: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct Limits {
     pub max_stanza_bytes: usize,
     pub max_body_chars: usize,
@@ -85,6 +107,7 @@ impl Default for Config {
             storage: Storage::default(),
             registration: Registration::default(),
             limits: Limits::default(),
+            cluster: Cluster::default(),
         }
     }
 }
@@ -166,6 +189,27 @@ impl Config {
                 message: "must be greater than 0".into(),
             });
         }
+        if !self.cluster.redis_url.is_empty()
+            && !self.cluster.redis_url.starts_with("redis://")
+            && !self.cluster.redis_url.starts_with("rediss://")
+        {
+            return Err(ConfigError::Invalid {
+                key: "cluster.redis_url",
+                message: "expected redis://… or rediss://…".into(),
+            });
+        }
+        if self.cluster.lease_seconds == 0 {
+            return Err(ConfigError::Invalid {
+                key: "cluster.lease_seconds",
+                message: "must be greater than 0".into(),
+            });
+        }
+        if self.cluster.node.contains(char::is_whitespace) || self.cluster.node.contains(':') {
+            return Err(ConfigError::Invalid {
+                key: "cluster.node",
+                message: "must not contain spaces or ':'".into(),
+            });
+        }
         Ok(self)
     }
 
@@ -198,6 +242,19 @@ mod tests {
     fn unknown_key_is_named() {
         let err = Config::from_toml("[listen]\nc2z = \"127.0.0.1:1\"\n").unwrap_err();
         assert!(err.to_string().contains("c2z"), "{err}");
+    }
+
+    #[test]
+    fn cluster_keys_are_checked() {
+        let c = Config::from_toml("").unwrap();
+        assert!(c.cluster.redis_url.is_empty());
+        assert_eq!(c.cluster.lease_seconds, 10);
+        let err = Config::from_toml("[cluster]\nredis_url = \"http://x\"\n").unwrap_err();
+        assert!(err.to_string().contains("cluster.redis_url"), "{err}");
+        let err = Config::from_toml("[cluster]\nnode = \"a b\"\n").unwrap_err();
+        assert!(err.to_string().contains("cluster.node"), "{err}");
+        let err = Config::from_toml("[cluster]\nlease_seconds = 0\n").unwrap_err();
+        assert!(err.to_string().contains("cluster.lease_seconds"), "{err}");
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! directions.
 //!
 //! The router asks for every stanza to a local account whether its sender is blocked, so block
-//! lists are cached in memory after the first read and updated on every change.
+//! lists are cached in memory after the first read and updated on every change (on every node
+//! of a cluster: a change is announced through the session table).
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -53,6 +54,16 @@ impl Blocking {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(user);
+    }
+}
+
+/// The name other nodes of a cluster know this cache by.
+pub const CACHE: &str = "blocklist";
+
+/// Drops a cached block list changed on another node of the cluster.
+pub fn forget_cached(server: &Server, user: &str) {
+    if let Some(m) = module(server) {
+        m.forget(user);
     }
 }
 
@@ -138,6 +149,7 @@ impl Module for Blocking {
                     .await
                     .map_err(|_| StanzaError::internal())?;
                 self.forget(user);
+                req.server.sessions.invalidate(CACHE, user);
                 // Blocked contacts stop seeing the user's presence (XEP-0191 §3.3.2).
                 for j in &jids {
                     let mut unavailable =
@@ -160,6 +172,7 @@ impl Module for Blocking {
                     .await
                     .map_err(|_| StanzaError::internal())?;
                 self.forget(user);
+                req.server.sessions.invalidate(CACHE, user);
                 // XEP-0191 §3.3: every resource hears of the change.
                 super::push(req.server, &owner, req.payload, false);
                 Ok(None)

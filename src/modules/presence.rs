@@ -182,6 +182,25 @@ pub async fn go_unavailable(
     }
 }
 
+/// Broadcasts unavailable presence for a resource whose node died: it can no longer say
+/// goodbye itself. (Directed presence it had sent is lost with its node.)
+pub async fn vanished(server: &Server, from: &FullJid) {
+    let presence = stanza::build(
+        "presence",
+        &[("type", "unavailable"), ("from", &from.to_string())],
+    );
+    broadcast(server, from, &presence, &mut Vec::new()).await;
+}
+
+/// Broadcasts a resource's current presence again, after the cluster had declared it gone.
+pub async fn reannounce(server: &Server, resource: &crate::router::table::Resource) {
+    if let Some(p) = &resource.presence {
+        let mut p = (**p).clone();
+        stanza::remove_attr(&mut p, "to");
+        broadcast(server, &resource.jid, &p, &mut Vec::new()).await;
+    }
+}
+
 /// Sends a presence broadcast to subscribed contacts and to all of the user's own available
 /// resources, including the one that sent it (RFC 6121 §4.2.2, §4.4.2).
 async fn broadcast(

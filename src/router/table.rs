@@ -67,11 +67,58 @@ impl SessionSender {
     }
 }
 
+/// Where a bound resource lives: in this process, or on another node of the cluster.
+#[derive(Debug, Clone)]
+pub enum Endpoint {
+    Local(SessionSender),
+    Remote(RemoteSession),
+}
+
+/// A session on another node, reached through the cluster bus.
+#[derive(Debug, Clone)]
+pub struct RemoteSession {
+    pub node: Arc<str>,
+    pub conn_id: u64,
+    /// The resource's full JID, so the owning node finds the session without parsing `to`.
+    pub jid: Arc<str>,
+    pub bus: crate::cluster::bus::BusSender,
+}
+
+impl Endpoint {
+    /// Connection ids are unique across the cluster (each node starts from a random base).
+    pub fn conn_id(&self) -> u64 {
+        match self {
+            Endpoint::Local(s) => s.conn_id,
+            Endpoint::Remote(r) => r.conn_id,
+        }
+    }
+
+    pub fn is_local(&self) -> bool {
+        matches!(self, Endpoint::Local(_))
+    }
+
+    /// Queues a stanza without waiting; see [`SessionSender::deliver`]. For a remote session
+    /// a full bus queue hands the stanza back the same way.
+    pub fn deliver(&self, stanza: Element) -> Result<(), DeliveryError> {
+        match self {
+            Endpoint::Local(s) => s.deliver(stanza),
+            Endpoint::Remote(r) => r.bus.stanza(r, stanza),
+        }
+    }
+
+    pub fn command(&self, cmd: SessionCommand) {
+        match self {
+            Endpoint::Local(s) => s.command(cmd),
+            Endpoint::Remote(r) => r.bus.command(r, cmd),
+        }
+    }
+}
+
 /// One bound resource.
 #[derive(Debug, Clone)]
 pub struct Resource {
     pub jid: FullJid,
-    pub sender: SessionSender,
+    pub sender: Endpoint,
     /// The last available presence broadcast by this resource; None until initial presence
     /// and after unavailable presence.
     pub presence: Option<Arc<Element>>,
@@ -80,11 +127,41 @@ pub struct Resource {
     pub interested: bool,
     /// Asked for Message Carbons (XEP-0280): gets copies of the account's 1:1 chats.
     pub carbons: bool,
+    /// The cluster-wide order of bindings: of two bindings of one full JID the higher wins,
+    /// whichever order the nodes learn about them in. Always 0 on a single node.
+    pub seq: u64,
 }
 
 impl Resource {
+    pub fn new(jid: FullJid, sender: Endpoint, seq: u64) -> Resource {
+        Resource {
+            jid,
+            sender,
+            presence: None,
+            priority: 0,
+            interested: false,
+            carbons: false,
+            seq,
+        }
+    }
+
     pub fn available(&self) -> bool {
         self.presence.is_some()
+    }
+
+    /// Applies a presence change: `Some` for available with its priority, `None` for
+    /// unavailable.
+    pub fn set_presence(&mut self, presence: Option<(Arc<Element>, i8)>) {
+        match presence {
+            Some((p, prio)) => {
+                self.presence = Some(p);
+                self.priority = prio;
+            }
+            None => {
+                self.presence = None;
+                self.priority = 0;
+            }
+        }
     }
 }
 
@@ -92,11 +169,15 @@ impl Resource {
 pub enum TableError {
     #[error("session table unavailable: {0}")]
     Unavailable(String),
+    /// A newer binding of the same full JID exists elsewhere in the cluster.
+    #[error("the resource was bound again elsewhere")]
+    Conflict,
 }
 
 #[async_trait]
 pub trait SessionTable: Send + Sync {
-    /// Binds a resource; returns the session it replaced, if the full JID was bound already.
+    /// Binds a resource; returns the session it replaced, if the full JID was bound already
+    /// on this node (a session on another node is closed by its own node).
     async fn bind(
         &self,
         jid: FullJid,
@@ -119,26 +200,167 @@ pub trait SessionTable: Send + Sync {
     /// it must not copy the resource list.
     fn any_carbons(&self, bare: &BareJid) -> bool;
     fn resource(&self, jid: &FullJid) -> Option<Resource>;
+    /// The sessions of this node.
     fn count(&self) -> usize;
+    /// Tells the other nodes of a cluster that a per-node cache entry changed; nothing to do
+    /// on a single node.
+    fn invalidate(&self, _cache: &'static str, _key: &str) {}
 }
 
-/// The single-node table: a map in this process.
+/// What binding did to the view.
+#[derive(Debug)]
+pub enum Bound {
+    /// The new binding is in; it replaced this one, if any.
+    Accepted(Option<Endpoint>),
+    /// A newer binding of the same full JID is already known: the new one lost.
+    Superseded(Endpoint),
+}
+
+/// The in-memory map of bound resources that every routing decision reads. A single node's
+/// table is just this; a cluster node keeps one as its local view of the whole cluster.
 #[derive(Default)]
-pub struct LocalTable {
+pub struct View {
     // A std lock: it is never held across an await, and reads vastly outnumber writes.
     inner: RwLock<HashMap<BareJid, Vec<Resource>>>,
 }
 
-impl LocalTable {
-    fn with_resource<F: FnOnce(&mut Resource)>(&self, jid: &FullJid, conn_id: u64, f: F) {
-        let mut map = self.inner.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(list) = map.get_mut(&jid.to_bare())
-            && let Some(r) = list
-                .iter_mut()
-                .find(|r| &r.jid == jid && r.sender.conn_id == conn_id)
-        {
-            f(r);
+impl View {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<BareJid, Vec<Resource>>> {
+        self.inner.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<BareJid, Vec<Resource>>> {
+        self.inner.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn bind(&self, resource: Resource) -> Bound {
+        let mut map = self.write();
+        let list = map.entry(resource.jid.to_bare()).or_default();
+        let Some(i) = list.iter().position(|r| r.jid == resource.jid) else {
+            list.push(resource);
+            return Bound::Accepted(None);
+        };
+        if list[i].seq > resource.seq {
+            return Bound::Superseded(resource.sender);
         }
+        let old = std::mem::replace(&mut list[i], resource);
+        Bound::Accepted(Some(old.sender))
+    }
+
+    /// Removes a binding if it still belongs to `conn_id`; returns it.
+    pub fn unbind(&self, jid: &FullJid, conn_id: u64) -> Option<Resource> {
+        let mut map = self.write();
+        let bare = jid.to_bare();
+        let list = map.get_mut(&bare)?;
+        let i = list
+            .iter()
+            .position(|r| &r.jid == jid && r.sender.conn_id() == conn_id)?;
+        let removed = list.swap_remove(i);
+        if list.is_empty() {
+            map.remove(&bare);
+        }
+        Some(removed)
+    }
+
+    /// Changes a binding if it still belongs to `conn_id`; returns the changed resource.
+    pub fn update<F: FnOnce(&mut Resource)>(
+        &self,
+        jid: &FullJid,
+        conn_id: u64,
+        f: F,
+    ) -> Option<Resource> {
+        let mut map = self.write();
+        let r = map
+            .get_mut(&jid.to_bare())?
+            .iter_mut()
+            .find(|r| &r.jid == jid && r.sender.conn_id() == conn_id)?;
+        f(r);
+        Some(r.clone())
+    }
+
+    /// Removes every resource `keep` rejects; returns them.
+    pub fn remove_where(&self, reject: impl Fn(&Resource) -> bool) -> Vec<Resource> {
+        let mut map = self.write();
+        let mut removed = Vec::new();
+        map.retain(|_, list| {
+            let mut i = 0;
+            while i < list.len() {
+                if reject(&list[i]) {
+                    removed.push(list.swap_remove(i));
+                } else {
+                    i += 1;
+                }
+            }
+            !list.is_empty()
+        });
+        removed
+    }
+
+    /// Replaces every remote resource with `remote` in one step (after reconnecting to the
+    /// cluster, when change events may have been missed).
+    pub fn replace_remote(&self, remote: Vec<Resource>) {
+        let mut map = self.write();
+        map.retain(|_, list| {
+            list.retain(|r| r.sender.is_local());
+            !list.is_empty()
+        });
+        for r in remote {
+            let list = map.entry(r.jid.to_bare()).or_default();
+            match list.iter().position(|l| l.jid == r.jid) {
+                Some(i) if list[i].seq < r.seq => list[i] = r,
+                Some(_) => {}
+                None => list.push(r),
+            }
+        }
+    }
+
+    /// The resources bound to this node.
+    pub fn local(&self) -> Vec<Resource> {
+        self.read()
+            .values()
+            .flatten()
+            .filter(|r| r.sender.is_local())
+            .cloned()
+            .collect()
+    }
+
+    pub fn resources(&self, bare: &BareJid) -> Vec<Resource> {
+        self.read().get(bare).cloned().unwrap_or_default()
+    }
+
+    pub fn any_carbons(&self, bare: &BareJid) -> bool {
+        self.read()
+            .get(bare)
+            .is_some_and(|list| list.iter().any(|r| r.carbons))
+    }
+
+    pub fn resource(&self, jid: &FullJid) -> Option<Resource> {
+        self.read()
+            .get(&jid.to_bare())?
+            .iter()
+            .find(|r| &r.jid == jid)
+            .cloned()
+    }
+
+    pub fn count_local(&self) -> usize {
+        self.read()
+            .values()
+            .flatten()
+            .filter(|r| r.sender.is_local())
+            .count()
+    }
+}
+
+/// The single-node table: the view is the whole truth.
+#[derive(Default)]
+pub struct LocalTable {
+    view: View,
+}
+
+fn local_sender(e: Endpoint) -> Option<SessionSender> {
+    match e {
+        Endpoint::Local(s) => Some(s),
+        Endpoint::Remote(_) => None,
     }
 }
 
@@ -149,32 +371,23 @@ impl SessionTable for LocalTable {
         jid: FullJid,
         sender: SessionSender,
     ) -> Result<Option<SessionSender>, TableError> {
-        let mut map = self.inner.write().unwrap_or_else(|e| e.into_inner());
-        let list = map.entry(jid.to_bare()).or_default();
-        let old = list
-            .iter()
-            .position(|r| r.jid == jid)
-            .map(|i| list.swap_remove(i).sender);
-        list.push(Resource {
-            jid,
-            sender,
-            presence: None,
-            priority: 0,
-            interested: false,
-            carbons: false,
-        });
-        Ok(old)
+        match self
+            .view
+            .bind(Resource::new(jid, Endpoint::Local(sender), 0))
+        {
+            Bound::Accepted(old) => Ok(old.and_then(local_sender)),
+            // Equal sequence numbers: the later binding always wins on one node.
+            // Never on one node (every seq is 0, and the later binding wins); closing the
+            // newcomer is the safe reading regardless.
+            Bound::Superseded(e) => {
+                e.command(SessionCommand::Replaced);
+                Ok(None)
+            }
+        }
     }
 
     async fn unbind(&self, jid: &FullJid, conn_id: u64) -> Result<(), TableError> {
-        let mut map = self.inner.write().unwrap_or_else(|e| e.into_inner());
-        let bare = jid.to_bare();
-        if let Some(list) = map.get_mut(&bare) {
-            list.retain(|r| !(&r.jid == jid && r.sender.conn_id == conn_id));
-            if list.is_empty() {
-                map.remove(&bare);
-            }
-        }
+        self.view.unbind(jid, conn_id);
         Ok(())
     }
 
@@ -184,51 +397,34 @@ impl SessionTable for LocalTable {
         conn_id: u64,
         presence: Option<(Arc<Element>, i8)>,
     ) -> Result<(), TableError> {
-        self.with_resource(jid, conn_id, |r| match presence {
-            Some((p, prio)) => {
-                r.presence = Some(p);
-                r.priority = prio;
-            }
-            None => {
-                r.presence = None;
-                r.priority = 0;
-            }
-        });
+        self.view.update(jid, conn_id, |r| r.set_presence(presence));
         Ok(())
     }
 
     async fn set_interested(&self, jid: &FullJid, conn_id: u64) -> Result<(), TableError> {
-        self.with_resource(jid, conn_id, |r| r.interested = true);
+        self.view.update(jid, conn_id, |r| r.interested = true);
         Ok(())
     }
 
     async fn set_carbons(&self, jid: &FullJid, conn_id: u64, on: bool) -> Result<(), TableError> {
-        self.with_resource(jid, conn_id, |r| r.carbons = on);
+        self.view.update(jid, conn_id, |r| r.carbons = on);
         Ok(())
     }
 
     fn resources(&self, bare: &BareJid) -> Vec<Resource> {
-        let map = self.inner.read().unwrap_or_else(|e| e.into_inner());
-        map.get(bare).cloned().unwrap_or_default()
+        self.view.resources(bare)
     }
 
     fn any_carbons(&self, bare: &BareJid) -> bool {
-        let map = self.inner.read().unwrap_or_else(|e| e.into_inner());
-        map.get(bare)
-            .is_some_and(|list| list.iter().any(|r| r.carbons))
+        self.view.any_carbons(bare)
     }
 
     fn resource(&self, jid: &FullJid) -> Option<Resource> {
-        let map = self.inner.read().unwrap_or_else(|e| e.into_inner());
-        map.get(&jid.to_bare())?
-            .iter()
-            .find(|r| &r.jid == jid)
-            .cloned()
+        self.view.resource(jid)
     }
 
     fn count(&self) -> usize {
-        let map = self.inner.read().unwrap_or_else(|e| e.into_inner());
-        map.values().map(Vec::len).sum()
+        self.view.count_local()
     }
 }
 
@@ -252,9 +448,22 @@ mod tests {
         assert_eq!(old.conn_id, 1);
         // The replaced connection's late unbind must not remove the new binding.
         t.unbind(&jid, 1).await.unwrap();
-        assert_eq!(t.resource(&jid).unwrap().sender.conn_id, 2);
+        assert_eq!(t.resource(&jid).unwrap().sender.conn_id(), 2);
         t.unbind(&jid, 2).await.unwrap();
         assert_eq!(t.count(), 0);
+    }
+
+    #[test]
+    fn a_newer_binding_is_never_replaced_by_an_older_one() {
+        let v = View::default();
+        let jid = FullJid::new("a@x/r").unwrap();
+        let (s1, _r1) = sender(1);
+        let (s2, _r2) = sender(2);
+        let newer = Resource::new(jid.clone(), Endpoint::Local(s2), 7);
+        let older = Resource::new(jid.clone(), Endpoint::Local(s1), 3);
+        assert!(matches!(v.bind(newer), Bound::Accepted(None)));
+        assert!(matches!(v.bind(older), Bound::Superseded(e) if e.conn_id() == 1));
+        assert_eq!(v.resource(&jid).unwrap().sender.conn_id(), 2);
     }
 
     #[tokio::test]

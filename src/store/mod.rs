@@ -5,6 +5,7 @@
 //! Usernames passed in are already nodeprep-normalised localparts; contact JIDs are normalised
 //! bare JID strings.
 
+pub mod postgres;
 pub mod sqlite;
 pub mod timed;
 
@@ -18,7 +19,7 @@ pub enum StoreError {
     AccountExists,
     #[error("no such account")]
     NoSuchAccount,
-    #[error("unsupported storage url `{0}` (expected sqlite://…)")]
+    #[error("unsupported storage url `{0}` (expected sqlite://… or postgres://…)")]
     UnsupportedUrl(String),
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
@@ -189,10 +190,42 @@ pub trait Store: Send + Sync {
 
 /// Opens the store the URL names and brings its schema up to date.
 pub async fn open(url: &str) -> StoreResult<Arc<dyn Store>> {
-    if url.starts_with("sqlite:") {
-        let store: Arc<dyn Store> = Arc::new(sqlite::SqliteStore::open(url).await?);
-        Ok(Arc::new(timed::Timed(store)))
+    let store: Arc<dyn Store> = if url.starts_with("sqlite:") {
+        Arc::new(sqlite::SqliteStore::open(url).await?)
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Arc::new(postgres::PgStore::open(url).await?)
     } else {
-        Err(StoreError::UnsupportedUrl(url.to_owned()))
+        return Err(StoreError::UnsupportedUrl(url.to_owned()));
+    };
+    Ok(Arc::new(timed::Timed(store)))
+}
+
+/// The storage URL with any password replaced, fit for logs and messages.
+pub fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn redacts_the_password_only() {
+        assert_eq!(
+            super::redacted("postgres://u:secret@h:5/db"),
+            "postgres://u:***@h:5/db"
+        );
+        assert_eq!(super::redacted("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(
+            super::redacted("sqlite://./data/x.db"),
+            "sqlite://./data/x.db"
+        );
     }
 }

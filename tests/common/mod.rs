@@ -1,8 +1,13 @@
 //! Test harness: a real rookery server on ephemeral loopback ports in a temporary directory,
 //! tokio-xmpp clients that trust its generated certificate, and a raw TLS client for feeding
 //! it bad input byte for byte.
+//!
+//! With `ROOKERY_TEST_STORE=postgres` every test server stores into its own database on a real
+//! PostgreSQL server instead of SQLite, so the same suite proves both stores.
 
 #![allow(dead_code)]
+
+pub mod services;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -42,6 +47,12 @@ impl TestServer {
     }
 
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestServer {
+        if std::env::var_os("RUST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+                .with_test_writer()
+                .try_init();
+        }
         let dir = tempfile::tempdir().expect("tempdir");
         let mut config = Config {
             data_dir: dir.path().to_owned(),
@@ -50,6 +61,9 @@ impl TestServer {
         config.listen.c2s = "127.0.0.1:0".parse().expect("addr");
         config.listen.c2s_tls = "127.0.0.1:0".parse().expect("addr");
         config.listen.http = "127.0.0.1:0".parse().expect("addr");
+        if std::env::var("ROOKERY_TEST_STORE").as_deref() == Ok("postgres") {
+            config.storage.url = services::Postgres::shared().fresh_database().await;
+        }
         adjust(&mut config);
         Self::run(dir, config).await
     }
@@ -92,19 +106,24 @@ impl TestServer {
 
     /// A client configuration that trusts exactly this server's generated certificate.
     pub fn tls(&self) -> Arc<ClientConfig> {
-        let pem = std::fs::read(self.dir.path().join("cert.pem")).expect("cert.pem");
-        let mut roots = RootCertStore::empty();
-        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-            roots.add(cert.expect("pem")).expect("add root");
-        }
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let config = ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        Arc::new(config)
+        trust(self.dir.path())
     }
+}
+
+/// A client configuration that trusts exactly the certificate a server generated into `dir`.
+pub fn trust(dir: &std::path::Path) -> Arc<ClientConfig> {
+    let pem = std::fs::read(dir.join("cert.pem")).expect("cert.pem");
+    let mut roots = RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        roots.add(cert.expect("pem")).expect("add root");
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Arc::new(config)
 }
 
 fn exporter(conn: &rustls::ClientConnection) -> sasl::common::ChannelBinding {
@@ -208,6 +227,10 @@ impl XmppClient {
             tls: server.tls(),
             direct_tls,
         };
+        Self::connect_with(connector, jid, password).await
+    }
+
+    pub async fn connect_with(connector: Connector, jid: &str, password: &str) -> XmppClient {
         let jid = Jid::new(jid).expect("jid");
         let mut client =
             Client::new_with_connector(jid, password.to_owned(), connector, Timeouts::tight());

@@ -1,0 +1,448 @@
+//! The PostgreSQL store, for the cluster shape: every node of a cluster shares one database, so
+//! everything here is safe under concurrent writers (single statements or transactions, never
+//! read-then-write in the application).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::{Postgres, Row, Transaction};
+
+use super::{
+    Credentials, OfflineMessage, Roster, RosterItem, ScramKeys, Store, StoreError, StoreResult,
+    Subscription, SubscriptionRequest,
+};
+
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    /// Connects to the database the URL names and applies the migrations. Migrations take an
+    /// advisory lock, so nodes starting together apply them once.
+    pub async fn open(url: &str) -> StoreResult<PgStore> {
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(url)
+            .await?;
+        migrate(&pool).await?;
+        Ok(PgStore { pool })
+    }
+
+    /// Bumps the roster version inside a transaction that changes the roster.
+    async fn bump_version(tx: &mut Transaction<'_, Postgres>, user: &str) -> StoreResult<i64> {
+        let row = sqlx::query(
+            "INSERT INTO roster_versions (username, version) VALUES ($1, 1) \
+             ON CONFLICT (username) DO UPDATE SET version = roster_versions.version + 1 \
+             RETURNING version",
+        )
+        .bind(user)
+        .fetch_one(&mut **tx)
+        .await?;
+        Ok(row.try_get(0)?)
+    }
+}
+
+/// Brings the schema up to date (start-up and `rookery migrate`).
+pub async fn migrate(pool: &PgPool) -> StoreResult<()> {
+    sqlx::migrate!("./migrations/postgres").run(pool).await?;
+    Ok(())
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+fn keys(row: &sqlx::postgres::PgRow, stored: &str, server: &str) -> StoreResult<ScramKeys> {
+    Ok(ScramKeys {
+        stored_key: row.try_get(stored)?,
+        server_key: row.try_get(server)?,
+    })
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn create_account(&self, user: &str, creds: &Credentials) -> StoreResult<()> {
+        let result = sqlx::query(
+            "INSERT INTO accounts (username, salt, iterations, sha1_stored_key, sha1_server_key, \
+             sha256_stored_key, sha256_server_key, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(user)
+        .bind(&creds.salt)
+        .bind(creds.iterations as i64)
+        .bind(&creds.sha1.stored_key)
+        .bind(&creds.sha1.server_key)
+        .bind(&creds.sha256.stored_key)
+        .bind(&creds.sha256.server_key)
+        .bind(chrono::Utc::now().timestamp_millis())
+        .execute(&self.pool)
+        .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if is_unique_violation(&e) => Err(StoreError::AccountExists),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn set_credentials(&self, user: &str, creds: &Credentials) -> StoreResult<()> {
+        let done = sqlx::query(
+            "UPDATE accounts SET salt = $1, iterations = $2, sha1_stored_key = $3, \
+             sha1_server_key = $4, sha256_stored_key = $5, sha256_server_key = $6 WHERE username = $7",
+        )
+        .bind(&creds.salt)
+        .bind(creds.iterations as i64)
+        .bind(&creds.sha1.stored_key)
+        .bind(&creds.sha1.server_key)
+        .bind(&creds.sha256.stored_key)
+        .bind(&creds.sha256.server_key)
+        .bind(user)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NoSuchAccount);
+        }
+        Ok(())
+    }
+
+    async fn credentials(&self, user: &str) -> StoreResult<Option<Credentials>> {
+        let row = sqlx::query("SELECT * FROM accounts WHERE username = $1")
+            .bind(user)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let iterations: i64 = row.try_get("iterations")?;
+        Ok(Some(Credentials {
+            salt: row.try_get("salt")?,
+            iterations: u32::try_from(iterations).unwrap_or(0),
+            sha1: keys(&row, "sha1_stored_key", "sha1_server_key")?,
+            sha256: keys(&row, "sha256_stored_key", "sha256_server_key")?,
+        }))
+    }
+
+    async fn delete_account(&self, user: &str) -> StoreResult<bool> {
+        let mut tx = self.pool.begin().await?;
+        // The foreign keys cascade, but every table is named so nothing depends on them.
+        for statement in [
+            "DELETE FROM roster_groups WHERE username = $1",
+            "DELETE FROM roster_items WHERE username = $1",
+            "DELETE FROM roster_versions WHERE username = $1",
+            "DELETE FROM subscription_requests WHERE username = $1",
+            "DELETE FROM offline_messages WHERE username = $1",
+            "DELETE FROM blocklist WHERE username = $1",
+            "DELETE FROM vcards WHERE username = $1",
+        ] {
+            sqlx::query(statement).bind(user).execute(&mut *tx).await?;
+        }
+        let done = sqlx::query("DELETE FROM accounts WHERE username = $1")
+            .bind(user)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn list_accounts(&self) -> StoreResult<Vec<String>> {
+        let rows = sqlx::query("SELECT username FROM accounts ORDER BY username")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| r.try_get(0).map_err(Into::into))
+            .collect()
+    }
+
+    async fn roster(&self, user: &str) -> StoreResult<Roster> {
+        let version: i64 = sqlx::query("SELECT version FROM roster_versions WHERE username = $1")
+            .bind(user)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| r.try_get(0))
+            .transpose()?
+            .unwrap_or(0);
+        let rows = sqlx::query(
+            "SELECT contact, name, subscription, ask FROM roster_items WHERE username = $1 \
+             ORDER BY contact",
+        )
+        .bind(user)
+        .fetch_all(&self.pool)
+        .await?;
+        let groups = sqlx::query(
+            "SELECT contact, grp FROM roster_groups WHERE username = $1 ORDER BY contact, grp",
+        )
+        .bind(user)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut items = Vec::with_capacity(rows.len());
+        for row in &rows {
+            items.push(item_from_row(row)?);
+        }
+        for g in &groups {
+            let contact: String = g.try_get(0)?;
+            if let Ok(i) = items.binary_search_by(|it: &RosterItem| it.jid.cmp(&contact)) {
+                items[i].groups.push(g.try_get(1)?);
+            }
+        }
+        Ok(Roster { version, items })
+    }
+
+    async fn roster_item(&self, user: &str, contact: &str) -> StoreResult<Option<RosterItem>> {
+        let row = sqlx::query(
+            "SELECT contact, name, subscription, ask FROM roster_items \
+             WHERE username = $1 AND contact = $2",
+        )
+        .bind(user)
+        .bind(contact)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let mut item = item_from_row(&row)?;
+        let groups = sqlx::query(
+            "SELECT grp FROM roster_groups WHERE username = $1 AND contact = $2 ORDER BY grp",
+        )
+        .bind(user)
+        .bind(contact)
+        .fetch_all(&self.pool)
+        .await?;
+        for g in &groups {
+            item.groups.push(g.try_get(0)?);
+        }
+        Ok(Some(item))
+    }
+
+    async fn put_roster_item(&self, user: &str, item: &RosterItem) -> StoreResult<i64> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO roster_items (username, contact, name, subscription, ask) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (username, contact) DO UPDATE SET \
+             name = excluded.name, subscription = excluded.subscription, ask = excluded.ask",
+        )
+        .bind(user)
+        .bind(&item.jid)
+        .bind(&item.name)
+        .bind(item.subscription.as_str())
+        .bind(item.ask)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM roster_groups WHERE username = $1 AND contact = $2")
+            .bind(user)
+            .bind(&item.jid)
+            .execute(&mut *tx)
+            .await?;
+        for g in &item.groups {
+            sqlx::query(
+                "INSERT INTO roster_groups (username, contact, grp) VALUES ($1, $2, $3) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(user)
+            .bind(&item.jid)
+            .bind(g)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let version = Self::bump_version(&mut tx, user).await?;
+        tx.commit().await?;
+        Ok(version)
+    }
+
+    async fn remove_roster_item(&self, user: &str, contact: &str) -> StoreResult<Option<i64>> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM roster_groups WHERE username = $1 AND contact = $2")
+            .bind(user)
+            .bind(contact)
+            .execute(&mut *tx)
+            .await?;
+        let done = sqlx::query("DELETE FROM roster_items WHERE username = $1 AND contact = $2")
+            .bind(user)
+            .bind(contact)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Ok(None);
+        }
+        let version = Self::bump_version(&mut tx, user).await?;
+        tx.commit().await?;
+        Ok(Some(version))
+    }
+
+    async fn put_subscription_request(
+        &self,
+        user: &str,
+        request: &SubscriptionRequest,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO subscription_requests (username, contact, stanza) VALUES ($1, $2, $3) \
+             ON CONFLICT (username, contact) DO UPDATE SET stanza = excluded.stanza",
+        )
+        .bind(user)
+        .bind(&request.contact)
+        .bind(&request.stanza)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn remove_subscription_request(&self, user: &str, contact: &str) -> StoreResult<bool> {
+        let done =
+            sqlx::query("DELETE FROM subscription_requests WHERE username = $1 AND contact = $2")
+                .bind(user)
+                .bind(contact)
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn subscription_requests(&self, user: &str) -> StoreResult<Vec<SubscriptionRequest>> {
+        let rows = sqlx::query(
+            "SELECT contact, stanza FROM subscription_requests WHERE username = $1 ORDER BY contact",
+        )
+        .bind(user)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(SubscriptionRequest {
+                    contact: r.try_get(0)?,
+                    stanza: r.try_get(1)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn has_subscription_request(&self, user: &str, contact: &str) -> StoreResult<bool> {
+        let row =
+            sqlx::query("SELECT 1 FROM subscription_requests WHERE username = $1 AND contact = $2")
+                .bind(user)
+                .bind(contact)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.is_some())
+    }
+
+    async fn push_offline(&self, user: &str, stanza: &str, stamp_ms: i64) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO offline_messages (username, stanza, stamp_ms) VALUES ($1, $2, $3)",
+        )
+        .bind(user)
+        .bind(stanza)
+        .bind(stamp_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn offline_count(&self, user: &str) -> StoreResult<u64> {
+        let row = sqlx::query("SELECT COUNT(*) FROM offline_messages WHERE username = $1")
+            .bind(user)
+            .fetch_one(&self.pool)
+            .await?;
+        let n: i64 = row.try_get(0)?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn offline_messages(&self, user: &str) -> StoreResult<Vec<OfflineMessage>> {
+        let rows = sqlx::query(
+            "SELECT id, stanza, stamp_ms FROM offline_messages WHERE username = $1 ORDER BY id",
+        )
+        .bind(user)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(OfflineMessage {
+                    id: r.try_get(0)?,
+                    stanza: r.try_get(1)?,
+                    stamp_ms: r.try_get(2)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn remove_offline(&self, user: &str, up_to_id: i64) -> StoreResult<()> {
+        sqlx::query("DELETE FROM offline_messages WHERE username = $1 AND id <= $2")
+            .bind(user)
+            .bind(up_to_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn blocklist(&self, user: &str) -> StoreResult<Vec<String>> {
+        let rows = sqlx::query("SELECT jid FROM blocklist WHERE username = $1 ORDER BY jid")
+            .bind(user)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| r.try_get(0).map_err(Into::into))
+            .collect()
+    }
+
+    async fn block(&self, user: &str, jids: &[String]) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        for jid in jids {
+            sqlx::query(
+                "INSERT INTO blocklist (username, jid) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            )
+            .bind(user)
+            .bind(jid)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn unblock(&self, user: &str, jids: &[String]) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        if jids.is_empty() {
+            sqlx::query("DELETE FROM blocklist WHERE username = $1")
+                .bind(user)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for jid in jids {
+            sqlx::query("DELETE FROM blocklist WHERE username = $1 AND jid = $2")
+                .bind(user)
+                .bind(jid)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn vcard(&self, user: &str) -> StoreResult<Option<String>> {
+        let row = sqlx::query("SELECT vcard FROM vcards WHERE username = $1")
+            .bind(user)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
+
+    async fn set_vcard(&self, user: &str, vcard: &str) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO vcards (username, vcard) VALUES ($1, $2) \
+             ON CONFLICT (username) DO UPDATE SET vcard = excluded.vcard",
+        )
+        .bind(user)
+        .bind(vcard)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
+
+fn item_from_row(row: &sqlx::postgres::PgRow) -> StoreResult<RosterItem> {
+    let subscription: String = row.try_get("subscription")?;
+    Ok(RosterItem {
+        jid: row.try_get("contact")?,
+        name: row.try_get("name")?,
+        // The CHECK constraint keeps other values out; `none` is the safe reading regardless.
+        subscription: Subscription::parse(&subscription).unwrap_or(Subscription::None),
+        ask: row.try_get("ask")?,
+        groups: Vec::new(),
+    })
+}

@@ -1,0 +1,458 @@
+//! The cluster shape: nodes sharing one PostgreSQL and one Redis (real servers, started by the
+//! harness) act as one server for tokio-xmpp clients spread over them.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::services::{Postgres, Redis, free_port};
+use common::*;
+use rookery::store::{RosterItem, Subscription};
+
+const LEASE_SECONDS: u64 = 2;
+
+/// An in-process node of a cluster.
+async fn node(name: &str, db: &str, redis: &Redis) -> TestServer {
+    let (db, redis, name) = (db.to_owned(), redis.url(), name.to_owned());
+    TestServer::start_with(move |c| {
+        c.storage.url = db;
+        c.cluster.redis_url = redis;
+        c.cluster.node = name;
+        c.cluster.lease_seconds = LEASE_SECONDS;
+    })
+    .await
+}
+
+/// Users alice, bob and carol (password "pw"), alice and bob subscribed to each other.
+async fn users(server: &TestServer) {
+    for u in ["alice", "bob", "carol"] {
+        server.add_user(u, "pw").await;
+    }
+    let store = &server.running.as_ref().expect("running").server.store;
+    for (user, contact) in [("alice", "bob@localhost"), ("bob", "alice@localhost")] {
+        let item = RosterItem {
+            jid: contact.into(),
+            name: None,
+            subscription: Subscription::Both,
+            ask: false,
+            groups: Vec::new(),
+        };
+        store.put_roster_item(user, &item).await.expect("roster");
+    }
+}
+
+fn is_presence_from(from: &'static str, kind: Option<&'static str>) -> impl Fn(&Element) -> bool {
+    move |e| {
+        e.name() == "presence"
+            && e.attr("from").is_some_and(|f| f.starts_with(from))
+            && e.attr("type") == kind
+    }
+}
+
+use tokio_xmpp::minidom::Element;
+
+#[tokio::test]
+async fn users_on_two_nodes_chat_and_see_each_other() {
+    let redis = Redis::start();
+    let db = Postgres::shared().fresh_database().await;
+    let n1 = node("n1", &db, &redis).await;
+    let n2 = node("n2", &db, &redis).await;
+    users(&n1).await;
+
+    let mut alice = XmppClient::connect(&n1, "alice@localhost/a", "pw").await;
+    let mut bob = XmppClient::connect(&n2, "bob@localhost/b", "pw").await;
+    // Bound on node 2 means routable from node 1 by the time the client has its bind result.
+    let bob_jid = rookery::jid::FullJid::new("bob@localhost/b").expect("jid");
+    let n1_sessions = &n1.running.as_ref().expect("running").server.sessions;
+    assert!(n1_sessions.resource(&bob_jid).is_some());
+    alice.send("<presence/>").await;
+    bob.send("<presence/>").await;
+    // Each sees the other's presence: by the probe at login or by the broadcast.
+    alice
+        .expect("bob's presence", is_presence_from("bob@localhost/b", None))
+        .await;
+    bob.expect(
+        "alice's presence",
+        is_presence_from("alice@localhost/a", None),
+    )
+    .await;
+
+    alice
+        .send("<message to='bob@localhost' type='chat'><body>hi bob</body></message>")
+        .await;
+    let m = bob
+        .expect("alice's message", is_message_with_body("hi bob"))
+        .await;
+    assert_eq!(m.attr("from"), Some("alice@localhost/a"));
+    bob.send("<message to='alice@localhost/a' type='chat'><body>hi alice</body></message>")
+        .await;
+    alice
+        .expect("bob's answer", is_message_with_body("hi alice"))
+        .await;
+
+    // An iq to a full JID on the other node, and its answer.
+    alice
+        .send("<iq type='get' id='p1' to='bob@localhost/b'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    let ping = bob
+        .expect("alice's ping", |e| {
+            e.name() == "iq" && e.attr("id") == Some("p1")
+        })
+        .await;
+    assert_eq!(ping.attr("from"), Some("alice@localhost/a"));
+    bob.send("<iq type='result' id='p1' to='alice@localhost/a'/>")
+        .await;
+    alice
+        .expect("bob's pong", |e| {
+            e.name() == "iq" && e.attr("id") == Some("p1") && e.attr("type") == Some("result")
+        })
+        .await;
+
+    // A roster push reaches every interested resource, whichever node it is on.
+    let mut bob2 = XmppClient::connect(&n1, "bob@localhost/b2", "pw").await;
+    bob2.iq(
+        "r0",
+        "<iq type='get' id='r0'><query xmlns='jabber:iq:roster'/></iq>",
+    )
+    .await;
+    bob.iq(
+        "r1",
+        "<iq type='get' id='r1'><query xmlns='jabber:iq:roster'/></iq>",
+    )
+    .await;
+    bob.iq(
+        "r2",
+        "<iq type='set' id='r2'><query xmlns='jabber:iq:roster'>\
+         <item jid='carol@localhost' name='Carol'/></query></iq>",
+    )
+    .await;
+    bob2.expect("the roster push", |e| {
+        e.name() == "iq"
+            && e.attr("type") == Some("set")
+            && e.children().any(|q| {
+                q.children()
+                    .any(|i| i.attr("jid") == Some("carol@localhost"))
+            })
+    })
+    .await;
+
+    // A block list changed on node 2 is enforced on node 1, which had it cached.
+    bob.iq(
+        "b1",
+        "<iq type='set' id='b1'><block xmlns='urn:xmpp:blocking'>\
+         <item jid='alice@localhost'/></block></iq>",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    alice
+        .send("<message id='blocked' to='bob@localhost/b' type='chat'><body>blocked?</body></message>")
+        .await;
+    alice
+        .expect("the error for a blocked message", |e| {
+            e.name() == "message"
+                && e.attr("id") == Some("blocked")
+                && e.attr("type") == Some("error")
+        })
+        .await;
+    bob.iq(
+        "b2",
+        "<iq type='set' id='b2'><unblock xmlns='urn:xmpp:blocking'/></iq>",
+    )
+    .await;
+
+    // Going offline on node 2 is seen on node 1.
+    bob.send("<presence type='unavailable'/>").await;
+    alice
+        .expect(
+            "bob unavailable",
+            is_presence_from("bob@localhost/b", Some("unavailable")),
+        )
+        .await;
+    for c in [alice, bob, bob2] {
+        c.close().await;
+    }
+    n1.shutdown().await;
+    n2.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_same_full_jid_on_two_nodes_replaces_the_older_session() {
+    let redis = Redis::start();
+    let db = Postgres::shared().fresh_database().await;
+    let n1 = node("n1", &db, &redis).await;
+    let n2 = node("n2", &db, &redis).await;
+    users(&n1).await;
+    let mut first = Raw::login(&n1, "alice", "pw", "phone").await;
+    let _second = Raw::login(&n2, "alice", "pw", "phone").await;
+    let closed = first.read_to_close().await;
+    assert!(closed.contains("<conflict"), "{closed}");
+    // The newer session is the one the cluster routes to.
+    let mut bob = XmppClient::connect(&n1, "bob@localhost/b", "pw").await;
+    let mut second = _second;
+    bob.send("<message to='alice@localhost/phone' type='chat'><body>which</body></message>")
+        .await;
+    second.read_until("which").await;
+    bob.close().await;
+    n1.shutdown().await;
+    n2.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_burst_across_nodes_arrives_complete_and_in_order() {
+    let redis = Redis::start();
+    let db = Postgres::shared().fresh_database().await;
+    let n1 = node("n1", &db, &redis).await;
+    let n2 = node("n2", &db, &redis).await;
+    users(&n1).await;
+    let mut alice = XmppClient::connect(&n1, "alice@localhost/a", "pw").await;
+    let mut bob = XmppClient::connect(&n2, "bob@localhost/b", "pw").await;
+    alice.send("<presence/>").await;
+    bob.send("<presence/>").await;
+    alice
+        .expect("bob's presence", is_presence_from("bob@localhost/b", None))
+        .await;
+    let sender = tokio::spawn(async move {
+        for i in 0..1000 {
+            alice
+                .send(&format!(
+                    "<message to='bob@localhost/b' type='chat'><body>m{i}</body></message>"
+                ))
+                .await;
+        }
+        alice
+    });
+    for i in 0..1000 {
+        let want = format!("m{i}");
+        let m = bob
+            .expect("the next message", |e| e.name() == "message")
+            .await;
+        let body = m
+            .children()
+            .find(|c| c.name() == "body")
+            .map(|b| b.text())
+            .unwrap_or_default();
+        assert_eq!(body, want, "message {i} out of order or lost");
+    }
+    let alice = sender.await.expect("sender");
+    alice.close().await;
+    bob.close().await;
+    n1.shutdown().await;
+    n2.shutdown().await;
+}
+
+/// A node in its own process, so that it can be killed.
+struct NodeProcess {
+    child: Child,
+    dir: tempfile::TempDir,
+    c2s: SocketAddr,
+}
+
+impl NodeProcess {
+    fn start(name: &str, db: &str, redis: &Redis) -> NodeProcess {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let c2s: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let config = format!(
+            "data_dir = \"{data}\"\n\
+             [listen]\nc2s = \"{c2s}\"\nc2s_tls = \"127.0.0.1:{tls}\"\n\
+             s2s = \"127.0.0.1:{s2s}\"\nhttp = \"127.0.0.1:{http}\"\n\
+             [storage]\nurl = \"{db}\"\n\
+             [cluster]\nredis_url = \"{redis}\"\nnode = \"{name}\"\nlease_seconds = {LEASE_SECONDS}\n",
+            data = dir.path().display(),
+            tls = free_port(),
+            s2s = free_port(),
+            http = free_port(),
+            redis = redis.url(),
+        );
+        let path: PathBuf = dir.path().join("rookery.toml");
+        std::fs::write(&path, config).expect("config");
+        let child = Command::new(env!("CARGO_BIN_EXE_rookery"))
+            .args(["serve", "--config"])
+            .arg(&path)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("rookery starts");
+        let deadline = std::time::Instant::now() + WAIT;
+        while std::net::TcpStream::connect(c2s).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "node {name} did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        NodeProcess { child, dir, c2s }
+    }
+
+    async fn connect(&self, jid: &str) -> XmppClient {
+        let connector = Connector {
+            addr: self.c2s,
+            tls: trust(self.dir.path()),
+            direct_tls: false,
+        };
+        XmppClient::connect_with(connector, jid, "pw").await
+    }
+
+    fn signal(&self, signal: &str) {
+        let ok = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(ok.success());
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_killed_node_is_reaped_and_nothing_handed_to_it_is_lost() {
+    let redis = Redis::start();
+    let db = Postgres::shared().fresh_database().await;
+    let n1 = node("n1", &db, &redis).await;
+    users(&n1).await;
+    let n2 = NodeProcess::start("n2", &db, &redis);
+
+    let mut alice = XmppClient::connect(&n1, "alice@localhost/a", "pw").await;
+    alice.send("<presence/>").await;
+    let mut bob = n2.connect("bob@localhost/b").await;
+    bob.send("<presence/>").await;
+    alice
+        .expect("bob's presence", is_presence_from("bob@localhost/b", None))
+        .await;
+
+    // Node 2 freezes, so a message handed to it is never read there; then it dies.
+    n2.signal("-STOP");
+    alice
+        .send("<message to='bob@localhost/b' type='chat'><body>in flight</body></message>")
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let frozen_at = std::time::Instant::now();
+    n2.signal("-KILL");
+    drop(bob);
+
+    alice
+        .expect(
+            "bob unavailable once the lease expires",
+            is_presence_from("bob@localhost/b", Some("unavailable")),
+        )
+        .await;
+    let noticed = frozen_at.elapsed();
+    assert!(
+        noticed < Duration::from_secs(LEASE_SECONDS * 3),
+        "took {noticed:?}"
+    );
+    alice
+        .send("<message to='bob@localhost' type='chat'><body>after</body></message>")
+        .await;
+
+    // Bob comes back on node 1 and gets both: the one node 2 never delivered and the later one.
+    let mut bob = XmppClient::connect(&n1, "bob@localhost/b", "pw").await;
+    bob.send("<presence/>").await;
+    bob.expect(
+        "the message the dead node held",
+        is_message_with_body("in flight"),
+    )
+    .await;
+    bob.expect("the message sent afterwards", is_message_with_body("after"))
+        .await;
+    alice.close().await;
+    bob.close().await;
+    n1.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_redis_restart_in_the_middle_of_traffic_loses_nothing() {
+    let mut redis = Redis::start();
+    let db = Postgres::shared().fresh_database().await;
+    let n1 = node("n1", &db, &redis).await;
+    let n2 = node("n2", &db, &redis).await;
+    users(&n1).await;
+    let mut alice = XmppClient::connect(&n1, "alice@localhost/a", "pw").await;
+    let mut carol = XmppClient::connect(&n1, "carol@localhost/c", "pw").await;
+    let mut bob = XmppClient::connect(&n2, "bob@localhost/b", "pw").await;
+    alice.send("<presence/>").await;
+    carol.send("<presence/>").await;
+    bob.send("<presence/>").await;
+    alice
+        .expect("bob's presence", is_presence_from("bob@localhost/b", None))
+        .await;
+
+    redis.stop();
+    // Local traffic goes on while Redis is away.
+    alice
+        .send("<message to='carol@localhost/c' type='chat'><body>local</body></message>")
+        .await;
+    carol
+        .expect("a message on the same node", is_message_with_body("local"))
+        .await;
+    // Cross-node traffic is kept for later rather than lost.
+    alice
+        .send("<message to='bob@localhost/b' type='chat'><body>during</body></message>")
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    redis.resume();
+
+    // Once the nodes have put their sessions back, messages cross live again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut n = 0;
+    let mut live = Vec::new();
+    loop {
+        n += 1;
+        alice
+            .send(&format!(
+                "<message to='bob@localhost/b' type='chat'><body>after {n}</body></message>"
+            ))
+            .await;
+        let got = tokio::time::timeout(Duration::from_millis(700), async {
+            bob.expect("a message after the restart", |e| e.name() == "message")
+                .await
+        })
+        .await;
+        if let Ok(m) = got {
+            let body = child(&m, "body").map(|b| b.text()).unwrap_or_default();
+            let done = body.starts_with("after");
+            live.push(body);
+            if done {
+                break;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no live message after the restart"
+        );
+    }
+    // The message sent during the outage arrived live once Redis was back, or was stored and
+    // comes at bob's next login.
+    let mut bob = if live.iter().any(|b| b == "during") {
+        bob
+    } else {
+        bob.close().await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut bob = XmppClient::connect(&n2, "bob@localhost/b", "pw").await;
+        bob.send("<presence/>").await;
+        bob.expect(
+            "the message from the outage",
+            is_message_with_body("during"),
+        )
+        .await;
+        bob
+    };
+    bob.send("<presence type='unavailable'/>").await;
+    for c in [alice, bob, carol] {
+        c.close().await;
+    }
+    n1.shutdown().await;
+    n2.shutdown().await;
+}

@@ -1,0 +1,245 @@
+//! The store contract, run against every engine: SQLite in memory, an SQLite file reopened,
+//! and a real PostgreSQL server.
+
+mod common;
+
+use common::services::Postgres;
+use rookery::store::{
+    self, Credentials, Roster, RosterItem, ScramKeys, Store, StoreError, Subscription,
+    SubscriptionRequest,
+};
+
+fn creds(tag: u8) -> Credentials {
+    let k = |b: u8| ScramKeys {
+        stored_key: vec![b; 32],
+        server_key: vec![b + 1; 32],
+    };
+    Credentials {
+        salt: vec![tag; 16],
+        iterations: 4096,
+        sha1: k(tag),
+        sha256: k(tag + 2),
+    }
+}
+
+fn item(jid: &str, groups: &[&str]) -> RosterItem {
+    RosterItem {
+        jid: jid.into(),
+        name: Some("Name".into()),
+        subscription: Subscription::To,
+        ask: true,
+        groups: groups.iter().map(|g| g.to_string()).collect(),
+    }
+}
+
+async fn every_method(store: &dyn Store) {
+    store.create_account("alice", &creds(1)).await.unwrap();
+    store.create_account("bob", &creds(5)).await.unwrap();
+    assert!(matches!(
+        store.create_account("alice", &creds(9)).await,
+        Err(StoreError::AccountExists)
+    ));
+    assert_eq!(store.credentials("alice").await.unwrap(), Some(creds(1)));
+    store.set_credentials("alice", &creds(20)).await.unwrap();
+    assert_eq!(store.credentials("alice").await.unwrap(), Some(creds(20)));
+    assert!(matches!(
+        store.set_credentials("nobody", &creds(1)).await,
+        Err(StoreError::NoSuchAccount)
+    ));
+    assert_eq!(store.credentials("nobody").await.unwrap(), None);
+    assert_eq!(store.list_accounts().await.unwrap(), ["alice", "bob"]);
+
+    assert_eq!(store.roster("alice").await.unwrap(), Roster::default());
+    let v1 = store
+        .put_roster_item("alice", &item("carol@x", &["Friends, old", "Ünïcode"]))
+        .await
+        .unwrap();
+    let v2 = store
+        .put_roster_item("alice", &item("bob@x", &[]))
+        .await
+        .unwrap();
+    assert_eq!((v1, v2), (1, 2));
+    let roster = store.roster("alice").await.unwrap();
+    assert_eq!(roster.version, 2);
+    assert_eq!(roster.items[0].jid, "bob@x");
+    assert_eq!(roster.items[1].groups, ["Friends, old", "Ünïcode"]);
+    assert_eq!(
+        store.roster_item("alice", "carol@x").await.unwrap(),
+        Some(item("carol@x", &["Friends, old", "Ünïcode"]))
+    );
+    assert_eq!(
+        store.remove_roster_item("alice", "bob@x").await.unwrap(),
+        Some(3)
+    );
+    assert_eq!(
+        store.remove_roster_item("alice", "bob@x").await.unwrap(),
+        None
+    );
+    assert_eq!(store.roster("alice").await.unwrap().version, 3);
+
+    let req = |c: &str| SubscriptionRequest {
+        contact: c.into(),
+        stanza: format!("<presence type='subscribe' from='{c}'/>"),
+    };
+    store
+        .put_subscription_request("alice", &req("dave@x"))
+        .await
+        .unwrap();
+    store
+        .put_subscription_request("alice", &req("dave@x"))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .has_subscription_request("alice", "dave@x")
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.subscription_requests("alice").await.unwrap(),
+        [req("dave@x")]
+    );
+    assert!(
+        store
+            .remove_subscription_request("alice", "dave@x")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .remove_subscription_request("alice", "dave@x")
+            .await
+            .unwrap()
+    );
+
+    for i in 0..3 {
+        store
+            .push_offline("alice", &format!("<m{i}/>"), i)
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.offline_count("alice").await.unwrap(), 3);
+    let msgs = store.offline_messages("alice").await.unwrap();
+    assert_eq!(
+        msgs.iter().map(|m| m.stanza.as_str()).collect::<Vec<_>>(),
+        ["<m0/>", "<m1/>", "<m2/>"]
+    );
+    store.remove_offline("alice", msgs[1].id).await.unwrap();
+    assert_eq!(
+        store.offline_messages("alice").await.unwrap()[0].stanza,
+        "<m2/>"
+    );
+
+    store
+        .block("alice", &["x@y".into(), "z".into(), "x@y".into()])
+        .await
+        .unwrap();
+    assert_eq!(store.blocklist("alice").await.unwrap(), ["x@y", "z"]);
+    store.unblock("alice", &["z".into()]).await.unwrap();
+    assert_eq!(store.blocklist("alice").await.unwrap(), ["x@y"]);
+    store.unblock("alice", &[]).await.unwrap();
+    assert!(store.blocklist("alice").await.unwrap().is_empty());
+    store.block("alice", &["x@y".into()]).await.unwrap();
+
+    assert_eq!(store.vcard("alice").await.unwrap(), None);
+    store.set_vcard("alice", "<vCard/>").await.unwrap();
+    store
+        .set_vcard("alice", "<vCard><FN>A</FN></vCard>")
+        .await
+        .unwrap();
+    assert_eq!(
+        store.vcard("alice").await.unwrap().as_deref(),
+        Some("<vCard><FN>A</FN></vCard>")
+    );
+}
+
+async fn deleted_without_a_trace(store: &dyn Store) {
+    store
+        .put_subscription_request(
+            "alice",
+            &SubscriptionRequest {
+                contact: "e@x".into(),
+                stanza: "<p/>".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(store.delete_account("alice").await.unwrap());
+    assert!(!store.delete_account("alice").await.unwrap());
+    assert_eq!(store.roster("alice").await.unwrap(), Roster::default());
+    assert_eq!(store.offline_count("alice").await.unwrap(), 0);
+    assert!(store.blocklist("alice").await.unwrap().is_empty());
+    assert!(
+        store
+            .subscription_requests("alice")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(store.vcard("alice").await.unwrap(), None);
+    assert_eq!(store.list_accounts().await.unwrap(), ["bob"]);
+}
+
+#[tokio::test]
+async fn sqlite_in_memory() {
+    let store = store::open("sqlite::memory:").await.unwrap();
+    every_method(store.as_ref()).await;
+    deleted_without_a_trace(store.as_ref()).await;
+}
+
+async fn survives_reopening(url: &str) {
+    {
+        let store = store::open(url).await.unwrap();
+        every_method(store.as_ref()).await;
+    }
+    let store = store::open(url).await.unwrap();
+    assert_eq!(store.roster("alice").await.unwrap().version, 3);
+    assert_eq!(store.offline_count("alice").await.unwrap(), 1);
+    assert_eq!(store.credentials("alice").await.unwrap(), Some(creds(20)));
+    deleted_without_a_trace(store.as_ref()).await;
+}
+
+#[tokio::test]
+async fn sqlite_file_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    survives_reopening(&format!(
+        "sqlite://{}/sub/dir/rookery.db",
+        dir.path().display()
+    ))
+    .await;
+}
+
+#[tokio::test]
+async fn postgres_survives_reopening() {
+    let url = Postgres::shared().fresh_database().await;
+    survives_reopening(&url).await;
+}
+
+#[tokio::test]
+async fn postgres_numbers_roster_versions_under_concurrency() {
+    let url = Postgres::shared().fresh_database().await;
+    let store = store::open(&url).await.unwrap();
+    store.create_account("alice", &creds(1)).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .put_roster_item("alice", &item(&format!("c{i}@x"), &["g"]))
+                .await
+                .unwrap()
+        }));
+    }
+    let mut versions = Vec::new();
+    for t in tasks {
+        versions.push(t.await.unwrap());
+    }
+    versions.sort();
+    assert_eq!(versions, (1..=20).collect::<Vec<i64>>());
+}
+
+#[tokio::test]
+async fn unsupported_url_is_refused_by_name() {
+    let err = store::open("mysql://x").await.err().unwrap();
+    assert!(err.to_string().contains("mysql://x"), "{err}");
+}
