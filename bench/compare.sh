@@ -5,6 +5,7 @@
 #   bench/compare.sh                 # defaults below
 #   USERS=2000 IDLE_USERS=10000 DURATION=10 bench/compare.sh
 #   SERVERS="rookery prosody" bench/compare.sh
+#   SERVERS="rookery rookery-pg rookery-cluster" bench/compare.sh   # the cluster shape
 #
 # Each server runs on its own loopback address with the standard port, in a throwaway
 # directory, with TLS (STARTTLS required), SCRAM-SHA-1 accounts, rosters and offline storage,
@@ -33,7 +34,7 @@ trap cleanup EXIT
 
 sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 need=()
-for p in prosody ejabberd openssl; do dpkg -s "$p" >/dev/null 2>&1 || need+=("$p"); done
+for p in prosody ejabberd openssl postgresql redis-server; do dpkg -s "$p" >/dev/null 2>&1 || need+=("$p"); done
 if [ ${#need[@]} -gt 0 ]; then
   sudo_if_needed apt-get update -qq
   sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
@@ -54,14 +55,15 @@ wait_port() {  # host port
   return 1
 }
 
-run() {  # label addr pid scenario extra-args...
+run() {  # label addr[:port][,addr:port…] pid[,pid…] scenario extra-args...
   local label=$1 addr=$2 pid=$3 scenario=$4
   shift 4
-  timeout $((DURATION * 3 + 120)) "$BENCH" run --json --label "$label" --server "$addr:5222" \
+  [[ "$addr" == *:* ]] || addr="$addr:5222"
+  timeout $((DURATION * 3 + 120)) "$BENCH" run --json --label "$label" --server "$addr" \
     --pid "$pid" --scenario "$scenario" --duration "$DURATION" "$@" | tee -a "$RESULTS"
 }
 
-measure() {  # label addr pid
+measure() {  # label addr[,addr…] pid[,pid…]
   local label=$1 addr=$2 pid=$3
   run "$label" "$addr" "$pid" idle --users "$IDLE_USERS" --login-rate 2000 || true
   for rate in $RATES; do
@@ -95,6 +97,68 @@ EOF
   wait_port 127.0.0.2 5222
   measure rookery 127.0.0.2 "$pid"
   kill "$pid"; wait "$pid" 2>/dev/null || true
+}
+
+# --- rookery on PostgreSQL, alone and as a two-node cluster with Redis --------------------------
+pg_up() {
+  [ -n "${PG_URL:-}" ] && return 0
+  local dir="$WORK/pg" bin
+  bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+  mkdir -p "$dir" && chown postgres:postgres "$dir"
+  setpriv --reuid=postgres --regid=postgres --init-groups \
+    "$bin/initdb" -D "$dir/data" -U postgres --auth=trust --no-sync >/dev/null
+  setpriv --reuid=postgres --regid=postgres --init-groups \
+    "$bin/postgres" -D "$dir/data" -k "$dir" -c listen_addresses=127.0.0.8 -p 5432 \
+    -c max_connections=200 2> "$dir/log" &
+  PIDS+=($!)
+  wait_port 127.0.0.8 5432
+  sleep 1
+  PG_URL="postgres://postgres@127.0.0.8:5432/postgres"
+}
+
+redis_up() {
+  [ -n "${REDIS_URL:-}" ] && return 0
+  mkdir -p "$WORK/redis"
+  redis-server --bind 127.0.0.8 --port 6379 --save '' --appendonly no --dir "$WORK/redis" \
+    > "$WORK/redis/log" 2>&1 &
+  PIDS+=($!)
+  wait_port 127.0.0.8 6379
+  REDIS_URL="redis://127.0.0.8:6379/"
+}
+
+rookery_node() {  # name addr extra-toml: starts a node in the background, pid in NODE_PID
+  local dir="$WORK/$1"
+  mkdir -p "$dir"
+  printf 'data_dir = "%s"\n[listen]\nc2s = "%s:5222"\nc2s_tls = "%s:5223"\nhttp = "%s:5280"\n[storage]\nurl = "%s"\n%s\n' \
+    "$dir/data" "$2" "$2" "$2" "$PG_URL" "$3" > "$dir/rookery.toml"
+  RUST_LOG=warn "$ROOKERY" serve --config "$dir/rookery.toml" 2> "$dir/log" &
+  NODE_PID=$!
+  PIDS+=("$NODE_PID")
+}
+
+rookery_pg() {
+  pg_up
+  "$BENCH" provision --kind rookery --target "$PG_URL" --users "$MAXUSERS"
+  rookery_node rookery-pg 127.0.0.6 ""
+  local pid=$NODE_PID
+  wait_port 127.0.0.6 5222
+  measure rookery-pg 127.0.0.6 "$pid"
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+}
+
+rookery_cluster() {
+  pg_up
+  redis_up
+  "$BENCH" provision --kind rookery --target "$PG_URL" --users "$MAXUSERS"
+  rookery_node node1 127.0.0.6 "$(printf '[cluster]\nredis_url = "%s"\nnode = "node1"' "$REDIS_URL")"
+  local p1=$NODE_PID
+  rookery_node node2 127.0.0.7 "$(printf '[cluster]\nredis_url = "%s"\nnode = "node2"' "$REDIS_URL")"
+  local p2=$NODE_PID
+  wait_port 127.0.0.6 5222
+  wait_port 127.0.0.7 5222
+  # Users alternate between the nodes, so about half of all messages cross the cluster bus.
+  measure rookery-cluster "127.0.0.6:5222,127.0.0.7:5222" "$p1,$p2"
+  kill "$p1" "$p2"; wait "$p1" "$p2" 2>/dev/null || true
 }
 
 # --- Prosody -----------------------------------------------------------------------------------
@@ -240,6 +304,8 @@ relay_run() {
 for s in $SERVERS; do
   case "$s" in
     rookery) rookery ;;
+    rookery-pg) rookery_pg ;;
+    rookery-cluster) rookery_cluster ;;
     prosody) prosody_run ;;
     ejabberd) ejabberd_run || echo "ejabberd run failed; see $WORK/ejabberd/logs" >&2 ;;
     relay) relay_run ;;

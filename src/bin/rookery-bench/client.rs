@@ -41,7 +41,9 @@ pub type SaltedCache = Arc<Mutex<HashMap<String, (Vec<u8>, Vec<u8>)>>>;
 /// Where and as whom to connect.
 #[derive(Clone)]
 pub struct Target {
-    pub addr: SocketAddr,
+    /// The server's c2s addresses: one, or every node of a cluster (connection n goes to
+    /// address n mod their number).
+    pub addrs: Vec<SocketAddr>,
     pub domain: String,
     pub tls: Arc<rustls::ClientConfig>,
     /// Source addresses to spread connections over when one runs out of ephemeral ports.
@@ -214,7 +216,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 }
 
 async fn tcp(target: &Target, n: usize) -> Result<TcpStream, ClientError> {
-    let socket = if target.addr.is_ipv4() {
+    let addr = target.addrs[n % target.addrs.len()];
+    let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
         TcpSocket::new_v6()?
@@ -223,7 +226,7 @@ async fn tcp(target: &Target, n: usize) -> Result<TcpStream, ClientError> {
         let src = target.sources[n % target.sources.len()];
         socket.bind(SocketAddr::new(src, 0))?;
     }
-    let stream = socket.connect(target.addr).await?;
+    let stream = socket.connect(addr).await?;
     stream.set_nodelay(true)?;
     Ok(stream)
 }

@@ -73,14 +73,16 @@ enum Command {
 pub struct RunArgs {
     #[arg(long, value_enum)]
     pub scenario: Scenario,
-    /// The server's c2s (STARTTLS) address; must be on loopback.
-    #[arg(long)]
-    pub server: SocketAddr,
+    /// The server's c2s (STARTTLS) address, or the comma-separated addresses of a cluster's
+    /// nodes (users are spread over them in turn); on loopback only.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub server: Vec<SocketAddr>,
     #[arg(long, default_value = "localhost")]
     pub domain: String,
-    /// The server's process id, to read its CPU time and memory.
-    #[arg(long)]
-    pub pid: Option<u32>,
+    /// The server's process id, to read its CPU time and memory (comma-separated for a
+    /// cluster's nodes: the figures are their sums).
+    #[arg(long, value_delimiter = ',')]
+    pub pid: Vec<u32>,
     #[arg(long, default_value_t = 100)]
     pub users: usize,
     #[arg(long, default_value = "bench")]
@@ -111,8 +113,8 @@ pub struct RunArgs {
 }
 
 fn loopback_only(args: &RunArgs) -> Result<(), String> {
-    if !args.server.ip().is_loopback() {
-        return Err(format!("{} is not a loopback address", args.server));
+    if let Some(bad) = args.server.iter().find(|s| !s.ip().is_loopback()) {
+        return Err(format!("{bad} is not a loopback address"));
     }
     if let Some(bad) = args.sources.iter().find(|s| !s.is_loopback()) {
         return Err(format!("source {bad} is not a loopback address"));

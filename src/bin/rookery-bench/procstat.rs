@@ -9,9 +9,19 @@ pub struct Sample {
     pub cpu_seconds: f64,
 }
 
-/// The process's memory and CPU time now; None if it cannot be read (no pid, process gone).
-pub fn sample(pid: Option<u32>) -> Option<Sample> {
-    let pid = pid?;
+/// Memory and CPU time now: the summed figures of the given processes (the nodes of a cluster); None if there are none
+/// or one cannot be read.
+pub fn sample(pids: &[u32]) -> Option<Sample> {
+    let mut total = Sample::default();
+    for &pid in pids {
+        let s = sample_one(pid)?;
+        total.rss_kb += s.rss_kb;
+        total.cpu_seconds += s.cpu_seconds;
+    }
+    (!pids.is_empty()).then_some(total)
+}
+
+fn sample_one(pid: u32) -> Option<Sample> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let rss_kb = status
         .lines()
@@ -35,7 +45,7 @@ pub fn sample(pid: Option<u32>) -> Option<Sample> {
 mod tests {
     #[test]
     fn reads_our_own_process() {
-        let s = super::sample(Some(std::process::id())).unwrap();
+        let s = super::sample(&[std::process::id()]).unwrap();
         assert!(s.rss_kb > 0);
         assert!(s.cpu_seconds >= 0.0);
     }

@@ -162,7 +162,7 @@ impl Rng {
 
 fn target(args: &RunArgs) -> Target {
     Target {
-        addr: args.server,
+        addrs: args.server.clone(),
         domain: args.domain.clone(),
         tls: client::tls_config(),
         sources: args.sources.clone(),
@@ -234,7 +234,7 @@ pub async fn run(args: &RunArgs) -> Report {
         login_loops(args, &target, &mut report).await;
         return report;
     }
-    let before = procstat::sample(args.pid).unwrap_or_default();
+    let before = procstat::sample(&args.pid).unwrap_or_default();
     let (conns, errors, seconds) = connect_all(args, &target).await;
     report.connect_errors = errors;
     report.connect_seconds = seconds;
@@ -250,7 +250,7 @@ pub async fn run(args: &RunArgs) -> Report {
 async fn idle(args: &RunArgs, conns: Vec<Option<Connection>>, report: &mut Report) {
     // Let the server settle (lazy allocations, pending writes) before reading its memory.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = procstat::sample(args.pid).unwrap_or_default();
+    let after = procstat::sample(&args.pid).unwrap_or_default();
     report.rss_after_kb = after.rss_kb;
     tokio::time::sleep(Duration::from_secs(args.duration)).await;
     for c in conns.into_iter().flatten() {
@@ -368,7 +368,7 @@ async fn chat(args: &RunArgs, conns: Vec<Option<Connection>>, report: &mut Repor
     }
     // Presence broadcasts settle before the measured window.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let cpu_before = procstat::sample(args.pid).unwrap_or_default();
+    let cpu_before = procstat::sample(&args.pid).unwrap_or_default();
     let mut rng = Rng::new();
     let start = Instant::now();
     let window = Duration::from_secs(args.duration);
@@ -401,7 +401,7 @@ async fn chat(args: &RunArgs, conns: Vec<Option<Connection>>, report: &mut Repor
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let cpu_after = procstat::sample(args.pid).unwrap_or_default();
+    let cpu_after = procstat::sample(&args.pid).unwrap_or_default();
     let _ = stop_tx.send(true);
     for h in live {
         let _ = tokio::time::timeout(Duration::from_secs(5), h).await;
@@ -433,7 +433,7 @@ fn cpu_delta(before: Sample, after: Sample) -> f64 {
 async fn login_loops(args: &RunArgs, target: &Target, report: &mut Report) {
     let logins = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
-    let before = procstat::sample(args.pid).unwrap_or_default();
+    let before = procstat::sample(&args.pid).unwrap_or_default();
     let start = Instant::now();
     let window = Duration::from_secs(args.duration);
     let mut workers = Vec::new();
@@ -461,7 +461,7 @@ async fn login_loops(args: &RunArgs, target: &Target, report: &mut Report) {
     for w in workers {
         let _ = w.await;
     }
-    let after = procstat::sample(args.pid).unwrap_or_default();
+    let after = procstat::sample(&args.pid).unwrap_or_default();
     report.window_seconds = start.elapsed().as_secs_f64();
     report.logins = logins.load(Ordering::Relaxed);
     report.errors = errors.load(Ordering::Relaxed);
