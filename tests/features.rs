@@ -5,6 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use tokio_xmpp::minidom::Element;
 
 #[tokio::test(flavor = "current_thread")]
 async fn disco_ping_and_version() {
@@ -170,6 +171,135 @@ async fn blocking_command() {
         .await;
     bob.expect("message after unblock", is_message_with_body("now?"))
         .await;
+    server.shutdown().await;
+}
+
+/// Mutual subscriptions straight in the store, so a test starts from a settled roster.
+async fn befriend(server: &TestServer, a: &str, b: &str) {
+    let store = &server.running.as_ref().expect("running").server.store;
+    for (user, contact) in [(a, b), (b, a)] {
+        let item = rookery::store::RosterItem {
+            jid: format!("{contact}@localhost"),
+            name: None,
+            subscription: rookery::store::Subscription::Both,
+            ask: false,
+            groups: Vec::new(),
+        };
+        store.put_roster_item(user, &item).await.expect("roster");
+    }
+}
+
+fn is_presence(from: &'static str, kind: Option<&'static str>) -> impl Fn(&Element) -> bool {
+    move |e| {
+        e.name() == "presence"
+            && e.attr("from").is_some_and(|f| f.starts_with(from))
+            && e.attr("type") == kind
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn blocking_and_presence() {
+    let server = TestServer::start().await;
+    for u in ["alice", "bob", "carol"] {
+        server.add_user(u, "pw").await;
+    }
+    befriend(&server, "alice", "bob").await;
+    let mut alice = XmppClient::connect(&server, "alice@localhost/a", "pw").await;
+    let mut bob = XmppClient::connect(&server, "bob@localhost/b", "pw").await;
+    let mut carol = XmppClient::connect(&server, "carol@localhost/c", "pw").await;
+    alice.send("<presence/>").await;
+    carol.send("<presence/>").await;
+    bob.send("<presence><status>here</status></presence>").await;
+    alice
+        .expect("bob's presence", is_presence("bob@localhost/b", None))
+        .await;
+
+    // Blocking a subscriber: it sees the user go unavailable. Blocking a stranger: nothing,
+    // since it never saw the user's presence (XEP-0191 §3.3.2).
+    bob.iq(
+        "b1",
+        "<iq type='set' id='b1'><block xmlns='urn:xmpp:blocking'>\
+         <item jid='alice@localhost'/><item jid='carol@localhost'/></block></iq>",
+    )
+    .await;
+    alice
+        .expect(
+            "bob unavailable",
+            is_presence("bob@localhost/b", Some("unavailable")),
+        )
+        .await;
+    carol
+        .expect_none(
+            "presence from bob",
+            Duration::from_millis(300),
+            is_presence("bob@localhost", Some("unavailable")),
+        )
+        .await;
+
+    // While blocked, alice gets none of bob's broadcasts, and her probe is not answered.
+    bob.send("<presence><status>busy</status></presence>").await;
+    alice
+        .expect_none(
+            "a broadcast from a blocker",
+            Duration::from_millis(300),
+            is_presence("bob@localhost/b", None),
+        )
+        .await;
+
+    // An iq result from a blocked entity is dropped, not bounced back to it.
+    alice
+        .send("<iq type='result' id='stray' to='bob@localhost/b'/>")
+        .await;
+    alice
+        .expect_none(
+            "an error for an iq result",
+            Duration::from_millis(300),
+            |e| e.name() == "iq" && e.attr("id") == Some("stray"),
+        )
+        .await;
+
+    // Unblocking a subscriber sends it the current presence (§3.4).
+    bob.iq(
+        "u1",
+        "<iq type='set' id='u1'><unblock xmlns='urn:xmpp:blocking'>\
+         <item jid='alice@localhost'/></unblock></iq>",
+    )
+    .await;
+    let p = alice
+        .expect("bob's presence again", is_presence("bob@localhost/b", None))
+        .await;
+    let status = child(&p, "status").map(|s| s.text());
+    assert_eq!(status.as_deref(), Some("busy"));
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn offline_messages_from_a_sender_blocked_since_are_not_delivered() {
+    let server = TestServer::start().await;
+    server.add_user("alice", "pw").await;
+    server.add_user("bob", "pw").await;
+    let mut alice = XmppClient::connect(&server, "alice@localhost/a", "pw").await;
+    alice
+        .send("<message to='bob@localhost' type='chat'><body>stored one</body></message>")
+        .await;
+    alice
+        .send("<message to='bob@localhost' type='chat'><body>stored two</body></message>")
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Bob blocks alice before he ever comes online (no presence yet: nothing is delivered).
+    let mut bob = XmppClient::connect(&server, "bob@localhost/b", "pw").await;
+    bob.iq(
+        "b",
+        "<iq type='set' id='b'><block xmlns='urn:xmpp:blocking'><item jid='alice@localhost'/></block></iq>",
+    )
+    .await;
+    bob.send("<presence/>").await;
+    bob.expect_none(
+        "a message from a blocked sender",
+        Duration::from_millis(500),
+        |e| e.name() == "message",
+    )
+    .await;
     server.shutdown().await;
 }
 

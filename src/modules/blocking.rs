@@ -11,11 +11,10 @@ use std::sync::{Arc, RwLock};
 use async_trait::async_trait;
 use minidom::Element;
 
-use super::{IqRequest, IqResult, Module, el};
+use super::{IqRequest, IqResult, Module, el, presence};
 use crate::jid::{self, BareJid, Jid};
-use crate::router;
 use crate::server::Server;
-use crate::stanza::{self, StanzaError};
+use crate::stanza::StanzaError;
 
 pub const NS: &str = "urn:xmpp:blocking";
 pub const ERRORS_NS: &str = "urn:xmpp:blocking:errors";
@@ -83,10 +82,50 @@ pub async fn blocks(server: &Server, owner: &BareJid, other: &Jid) -> bool {
     if list.is_empty() {
         return false;
     }
+    matches_entry(&list, other)
+}
+
+/// Whether one of the block-list `entries` matches `other` (full JID, bare JID or domain).
+fn matches_entry(entries: &[String], other: &Jid) -> bool {
     let full = other.to_string();
     let bare = other.to_bare().to_string();
     let domain = other.domain().as_str();
-    list.iter().any(|b| *b == full || *b == bare || b == domain)
+    entries
+        .iter()
+        .any(|b| *b == full || *b == bare || b == domain)
+}
+
+/// Where a change of `entries` affects presence: the addresses among them, or behind a domain
+/// entry, of contacts that receive the user's presence (subscription `from` or `both`). Other
+/// blocked entities never saw the user's presence, so they get nothing.
+async fn presence_targets(server: &Server, user: &str, entries: &[String]) -> Vec<String> {
+    let Ok(roster) = server.store.roster(user).await else {
+        return Vec::new();
+    };
+    let subscribers: Vec<String> = roster
+        .items
+        .into_iter()
+        .filter(|i| i.subscription.has_from())
+        .map(|i| i.jid)
+        .collect();
+    let mut targets = Vec::new();
+    for entry in entries {
+        let Ok(e) = jid::parse(entry) else { continue };
+        if e.node().is_none() && e.resource().is_none() {
+            // A domain entry covers every subscriber at that domain.
+            targets.extend(
+                subscribers
+                    .iter()
+                    .filter(|s| jid::parse(s).is_ok_and(|j| j.domain() == e.domain()))
+                    .cloned(),
+            );
+        } else if subscribers.contains(&e.to_bare().to_string()) {
+            targets.push(entry.clone());
+        }
+    }
+    targets.sort();
+    targets.dedup();
+    targets
 }
 
 /// The error for a user who sends to someone on their own block list.
@@ -150,16 +189,9 @@ impl Module for Blocking {
                     .map_err(|_| StanzaError::internal())?;
                 self.forget(user);
                 req.server.sessions.invalidate(CACHE, user);
-                // Blocked contacts stop seeing the user's presence (XEP-0191 §3.3.2).
-                for j in &jids {
-                    let mut unavailable =
-                        stanza::build("presence", &[("type", "unavailable"), ("to", j)]);
-                    for r in req.server.sessions.resources(&owner) {
-                        if r.available() {
-                            stanza::set_attr(&mut unavailable, "from", &r.jid.to_string());
-                            router::route(req.server, unavailable.clone()).await;
-                        }
-                    }
+                // Blocked subscribers stop seeing the user's presence (XEP-0191 §3.3.2).
+                for to in presence_targets(req.server, user, &jids).await {
+                    presence::send_unavailable_to(req.server, &owner, &to).await;
                 }
                 // XEP-0191 §3.3: every resource hears of the change.
                 super::push(req.server, &owner, req.payload, false);
@@ -167,12 +199,26 @@ impl Module for Blocking {
             }
             (true, "unblock") => {
                 let jids = items(req.payload)?;
+                let before = self.list(req.server, user).await;
                 store
                     .unblock(user, &jids)
                     .await
                     .map_err(|_| StanzaError::internal())?;
                 self.forget(user);
                 req.server.sessions.invalidate(CACHE, user);
+                // Subscribers no longer blocked see the user's presence again (§3.4).
+                let unblocked: Vec<String> = if jids.is_empty() {
+                    before.to_vec()
+                } else {
+                    jids.clone()
+                };
+                let still = self.list(req.server, user).await;
+                for to in presence_targets(req.server, user, &unblocked).await {
+                    let Ok(j) = jid::parse(&to) else { continue };
+                    if !matches_entry(&still, &j) {
+                        presence::send_current_to(req.server, &owner, &to).await;
+                    }
+                }
                 // XEP-0191 §3.3: every resource hears of the change.
                 super::push(req.server, &owner, req.payload, false);
                 Ok(None)

@@ -91,11 +91,19 @@ pub async fn take(server: &Server, user: &str) -> Vec<Element> {
     let Some(last) = stored.last().map(|m| m.id) else {
         return Vec::new();
     };
+    let owner = crate::jid::parse_bare(&format!("{user}@{}", server.domain)).ok();
     let mut out = Vec::with_capacity(stored.len());
     for m in stored {
         let Ok(mut msg) = m.stanza.parse::<Element>() else {
             continue;
         };
+        // Blocked after it was stored: a blocked entity's messages never arrive (XEP-0191).
+        if let Some(owner) = &owner
+            && let Some(from) = msg.attr("from").and_then(|f| crate::jid::parse(f).ok())
+            && super::blocking::blocks(server, owner, &from).await
+        {
+            continue;
+        }
         let mut delay = el(
             "delay",
             ns::DELAY,

@@ -211,7 +211,7 @@ async fn broadcast(
 ) {
     let owner = from.to_bare();
     for item in roster_items(server, &owner).await {
-        if item.subscription.has_from() {
+        if item.subscription.has_from() && !blocks_contact(server, &owner, &item.jid).await {
             route_presence_to(server, with_to(presence, &item.jid)).await;
         }
     }
@@ -263,6 +263,14 @@ async fn probe_contacts(server: &Server, to: &FullJid, to_self: &mut Vec<Element
     }
 }
 
+/// Whether `owner` blocks the roster contact `contact` (a bare JID string).
+async fn blocks_contact(server: &Server, owner: &BareJid, contact: &str) -> bool {
+    match jid::parse(contact) {
+        Ok(c) => super::blocking::blocks(server, owner, &c).await,
+        Err(_) => false,
+    }
+}
+
 async fn blocked_either_way(server: &Server, a: &BareJid, b: &BareJid) -> bool {
     super::blocking::blocks(server, a, &Jid::from(b.clone())).await
         || super::blocking::blocks(server, b, &Jid::from(a.clone())).await
@@ -274,6 +282,9 @@ async fn pending_requests(server: &Server, owner: &BareJid, to_self: &mut Vec<El
         return;
     };
     for r in requests {
+        if blocks_contact(server, owner, &r.contact).await {
+            continue;
+        }
         if let Ok(p) = r.stanza.parse::<Element>() {
             to_self.push(p);
         }
@@ -298,7 +309,7 @@ pub async fn send_unavailable_to(server: &Server, owner: &BareJid, contact: &str
 }
 
 /// Sends the current presence of each of `owner`'s available resources to `contact`.
-async fn send_current_to(server: &Server, owner: &BareJid, contact: &str) {
+pub async fn send_current_to(server: &Server, owner: &BareJid, contact: &str) {
     for r in server.sessions.resources(owner) {
         if let Some(p) = &r.presence {
             route_presence_to(server, with_to(p, contact)).await;
@@ -544,7 +555,7 @@ pub async fn inbound_probe(server: &Server, owner: &BareJid, probe: &Element) {
         server.store.roster_item(user_of(owner), &from.to_bare().to_string()).await,
         Ok(Some(item)) if item.subscription.has_from()
     );
-    if !subscribed {
+    if !subscribed || super::blocking::blocks(server, owner, &from).await {
         return;
     }
     let to = from.to_string();

@@ -51,8 +51,14 @@ async fn route_now(server: &Server, stanza: Element) {
     if let Some(from) = &from
         && blocking::blocks(server, &to.to_bare(), from).await
     {
-        // XEP-0191 §3.4: a blocked entity's messages and iqs are refused, presence dropped.
-        if stanza.name() != "presence" {
+        // XEP-0191 §3.4: a blocked entity's messages and iq requests are refused; presence,
+        // errors and iq responses are dropped without a word.
+        let refused = match (stanza.name(), stanza::stanza_type(&stanza)) {
+            ("message", kind) => kind != "error",
+            ("iq", kind) => matches!(kind, "get" | "set"),
+            _ => false,
+        };
+        if refused {
             bounce(server, &stanza, StanzaError::service_unavailable()).await;
         }
         return;
