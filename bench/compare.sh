@@ -34,7 +34,15 @@ trap cleanup EXIT
 
 sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 need=()
-for p in prosody ejabberd openssl postgresql redis-server; do dpkg -s "$p" >/dev/null 2>&1 || need+=("$p"); done
+wanted=(openssl)
+for s in $SERVERS; do
+  case "$s" in
+    prosody|ejabberd) wanted+=("$s") ;;
+    rookery-pg) wanted+=(postgresql) ;;
+    rookery-cluster) wanted+=(postgresql redis-server) ;;
+  esac
+done
+for p in "${wanted[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || need+=("$p"); done
 if [ ${#need[@]} -gt 0 ]; then
   sudo_if_needed apt-get update -qq
   sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
