@@ -249,7 +249,9 @@ struct NodeProcess {
 }
 
 impl NodeProcess {
-    fn start(name: &str, db: &str, redis: &Redis) -> NodeProcess {
+    /// Starts the node and waits (without blocking the test's runtime, which also runs node 1)
+    /// until it accepts connections.
+    async fn start(name: &str, db: &str, redis: &Redis) -> NodeProcess {
         let dir = tempfile::tempdir().expect("tempdir");
         let c2s: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let config = format!(
@@ -279,12 +281,12 @@ impl NodeProcess {
             .spawn()
             .expect("rookery starts");
         let deadline = std::time::Instant::now() + WAIT;
-        while std::net::TcpStream::connect(c2s).is_err() {
+        while tokio::net::TcpStream::connect(c2s).await.is_err() {
             assert!(
                 std::time::Instant::now() < deadline,
                 "node {name} did not start"
             );
-            std::thread::sleep(Duration::from_millis(50));
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         NodeProcess { child, dir, c2s }
     }
@@ -320,7 +322,7 @@ async fn a_killed_node_is_reaped_and_nothing_handed_to_it_is_lost() {
     let db = Postgres::shared().fresh_database().await;
     let n1 = node("n1", &db, &redis).await;
     users(&n1).await;
-    let n2 = NodeProcess::start("n2", &db, &redis);
+    let n2 = NodeProcess::start("n2", &db, &redis).await;
 
     let mut alice = XmppClient::connect(&n1, "alice@localhost/a", "pw").await;
     alice.send("<presence/>").await;
@@ -335,7 +337,30 @@ async fn a_killed_node_is_reaped_and_nothing_handed_to_it_is_lost() {
     alice
         .send("<message to='bob@localhost/b' type='chat'><body>in flight</body></message>")
         .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The message waits in node 2's bus stream, unread.
+    let inbox_len = || {
+        let client = redis::Client::open(redis.url()).expect("redis url");
+        async move {
+            let mut conn = client
+                .get_multiplexed_async_connection()
+                .await
+                .expect("redis");
+            let n: usize = redis::cmd("XLEN")
+                .arg("rookery:localhost:node:n2:inbox")
+                .query_async(&mut conn)
+                .await
+                .expect("XLEN");
+            n
+        }
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while inbox_len().await == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the message never reached node 2's stream"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let frozen_at = std::time::Instant::now();
     n2.signal("-KILL");
     drop(bob);
@@ -348,7 +373,8 @@ async fn a_killed_node_is_reaped_and_nothing_handed_to_it_is_lost() {
         .await;
     let noticed = frozen_at.elapsed();
     assert!(
-        noticed < Duration::from_secs(LEASE_SECONDS * 3),
+        // Expiry after at most one lease, noticed within a third more; one second of slack.
+        noticed < Duration::from_millis(LEASE_SECONDS * 1000 * 4 / 3 + 1000),
         "took {noticed:?}"
     );
     alice

@@ -17,7 +17,7 @@ use std::time::Duration;
 use minidom::Element;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
-use tracing::{debug, warn};
+use tracing::warn;
 
 use crate::router::table::{DeliveryError, Endpoint, RemoteSession, SessionCommand};
 use crate::stream::writer;
@@ -153,5 +153,5 @@ pub fn is_target(endpoint: &Endpoint, conn: u64) -> bool {
 }
 
 pub fn log_refused(node: &str, n: usize) {
-    debug!(node, frames = n, "node gone: frames refused, re-routing");
+    tracing::info!(node, frames = n, "node gone: frames refused, re-routing");
 }

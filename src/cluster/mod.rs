@@ -238,10 +238,10 @@ impl Cluster {
         let leftovers =
             std::mem::take(&mut *self.leftovers.lock().unwrap_or_else(|e| e.into_inner()));
         if !leftovers.is_empty() {
-            let server = server.clone();
-            tasks.push(tokio::spawn(
-                async move { reroute(&server, &leftovers).await },
-            ));
+            let (server, cluster) = (server.clone(), self.clone());
+            tasks.push(tokio::spawn(async move {
+                cluster.reroute(&server, &leftovers).await
+            }));
         }
         tasks.push(tokio::spawn(self.clone().keep_lease(server)));
         tasks
@@ -252,7 +252,7 @@ impl Cluster {
     pub async fn leave(&self, server: &Server) {
         let _ = self.stop.send(true);
         match self.reap(&self.node, true).await {
-            Ok(Some((_, frames))) => reroute(server, &frames).await,
+            Ok(Some((_, frames))) => self.reroute(server, &frames).await,
             Ok(None) => {}
             Err(e) => warn!(error = %e, "cannot leave the cluster cleanly"),
         }
@@ -424,7 +424,11 @@ impl Cluster {
 
     fn acked(&self, seq: u64) {
         let mut acks = self.acks.lock().unwrap_or_else(|e| e.into_inner());
-        let pending = acks.entry(seq).or_default();
+        // The binding registers its entry before its event exists, so an ack without one is
+        // late (the wait timed out) and is ignored rather than kept forever.
+        let Some(pending) = acks.get_mut(&seq) else {
+            return;
+        };
         pending.received += 1;
         if pending.needed.is_some_and(|n| pending.received >= n)
             && let Some(done) = acks.remove(&seq).and_then(|p| p.done)
@@ -614,7 +618,7 @@ impl Cluster {
         );
         self.view.remove_where(|r| on_node(r, node));
         // Frames first: once contacts see the resources go, what was sent to them is stored.
-        reroute(server, &frames).await;
+        self.reroute(server, &frames).await;
         for (jid, rec) in &sessions {
             if rec.presence.is_some()
                 && let Ok(full) = FullJid::new(jid)
@@ -687,16 +691,17 @@ impl Cluster {
                     .arg(&encoded)
                     .invoke_async(&mut conn)
                     .await;
+                tracing::debug!(node = %node, frames = encoded.len(), result = ?handed, "bus hand-over");
                 match handed {
                     Ok(1) => {}
                     Ok(_) => {
                         bus::log_refused(&node, frames.len());
-                        reroute_frames(&server, frames).await;
+                        self.reroute_frames(&server, frames).await;
                     }
                     Err(e) => {
                         warn!(error = %e, node = %node, "cannot hand frames to node");
                         self.dirty.store(true, Ordering::Relaxed);
-                        reroute_frames(&server, frames).await;
+                        self.reroute_frames(&server, frames).await;
                     }
                 }
             }
@@ -780,6 +785,7 @@ impl Cluster {
     }
 
     async fn hand_to_session(&self, server: &Server, frame: Frame) {
+        tracing::debug!(jid = %frame.jid, conn = frame.conn, "bus frame received");
         let target = FullJid::new(&frame.jid)
             .ok()
             .and_then(|j| self.view.resource(&j))
@@ -822,25 +828,37 @@ fn on_node(r: &Resource, node: &str) -> bool {
     matches!(&r.sender, Endpoint::Remote(s) if &*s.node == node)
 }
 
-/// Frames that will never reach their session: messages go to offline storage (or back to
-/// their sender), requests get an error, the rest is dropped as RFC 6121 says for an
-/// unavailable resource.
-async fn reroute_frames(server: &Server, frames: Vec<Frame>) {
-    crate::metrics::bus_rerouted(frames.len());
-    for frame in frames {
-        let Op::Stanza { xml } = frame.op else {
-            continue;
-        };
-        let Ok(stanza) = xml.parse::<Element>() else {
-            continue;
-        };
-        undeliverable(server, &frame.jid, stanza).await;
+impl Cluster {
+    /// Frames that did not reach their session (its node refused them, died holding them, or
+    /// could not be reached). If the view has moved on (the resource is gone, or bound again
+    /// elsewhere) a stanza is routed afresh, so it may still arrive live; if the view still
+    /// points at the unreachable session, messages go to offline storage (or back to their
+    /// sender) and requests get an error: never silence, and never a loop.
+    async fn reroute_frames(&self, server: &Server, frames: Vec<Frame>) {
+        crate::metrics::bus_rerouted(frames.len());
+        for frame in frames {
+            let Op::Stanza { xml } = frame.op else {
+                continue;
+            };
+            let Ok(stanza) = xml.parse::<Element>() else {
+                continue;
+            };
+            let stale = FullJid::new(&frame.jid)
+                .ok()
+                .and_then(|j| self.view.resource(&j))
+                .is_some_and(|r| !r.sender.is_local() && r.sender.conn_id() == frame.conn);
+            if stale {
+                undeliverable(server, &frame.jid, stanza).await;
+            } else {
+                crate::router::route(server, stanza).await;
+            }
+        }
     }
-}
 
-async fn reroute(server: &Server, frames: &[String]) {
-    let decoded = frames.iter().filter_map(|f| bus::decode(f)).collect();
-    reroute_frames(server, decoded).await;
+    async fn reroute(&self, server: &Server, frames: &[String]) {
+        let decoded = frames.iter().filter_map(|f| bus::decode(f)).collect();
+        self.reroute_frames(server, decoded).await;
+    }
 }
 
 async fn undeliverable(server: &Server, jid: &str, stanza: Element) {
@@ -875,23 +893,29 @@ impl SessionTable for Cluster {
             .entry(seq)
             .or_default()
             .done = Some(done_tx);
-        let written = self.write_binding(&resource, "bind").await;
-        let (accepted, receivers) = match written {
+        let forget_acks = || {
+            self.acks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&seq);
+        };
+        let (accepted, receivers) = match self.write_binding(&resource, "bind").await {
             Ok(w) => w,
             Err(e) => {
-                self.acks
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&seq);
+                forget_acks();
                 return Err(unavailable(e));
             }
         };
         if !accepted {
+            forget_acks();
             return Err(TableError::Conflict);
         }
         let old = match self.view.bind(resource) {
             Bound::Accepted(old) => old,
-            Bound::Superseded(_) => return Err(TableError::Conflict),
+            Bound::Superseded(_) => {
+                forget_acks();
+                return Err(TableError::Conflict);
+            }
         };
         self.wait_for_acks(seq, receivers.saturating_sub(1), done_rx)
             .await;
