@@ -90,6 +90,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             ListenerKind::C2sDirectTls,
         )),
         tokio::spawn(crate::http::serve(server.clone(), http)),
+        tokio::spawn(crate::modules::mam::expire_loop(server.clone())),
     ];
     let cluster = cluster.map(|c| {
         let tasks = c.start(server.clone());

@@ -5,8 +5,8 @@ mod common;
 
 use common::services::Postgres;
 use rookery::store::{
-    self, Credentials, Roster, RosterItem, ScramKeys, Store, StoreError, Subscription,
-    SubscriptionRequest,
+    self, ArchivePrefs, ArchiveQuery, Credentials, NewArchived, Roster, RosterItem, ScramKeys,
+    Store, StoreError, Subscription, SubscriptionRequest,
 };
 
 fn creds(tag: u8) -> Credentials {
@@ -242,4 +242,135 @@ async fn postgres_numbers_roster_versions_under_concurrency() {
 async fn unsupported_url_is_refused_by_name() {
     let err = store::open("mysql://x").await.err().unwrap();
     assert!(err.to_string().contains("mysql://x"), "{err}");
+}
+
+async fn archive_contract(store: &dyn Store) {
+    store.create_account("ann", &creds(3)).await.unwrap();
+    let mut ids = Vec::new();
+    for (i, (with, body)) in [
+        ("bob@x/phone", "Café au lait"),
+        ("carol@y/pc", "nothing here"),
+        ("bob@x/pc", "more coffee please"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let bare = with.split('/').next().unwrap();
+        let id = store
+            .archive_append(&NewArchived {
+                user: "ann",
+                with_bare: bare,
+                with_full: with,
+                stamp_ms: 1000 * (i as i64 + 1),
+                body,
+                stanza: &format!("<message xmlns='jabber:client'><body>{body}</body></message>"),
+            })
+            .await
+            .unwrap();
+        ids.push(id);
+    }
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    let q = |f: fn(&mut ArchiveQuery)| {
+        let mut q = ArchiveQuery {
+            max: 10,
+            ..ArchiveQuery::default()
+        };
+        f(&mut q);
+        q
+    };
+    let bodies = |p: store::ArchivePage| {
+        p.messages
+            .iter()
+            .map(|m| m.stanza.contains("coffee") as u8 + 2 * m.stanza.contains("Café") as u8)
+            .collect::<Vec<_>>()
+    };
+    let all = store.archive_query("ann", &q(|_| {})).await.unwrap();
+    assert_eq!(all.messages.len(), 3);
+    assert!(all.complete);
+    let bob = store
+        .archive_query("ann", &q(|q| q.with = Some("bob@x".into())))
+        .await
+        .unwrap();
+    assert_eq!(bodies(bob), [2, 1]);
+    let phone = store
+        .archive_query("ann", &q(|q| q.with = Some("bob@x/phone".into())))
+        .await
+        .unwrap();
+    assert_eq!(phone.messages.len(), 1);
+    let time = store
+        .archive_query(
+            "ann",
+            &q(|q| {
+                q.start_ms = Some(2000);
+                q.end_ms = Some(2000)
+            }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(time.messages.len(), 1);
+    let last = store
+        .archive_query(
+            "ann",
+            &q(|q| {
+                q.max = 1;
+                q.from_end = true
+            }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(last.messages[0].id, ids[2]);
+    assert!(!last.complete);
+    let words = store
+        .archive_query("ann", &q(|q| q.text = Some("COFFEE".into())))
+        .await
+        .unwrap();
+    assert_eq!(bodies(words), [1]);
+    let none = store
+        .archive_query("ann", &q(|q| q.text = Some("tea".into())))
+        .await
+        .unwrap();
+    assert!(none.messages.is_empty());
+
+    assert_eq!(store.archive_prefs("ann").await.unwrap(), None);
+    let prefs = ArchivePrefs {
+        default: "roster".into(),
+        always: vec!["a@x".into(), "b@y".into()],
+        never: vec![],
+    };
+    store.set_archive_prefs("ann", &prefs).await.unwrap();
+    assert_eq!(store.archive_prefs("ann").await.unwrap(), Some(prefs));
+
+    assert_eq!(store.archive_expire(2500).await.unwrap(), 2);
+    assert_eq!(
+        store
+            .archive_query("ann", &q(|_| {}))
+            .await
+            .unwrap()
+            .messages
+            .len(),
+        1
+    );
+    assert!(store.delete_account("ann").await.unwrap());
+    assert!(
+        store
+            .archive_query("ann", &q(|_| {}))
+            .await
+            .unwrap()
+            .messages
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn archive_on_sqlite() {
+    let store = store::open("sqlite::memory:").await.unwrap();
+    archive_contract(store.as_ref()).await;
+}
+
+#[tokio::test]
+async fn archive_on_postgres() {
+    let store = store::open(&Postgres::shared().fresh_database().await)
+        .await
+        .unwrap();
+    archive_contract(store.as_ref()).await;
 }

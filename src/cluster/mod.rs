@@ -409,10 +409,16 @@ impl Cluster {
                 }
             }
             Change::Invalidate { cache, key } => {
-                if let Some(server) = self.server.get().and_then(std::sync::Weak::upgrade)
-                    && cache == crate::modules::blocking::CACHE
-                {
-                    crate::modules::blocking::forget_cached(&server, &key);
+                if let Some(server) = self.server.get().and_then(std::sync::Weak::upgrade) {
+                    match cache.as_str() {
+                        crate::modules::blocking::CACHE => {
+                            crate::modules::blocking::forget_cached(&server, &key)
+                        }
+                        crate::modules::mam::CACHE => {
+                            crate::modules::mam::forget_cached(&server, &key)
+                        }
+                        _ => {}
+                    }
                 }
             }
             Change::Down { down } => {

@@ -32,6 +32,7 @@ pub struct Config {
     pub registration: Registration,
     pub limits: Limits,
     pub cluster: Cluster,
+    pub archive: Archive,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -65,6 +66,73 @@ pub struct Storage {
 pub struct Registration {
     /// XEP-0077 in-band registration.
     pub open: bool,
+}
+
+/// Which messages are archived (XEP-0313) for users who have not set their own preference
+/// (XEP-0441): every message, only those with roster contacts, or none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ArchiveDefault {
+    #[default]
+    Always,
+    Roster,
+    Never,
+}
+
+impl ArchiveDefault {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ArchiveDefault::Always => "always",
+            ArchiveDefault::Roster => "roster",
+            ArchiveDefault::Never => "never",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Archive {
+    pub default: ArchiveDefault,
+    /// How long archived messages are kept: a number with `d`, `h`, `m` or `s` (`"90d"`);
+    /// empty keeps them forever.
+    pub expire_after: String,
+}
+
+impl Archive {
+    /// The retention period; None for "forever". Validated at load.
+    pub fn retention(&self) -> Option<std::time::Duration> {
+        parse_duration(&self.expire_after).ok().flatten()
+    }
+}
+
+/// `"90d"`, `"12h"`, `"30m"`, `"45s"`; empty means none.
+fn parse_duration(text: &str) -> Result<Option<std::time::Duration>, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let (number, unit) = text.split_at(text.len() - 1);
+    let seconds_per = match unit {
+        "d" => 86_400,
+        "h" => 3_600,
+        "m" => 60,
+        "s" => 1,
+        _ => {
+            return Err(format!(
+                "`{text}`: expected a number followed by d, h, m or s"
+            ));
+        }
+    };
+    let n: u64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}`: expected a number followed by d, h, m or s"))?;
+    if n == 0 {
+        return Err("must be greater than 0 (leave it empty to keep messages forever)".into());
+    }
+    Ok(Some(std::time::Duration::from_secs(
+        n.saturating_mul(seconds_per),
+    )))
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -108,6 +176,7 @@ impl Default for Config {
             registration: Registration::default(),
             limits: Limits::default(),
             cluster: Cluster::default(),
+            archive: Archive::default(),
         }
     }
 }
@@ -198,6 +267,12 @@ impl Config {
                 message: "expected redis://… or rediss://…".into(),
             });
         }
+        if let Err(message) = parse_duration(&self.archive.expire_after) {
+            return Err(ConfigError::Invalid {
+                key: "archive.expire_after",
+                message,
+            });
+        }
         if self.cluster.lease_seconds == 0 {
             return Err(ConfigError::Invalid {
                 key: "cluster.lease_seconds",
@@ -255,6 +330,24 @@ mod tests {
         assert!(err.to_string().contains("cluster.node"), "{err}");
         let err = Config::from_toml("[cluster]\nlease_seconds = 0\n").unwrap_err();
         assert!(err.to_string().contains("cluster.lease_seconds"), "{err}");
+    }
+
+    #[test]
+    fn archive_keys_are_checked() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c.archive.default, ArchiveDefault::Always);
+        assert_eq!(c.archive.retention(), None);
+        let c =
+            Config::from_toml("[archive]\ndefault = \"roster\"\nexpire_after = \"2d\"\n").unwrap();
+        assert_eq!(c.archive.default, ArchiveDefault::Roster);
+        assert_eq!(
+            c.archive.retention(),
+            Some(std::time::Duration::from_secs(2 * 86_400))
+        );
+        let err = Config::from_toml("[archive]\nexpire_after = \"soon\"\n").unwrap_err();
+        assert!(err.to_string().contains("archive.expire_after"), "{err}");
+        let err = Config::from_toml("[archive]\ndefault = \"sometimes\"\n").unwrap_err();
+        assert!(err.to_string().contains("default"), "{err}");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 pub mod blocking;
 pub mod carbons;
 pub mod disco;
+pub mod mam;
 pub mod offline;
 pub mod ping;
 pub mod presence;
@@ -36,6 +37,7 @@ pub fn all() -> Vec<Arc<dyn Module>> {
         Arc::new(blocking::Blocking::default()),
         Arc::new(carbons::Carbons),
         Arc::new(vcard::VCard),
+        Arc::new(mam::Mam::default()),
     ]
 }
 
@@ -59,6 +61,8 @@ pub struct IqRequest<'a> {
     pub iq: &'a Element,
     pub payload: &'a Element,
     pub is_set: bool,
+    /// Stanzas for the requester that must reach it before the iq result (MAM results).
+    pub before_reply: &'a std::sync::Mutex<Vec<Element>>,
 }
 
 impl IqRequest<'_> {
@@ -121,25 +125,31 @@ pub trait Module: std::any::Any + Send + Sync {
     }
 }
 
-/// Answers an iq get/set addressed to the server or to an account; None when no reply is due
-/// (results and errors are never answered).
+/// Answers an iq get/set addressed to the server or to an account: the stanzas to send back
+/// to the requester in order, the iq result or error last; nothing for results and errors,
+/// which are never answered.
 pub async fn handle_iq(
     server: &Server,
     from: &Jid,
     conn_id: Option<u64>,
     target: IqTarget,
     iq: &Element,
-) -> Option<Element> {
+) -> Vec<Element> {
     let kind = stanza::stanza_type(iq);
     if kind != "get" && kind != "set" {
-        return None;
+        return Vec::new();
     }
     let Some(payload) = stanza::iq_payload(iq) else {
-        return stanza::error_reply(iq, &StanzaError::bad_request());
+        return stanza::error_reply(iq, &StanzaError::bad_request())
+            .into_iter()
+            .collect();
     };
     let Some(module) = server.iq_handler(&payload.ns()) else {
-        return stanza::error_reply(iq, &StanzaError::service_unavailable());
+        return stanza::error_reply(iq, &StanzaError::service_unavailable())
+            .into_iter()
+            .collect();
     };
+    let before_reply = std::sync::Mutex::new(Vec::new());
     let req = IqRequest {
         server,
         from,
@@ -148,11 +158,15 @@ pub async fn handle_iq(
         iq,
         payload,
         is_set: kind == "set",
+        before_reply: &before_reply,
     };
-    match module.handle_iq(req).await {
+    let reply = match module.handle_iq(req).await {
         Ok(payload) => Some(stanza::iq_result(iq, payload)),
         Err(err) => stanza::error_reply(iq, &err),
-    }
+    };
+    let mut out = before_reply.into_inner().unwrap_or_else(|e| e.into_inner());
+    out.extend(reply);
+    out
 }
 
 /// Sends `payload` in an iq set to the resources of `owner` (roster and block-list pushes);

@@ -14,7 +14,7 @@ use minidom::Element;
 use tracing::debug;
 
 use crate::jid::{self, BareJid, FullJid, Jid};
-use crate::modules::{self, blocking, carbons, offline, presence};
+use crate::modules::{self, blocking, carbons, mam, offline, presence};
 use crate::server::Server;
 use crate::stanza::{self, StanzaError};
 use table::{DeliveryError, Resource};
@@ -82,12 +82,13 @@ async fn to_server(server: &Server, stanza: Element) {
     match stanza.name() {
         "iq" => {
             let from = stanza.attr("from").and_then(|f| jid::parse(f).ok());
-            if let Some(from) = from
-                && let Some(reply) =
+            if let Some(from) = from {
+                for reply in
                     modules::handle_iq(server, &from, None, modules::IqTarget::Server, &stanza)
                         .await
-            {
-                route(server, reply).await;
+                {
+                    route(server, reply).await;
+                }
             }
         }
         "message" if matches!(stanza::stanza_type(&stanza), "" | "normal" | "chat") => {
@@ -130,8 +131,11 @@ fn candidates(server: &Server, bare: &BareJid) -> Vec<Resource> {
     list
 }
 
-async fn route_message(server: &Server, to: &Jid, stanza: Element) {
+async fn route_message(server: &Server, to: &Jid, mut stanza: Element) {
     let bare = to.to_bare();
+    if account_exists(server, &bare).await {
+        mam::archive(server, &bare, mam::Direction::Incoming, &mut stanza).await;
+    }
     if let Some(full) = full_of(to)
         && let Some(resource) = server.sessions.resource(&full)
     {
@@ -227,16 +231,17 @@ async fn route_iq(server: &Server, to: &Jid, stanza: Element) {
         return bounce(server, &stanza, StanzaError::service_unavailable()).await;
     }
     let from = stanza.attr("from").and_then(|f| jid::parse(f).ok());
-    if let Some(from) = from
-        && let Some(reply) = modules::handle_iq(
+    if let Some(from) = from {
+        let replies = modules::handle_iq(
             server,
             &from,
             None,
             modules::IqTarget::Account(bare),
             &stanza,
         )
-        .await
-    {
-        route(server, reply).await;
+        .await;
+        for reply in replies {
+            route(server, reply).await;
+        }
     }
 }

@@ -17,7 +17,7 @@ use tracing::{Instrument, debug, info, info_span};
 use super::conn::{Failure, Socket, XmlConn};
 use crate::auth::{AuthError, plain, scram};
 use crate::jid::{self, BareJid, FullJid, Jid};
-use crate::modules::{self, IqTarget, blocking, carbons, presence, register};
+use crate::modules::{self, IqTarget, blocking, carbons, mam, presence, register};
 use crate::router::{self, table::SessionCommand, table::SessionSender, table::TableError};
 use crate::server::Server;
 use crate::stanza::{self, StanzaError};
@@ -779,6 +779,7 @@ impl Session<'_> {
         if blocking::blocks(self.server, &self.bare, &to).await {
             return self.reply_error(&el, blocking::blocked_error());
         }
+        mam::archive(self.server, &self.bare, mam::Direction::Outgoing, &mut el).await;
         let carbon = carbons::wanted(self.server, &self.bare, &el).then(|| el.clone());
         router::route(self.server, el).await;
         if let Some(msg) = carbon {
@@ -865,9 +866,7 @@ impl Session<'_> {
             return self.reply_error(&el, StanzaError::not_allowed().with_text("already bound"));
         }
         let from = Jid::from(self.jid.clone());
-        if let Some(reply) =
-            modules::handle_iq(self.server, &from, Some(self.conn_id), target, &el).await
-        {
+        for reply in modules::handle_iq(self.server, &from, Some(self.conn_id), target, &el).await {
             self.conn.queue(&reply);
         }
     }

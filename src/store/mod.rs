@@ -5,6 +5,7 @@
 //! Usernames passed in are already nodeprep-normalised localparts; contact JIDs are normalised
 //! bare JID strings.
 
+mod archive_sql;
 pub mod postgres;
 pub mod sqlite;
 pub mod timed;
@@ -140,6 +141,72 @@ pub struct OfflineMessage {
     pub stamp_ms: i64,
 }
 
+/// A message to archive (XEP-0313), in the archive of `user`.
+#[derive(Debug, Clone)]
+pub struct NewArchived<'a> {
+    pub user: &'a str,
+    /// The other party: its bare JID and the full (or bare) JID it used.
+    pub with_bare: &'a str,
+    pub with_full: &'a str,
+    pub stamp_ms: i64,
+    /// The text indexed for full-text search.
+    pub body: &'a str,
+    /// The serialized `<message/>`.
+    pub stanza: &'a str,
+}
+
+/// One archived message. `id` is its archive id (and XEP-0359 stanza id): strictly increasing
+/// in the order messages were archived.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchivedMessage {
+    pub id: i64,
+    pub stamp_ms: i64,
+    pub stanza: String,
+}
+
+/// What to take from an archive. Filters combine; `from_end` takes the newest page (RSM
+/// `<before/>`), otherwise the oldest. Results are always oldest first.
+#[derive(Debug, Clone, Default)]
+pub struct ArchiveQuery {
+    /// A bare JID matches every resource; a full JID only itself.
+    pub with: Option<String>,
+    pub start_ms: Option<i64>,
+    pub end_ms: Option<i64>,
+    /// Only messages after (before) this archive id.
+    pub after_id: Option<i64>,
+    pub before_id: Option<i64>,
+    /// Words that must all occur in the body.
+    pub text: Option<String>,
+    pub max: usize,
+    pub from_end: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ArchivePage {
+    pub messages: Vec<ArchivedMessage>,
+    /// No more messages match beyond this page in the direction of the query.
+    pub complete: bool,
+}
+
+/// A user's archiving preferences (XEP-0441).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchivePrefs {
+    /// "always", "roster" or "never".
+    pub default: String,
+    pub always: Vec<String>,
+    pub never: Vec<String>,
+}
+
+/// Words for full-text search: letters and digits only, so that no search syntax of either
+/// engine leaks through.
+pub fn search_words(text: &str) -> Vec<String> {
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .take(16)
+        .map(str::to_lowercase)
+        .collect()
+}
+
 #[async_trait]
 pub trait Store: Send + Sync {
     // Accounts.
@@ -182,6 +249,15 @@ pub trait Store: Send + Sync {
     async fn block(&self, user: &str, jids: &[String]) -> StoreResult<()>;
     /// Unblocks the given JIDs, or every JID when `jids` is empty.
     async fn unblock(&self, user: &str, jids: &[String]) -> StoreResult<()>;
+
+    // Message archive (XEP-0313, XEP-0441).
+    /// Archives a message; returns its archive id.
+    async fn archive_append(&self, message: &NewArchived<'_>) -> StoreResult<i64>;
+    async fn archive_query(&self, user: &str, query: &ArchiveQuery) -> StoreResult<ArchivePage>;
+    async fn archive_prefs(&self, user: &str) -> StoreResult<Option<ArchivePrefs>>;
+    async fn set_archive_prefs(&self, user: &str, prefs: &ArchivePrefs) -> StoreResult<()>;
+    /// Deletes archived messages older than `before_ms`; returns how many.
+    async fn archive_expire(&self, before_ms: i64) -> StoreResult<u64>;
 
     // vcard-temp (XEP-0054).
     async fn vcard(&self, user: &str) -> StoreResult<Option<String>>;

@@ -11,8 +11,9 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, Transaction};
 
 use super::{
-    Credentials, OfflineMessage, Roster, RosterItem, ScramKeys, Store, StoreError, StoreResult,
-    Subscription, SubscriptionRequest,
+    ArchivePage, ArchivePrefs, ArchiveQuery, ArchivedMessage, Credentials, NewArchived,
+    OfflineMessage, Roster, RosterItem, ScramKeys, Store, StoreError, StoreResult, Subscription,
+    SubscriptionRequest, archive_sql,
 };
 
 pub struct SqliteStore {
@@ -147,6 +148,8 @@ impl Store for SqliteStore {
             "DELETE FROM offline_messages WHERE username = ?",
             "DELETE FROM blocklist WHERE username = ?",
             "DELETE FROM vcards WHERE username = ?",
+            "DELETE FROM archive WHERE username = ?",
+            "DELETE FROM archive_prefs WHERE username = ?",
         ] {
             sqlx::query(statement).bind(user).execute(&mut *tx).await?;
         }
@@ -421,6 +424,82 @@ impl Store for SqliteStore {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn archive_append(&self, m: &NewArchived<'_>) -> StoreResult<i64> {
+        let row = sqlx::query(
+            "INSERT INTO archive (username, with_bare, with_full, stamp_ms, body, stanza) \
+             VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(m.user)
+        .bind(m.with_bare)
+        .bind(m.with_full)
+        .bind(m.stamp_ms)
+        .bind(m.body)
+        .bind(m.stanza)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    async fn archive_query(&self, user: &str, query: &ArchiveQuery) -> StoreResult<ArchivePage> {
+        let mut qb = archive_sql::page::<sqlx::Sqlite>(user, query, archive_sql::FullText::Fts5);
+        let rows = qb.build().fetch_all(&self.pool).await?;
+        let mut messages = Vec::with_capacity(rows.len());
+        for r in &rows {
+            messages.push(ArchivedMessage {
+                id: r.try_get(0)?,
+                stamp_ms: r.try_get(1)?,
+                stanza: r.try_get(2)?,
+            });
+        }
+        Ok(archive_sql::finish(messages, query))
+    }
+
+    async fn archive_prefs(&self, user: &str) -> StoreResult<Option<ArchivePrefs>> {
+        let row =
+            sqlx::query("SELECT default_mode, always, never FROM archive_prefs WHERE username = ?")
+                .bind(user)
+                .fetch_optional(&self.pool)
+                .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let list = |s: String| -> Vec<String> {
+            s.lines()
+                .filter(|l| !l.is_empty())
+                .map(str::to_owned)
+                .collect()
+        };
+        Ok(Some(ArchivePrefs {
+            default: row.try_get(0)?,
+            always: list(row.try_get(1)?),
+            never: list(row.try_get(2)?),
+        }))
+    }
+
+    async fn set_archive_prefs(&self, user: &str, prefs: &ArchivePrefs) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO archive_prefs (username, default_mode, always, never) \
+             VALUES (?, ?, ?, ?) ON CONFLICT (username) DO UPDATE SET \
+             default_mode = excluded.default_mode, always = excluded.always, \
+             never = excluded.never",
+        )
+        .bind(user)
+        .bind(&prefs.default)
+        .bind(prefs.always.join("\n"))
+        .bind(prefs.never.join("\n"))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn archive_expire(&self, before_ms: i64) -> StoreResult<u64> {
+        let done = sqlx::query("DELETE FROM archive WHERE stamp_ms < ?")
+            .bind(before_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
     }
 
     async fn vcard(&self, user: &str) -> StoreResult<Option<String>> {

@@ -7,7 +7,8 @@ use std::time::Instant;
 use async_trait::async_trait;
 
 use super::{
-    Credentials, OfflineMessage, Roster, RosterItem, Store, StoreResult, SubscriptionRequest,
+    ArchivePage, ArchivePrefs, ArchiveQuery, Credentials, NewArchived, OfflineMessage, Roster,
+    RosterItem, Store, StoreResult, SubscriptionRequest,
 };
 
 pub struct Timed(pub Arc<dyn Store>);
@@ -98,6 +99,21 @@ impl Store for Timed {
     }
     async fn unblock(&self, user: &str, jids: &[String]) -> StoreResult<()> {
         timed!("unblock", self.0.unblock(user, jids))
+    }
+    async fn archive_append(&self, message: &NewArchived<'_>) -> StoreResult<i64> {
+        timed!("archive_append", self.0.archive_append(message))
+    }
+    async fn archive_query(&self, user: &str, query: &ArchiveQuery) -> StoreResult<ArchivePage> {
+        timed!("archive_query", self.0.archive_query(user, query))
+    }
+    async fn archive_prefs(&self, user: &str) -> StoreResult<Option<ArchivePrefs>> {
+        timed!("archive_prefs", self.0.archive_prefs(user))
+    }
+    async fn set_archive_prefs(&self, user: &str, prefs: &ArchivePrefs) -> StoreResult<()> {
+        timed!("set_archive_prefs", self.0.set_archive_prefs(user, prefs))
+    }
+    async fn archive_expire(&self, before_ms: i64) -> StoreResult<u64> {
+        timed!("archive_expire", self.0.archive_expire(before_ms))
     }
     async fn vcard(&self, user: &str) -> StoreResult<Option<String>> {
         timed!("vcard", self.0.vcard(user))

@@ -1,0 +1,537 @@
+//! Message Archive Management (XEP-0313, `urn:xmpp:mam:2`) for accounts: every 1:1 message a
+//! user sends or receives is archived (as their preferences, XEP-0441, or the server default
+//! allow) under a server-assigned id that is also its stanza id (XEP-0359), and any of the
+//! user's devices can page through the archive by contact, time, id and words (XEP-0431).
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use async_trait::async_trait;
+use minidom::Element;
+use tracing::warn;
+
+use super::{IqRequest, IqResult, Module, el, text_el};
+use crate::jid::{self, BareJid, Jid};
+use crate::server::Server;
+use crate::stanza::{self, StanzaError};
+use crate::store::{ArchivePrefs, ArchiveQuery, NewArchived};
+use crate::stream::{ns, writer};
+
+pub const NS: &str = "urn:xmpp:mam:2";
+const EXTENDED: &str = "urn:xmpp:mam:2#extended";
+pub const SID: &str = "urn:xmpp:sid:0";
+const FULLTEXT: &str = "urn:xmpp:fulltext:0";
+const FULLTEXT_FIELD: &str = "{urn:xmpp:fulltext:0}fulltext";
+const RSM: &str = "http://jabber.org/protocol/rsm";
+const DATA: &str = "jabber:x:data";
+const FORWARD: &str = "urn:xmpp:forward:0";
+const HINTS: &str = "urn:xmpp:hints";
+
+/// Results per page when the client does not say, and at most.
+pub const DEFAULT_PAGE: usize = 50;
+pub const MAX_PAGE: usize = 250;
+/// The name other nodes of a cluster know the preferences cache by.
+pub const CACHE: &str = "archive_prefs";
+
+#[derive(Default)]
+pub struct Mam {
+    /// Preferences per user, read on every archived message: cached, and dropped on change.
+    prefs: RwLock<HashMap<String, Arc<ArchivePrefs>>>,
+}
+
+#[async_trait]
+impl Module for Mam {
+    fn name(&self) -> &'static str {
+        "mam"
+    }
+
+    fn account_features(&self) -> &'static [&'static str] {
+        &[NS, EXTENDED, SID, FULLTEXT]
+    }
+
+    fn iq_namespaces(&self) -> &'static [&'static str] {
+        &[NS]
+    }
+
+    async fn handle_iq(&self, req: IqRequest<'_>) -> IqResult {
+        let user = req.own_user()?;
+        match (req.payload.name(), req.is_set) {
+            ("query", false) => Ok(Some(query_form())),
+            ("query", true) => self.query(&req, user).await,
+            ("prefs", false) => Ok(Some(prefs_element(&*self.prefs(req.server, user).await))),
+            ("prefs", true) => {
+                let prefs = parse_prefs(req.payload)?;
+                req.server
+                    .store
+                    .set_archive_prefs(user, &prefs)
+                    .await
+                    .map_err(|_| StanzaError::internal())?;
+                self.forget(user);
+                req.server.sessions.invalidate(CACHE, user);
+                Ok(Some(prefs_element(&prefs)))
+            }
+            _ => Err(StanzaError::bad_request()),
+        }
+    }
+}
+
+impl Mam {
+    async fn prefs(&self, server: &Server, user: &str) -> Arc<ArchivePrefs> {
+        if let Some(p) = self
+            .prefs
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(user)
+        {
+            return p.clone();
+        }
+        let prefs = match server.store.archive_prefs(user).await {
+            Ok(Some(p)) => p,
+            // No preferences stored, or the store failed: the server default applies.
+            _ => ArchivePrefs {
+                default: server.config.archive.default.as_str().to_owned(),
+                always: Vec::new(),
+                never: Vec::new(),
+            },
+        };
+        let prefs = Arc::new(prefs);
+        self.prefs
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(user.to_owned(), prefs.clone());
+        prefs
+    }
+
+    fn forget(&self, user: &str) {
+        self.prefs
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(user);
+    }
+
+    async fn query(&self, req: &IqRequest<'_>, user: &str) -> IqResult {
+        let query = parse_query(req.payload)?;
+        let flip = req.payload.has_child("flip-page", NS);
+        let page = req
+            .server
+            .store
+            .archive_query(user, &query)
+            .await
+            .map_err(|_| StanzaError::internal())?;
+        let owner = format!("{user}@{}", req.server.domain);
+        let query_id = req.payload.attr("queryid");
+        let mut results: Vec<Element> = page
+            .messages
+            .iter()
+            .filter_map(|m| result_message(&owner, req.from, query_id, m))
+            .collect();
+        if flip {
+            results.reverse();
+        }
+        let mut fin = el("fin", NS, &[]);
+        if page.complete {
+            stanza::set_attr(&mut fin, "complete", "true");
+        }
+        let mut set = Element::bare("set", RSM);
+        if let (Some(first), Some(last)) = (page.messages.first(), page.messages.last()) {
+            let (first, last) = if flip { (last, first) } else { (first, last) };
+            set.append_child(text_el("first", RSM, &first.id.to_string()));
+            set.append_child(text_el("last", RSM, &last.id.to_string()));
+        }
+        fin.append_child(set);
+        // The results go to the requesting session before the iq result (XEP-0313 §4.2).
+        req.before_reply
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(results);
+        Ok(Some(fin))
+    }
+}
+
+fn module(server: &Server) -> Option<&Mam> {
+    server.module::<Mam>()
+}
+
+/// Drops cached preferences changed on another node of the cluster.
+pub fn forget_cached(server: &Server, user: &str) {
+    if let Some(m) = module(server) {
+        m.forget(user);
+    }
+}
+
+/// Which way a message passes the archive's owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// The owner sent it.
+    Outgoing,
+    /// The owner receives it.
+    Incoming,
+}
+
+/// Whether a message belongs in an archive: 1:1 chat and normal messages with a body that
+/// the sender did not mark as not to be stored (XEP-0334); never errors, headlines or group
+/// chat (rooms keep their own archive).
+fn archivable(msg: &Element) -> bool {
+    matches!(stanza::stanza_type(msg), "" | "normal" | "chat")
+        && msg.has_child("body", ns::CLIENT)
+        && !msg.has_child("no-store", HINTS)
+        && !msg.has_child("no-permanent-store", HINTS)
+}
+
+/// Archives `msg` in `owner`'s archive if the rules and the owner's preferences say so. For an
+/// incoming message, any stanza id claiming to be from `owner`'s archive is removed (it could
+/// only be forged) and the real one added (XEP-0359 §5).
+pub async fn archive(server: &Server, owner: &BareJid, direction: Direction, msg: &mut Element) {
+    let owner_str = owner.to_string();
+    if direction == Direction::Incoming {
+        strip_stanza_ids(msg, &owner_str);
+    }
+    let (Some(m), Some(user)) = (module(server), owner.node()) else {
+        return;
+    };
+    if !server.is_local_domain(owner.domain().as_str()) || !archivable(msg) {
+        return;
+    }
+    let peer_attr = match direction {
+        Direction::Outgoing => "to",
+        Direction::Incoming => "from",
+    };
+    let Some(peer) = msg.attr(peer_attr).and_then(|p| jid::parse(p).ok()) else {
+        return;
+    };
+    let user = user.as_str();
+    let prefs = m.prefs(server, user).await;
+    if !wanted(server, &prefs, user, &peer).await {
+        return;
+    }
+    let Ok(xml) = String::from_utf8(writer::element(msg)) else {
+        return;
+    };
+    let body: String = msg
+        .children()
+        .filter(|c| c.is("body", ns::CLIENT))
+        .map(|b| b.text())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let record = NewArchived {
+        user,
+        with_bare: &peer.to_bare().to_string(),
+        with_full: &peer.to_string(),
+        stamp_ms: chrono::Utc::now().timestamp_millis(),
+        body: &body,
+        stanza: &xml,
+    };
+    match server.store.archive_append(&record).await {
+        Ok(id) => {
+            if direction == Direction::Incoming {
+                msg.append_child(el(
+                    "stanza-id",
+                    SID,
+                    &[("by", &owner_str), ("id", &id.to_string())],
+                ));
+            }
+        }
+        Err(e) => warn!(error = %e, "cannot archive message"),
+    }
+}
+
+/// XEP-0441: the always and never lists first, then the default mode.
+async fn wanted(server: &Server, prefs: &ArchivePrefs, user: &str, peer: &Jid) -> bool {
+    let bare = peer.to_bare().to_string();
+    let listed = |list: &[String]| list.iter().any(|j| *j == bare || *j == peer.to_string());
+    if listed(&prefs.never) {
+        return false;
+    }
+    if listed(&prefs.always) {
+        return true;
+    }
+    match prefs.default.as_str() {
+        "always" => true,
+        "roster" => matches!(server.store.roster_item(user, &bare).await, Ok(Some(_))),
+        _ => false,
+    }
+}
+
+fn strip_stanza_ids(msg: &mut Element, owner: &str) {
+    let forged = |n: &minidom::Node| {
+        n.as_element()
+            .is_some_and(|c| c.is("stanza-id", SID) && c.attr("by") == Some(owner))
+    };
+    if msg.nodes().any(forged) {
+        for node in msg.take_nodes() {
+            if !forged(&node) {
+                msg.append_node(node);
+            }
+        }
+    }
+}
+
+/// The query form (XEP-0313 §4.1.1).
+fn query_form() -> Element {
+    let mut x = el("x", DATA, &[("type", "form")]);
+    let mut form_type = el("field", DATA, &[("var", "FORM_TYPE"), ("type", "hidden")]);
+    form_type.append_child(text_el("value", DATA, NS));
+    x.append_child(form_type);
+    for (var, kind) in [
+        ("with", "jid-single"),
+        ("start", "text-single"),
+        ("end", "text-single"),
+        ("after-id", "text-single"),
+        ("before-id", "text-single"),
+        (FULLTEXT_FIELD, "text-single"),
+    ] {
+        x.append_child(el("field", DATA, &[("var", var), ("type", kind)]));
+    }
+    let mut query = el("query", NS, &[]);
+    query.append_child(x);
+    query
+}
+
+fn form_values(query: &Element) -> HashMap<String, String> {
+    let mut values = HashMap::new();
+    if let Some(x) = query.get_child("x", DATA) {
+        for f in x.children().filter(|c| c.is("field", DATA)) {
+            if let (Some(var), Some(v)) = (f.attr("var"), f.get_child("value", DATA)) {
+                values.insert(var.to_owned(), v.text());
+            }
+        }
+    }
+    values
+}
+
+fn parse_id(text: &str) -> Result<i64, StanzaError> {
+    // Ids the server never handed out cannot name a message (XEP-0313 §4.3.2).
+    text.trim()
+        .parse::<i64>()
+        .map_err(|_| StanzaError::item_not_found().with_text(format!("no message with id {text}")))
+}
+
+fn parse_stamp(field: &str, text: &str) -> Result<i64, StanzaError> {
+    chrono::DateTime::parse_from_rfc3339(text.trim())
+        .map(|t| t.timestamp_millis())
+        .map_err(|_| {
+            StanzaError::bad_request().with_text(format!("`{field}` is not an XEP-0082 date-time"))
+        })
+}
+
+fn parse_query(query: &Element) -> Result<ArchiveQuery, StanzaError> {
+    let values = form_values(query);
+    if let Some(t) = values.get("FORM_TYPE")
+        && t != NS
+    {
+        return Err(StanzaError::bad_request().with_text("unknown FORM_TYPE"));
+    }
+    let mut q = ArchiveQuery {
+        max: DEFAULT_PAGE,
+        ..ArchiveQuery::default()
+    };
+    for (var, value) in &values {
+        match var.as_str() {
+            "FORM_TYPE" => {}
+            "with" => {
+                let with = jid::parse(value.trim())
+                    .map_err(|_| StanzaError::jid_malformed().with_text("`with` is not a JID"))?;
+                q.with = Some(with.to_string());
+            }
+            "start" => q.start_ms = Some(parse_stamp("start", value)?),
+            "end" => q.end_ms = Some(parse_stamp("end", value)?),
+            "after-id" => q.after_id = Some(parse_id(value)?),
+            "before-id" => q.before_id = Some(parse_id(value)?),
+            FULLTEXT_FIELD => q.text = Some(value.clone()).filter(|t| !t.trim().is_empty()),
+            other => {
+                return Err(StanzaError::feature_not_implemented()
+                    .with_text(format!("unknown field `{other}`")));
+            }
+        }
+    }
+    if let Some(set) = query.get_child("set", RSM) {
+        if let Some(max) = set.get_child("max", RSM) {
+            let n: usize = max
+                .text()
+                .trim()
+                .parse()
+                .map_err(|_| StanzaError::bad_request().with_text("RSM max is not a number"))?;
+            q.max = n.min(MAX_PAGE);
+        }
+        if let Some(after) = set.get_child("after", RSM) {
+            let id = parse_id(&after.text())?;
+            q.after_id = Some(q.after_id.map_or(id, |a| a.max(id)));
+        }
+        if let Some(before) = set.get_child("before", RSM) {
+            // An empty <before/> asks for the last page.
+            q.from_end = true;
+            let text = before.text();
+            if !text.trim().is_empty() {
+                let id = parse_id(&text)?;
+                q.before_id = Some(q.before_id.map_or(id, |b| b.min(id)));
+            }
+        }
+    }
+    Ok(q)
+}
+
+/// One result (XEP-0313 §4.2): the archived message, forwarded with its timestamp.
+fn result_message(
+    owner: &str,
+    to: &Jid,
+    query_id: Option<&str>,
+    m: &crate::store::ArchivedMessage,
+) -> Option<Element> {
+    let original: Element = m.stanza.parse().ok()?;
+    let mut delay = el(
+        "delay",
+        ns::DELAY,
+        &[("stamp", &stanza::stamp_from_ms(m.stamp_ms))],
+    );
+    delay.append_text_node("");
+    let mut forwarded = el("forwarded", FORWARD, &[]);
+    forwarded.append_child(delay);
+    forwarded.append_child(original);
+    let id = m.id.to_string();
+    let mut result = el("result", NS, &[("id", &id)]);
+    if let Some(q) = query_id {
+        stanza::set_attr(&mut result, "queryid", q);
+    }
+    result.append_child(forwarded);
+    let mut msg = stanza::build(
+        "message",
+        &[
+            ("from", owner),
+            ("to", &to.to_string()),
+            ("id", &format!("mam-{id}")),
+        ],
+    );
+    msg.append_child(result);
+    Some(msg)
+}
+
+fn prefs_element(prefs: &ArchivePrefs) -> Element {
+    let mut e = el("prefs", NS, &[("default", &prefs.default)]);
+    for (name, list) in [("always", &prefs.always), ("never", &prefs.never)] {
+        let mut l = el(name, NS, &[]);
+        for j in list {
+            l.append_child(text_el("jid", NS, j));
+        }
+        e.append_child(l);
+    }
+    e
+}
+
+/// At most this many JIDs in each preference list.
+const MAX_PREF_JIDS: usize = 1000;
+
+fn parse_prefs(e: &Element) -> Result<ArchivePrefs, StanzaError> {
+    let default = e.attr("default").unwrap_or("always");
+    if !matches!(default, "always" | "roster" | "never") {
+        return Err(StanzaError::bad_request().with_text("default must be always, roster or never"));
+    }
+    let list = |name: &str| -> Result<Vec<String>, StanzaError> {
+        let Some(l) = e.get_child(name, NS) else {
+            return Ok(Vec::new());
+        };
+        let jids: Result<Vec<String>, StanzaError> = l
+            .children()
+            .filter(|c| c.is("jid", NS))
+            .map(|c| {
+                jid::parse(c.text().trim())
+                    .map(|j| j.to_string())
+                    .map_err(|_| StanzaError::jid_malformed())
+            })
+            .collect();
+        let jids = jids?;
+        if jids.len() > MAX_PREF_JIDS {
+            return Err(StanzaError::resource_constraint()
+                .with_text(format!("at most {MAX_PREF_JIDS} JIDs per list")));
+        }
+        Ok(jids)
+    };
+    Ok(ArchivePrefs {
+        default: default.to_owned(),
+        always: list("always")?,
+        never: list("never")?,
+    })
+}
+
+/// Deletes archived messages older than the configured retention, now and every hour.
+pub async fn expire_loop(server: Arc<Server>) {
+    let Some(keep) = server.config.archive.retention() else {
+        return;
+    };
+    let mut shutdown = server.shutdown_signal();
+    loop {
+        let cutoff = chrono::Utc::now().timestamp_millis()
+            - i64::try_from(keep.as_millis()).unwrap_or(i64::MAX);
+        match server.store.archive_expire(cutoff).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(messages = n, "expired archived messages"),
+            Err(e) => warn!(error = %e, "cannot expire archived messages"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(3600)) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(xml: &str) -> Element {
+        xml.parse().unwrap()
+    }
+
+    #[test]
+    fn query_fields_and_rsm() {
+        let q = parse_query(&parse(
+            "<query xmlns='urn:xmpp:mam:2'><x xmlns='jabber:x:data' type='submit'>\
+             <field var='FORM_TYPE'><value>urn:xmpp:mam:2</value></field>\
+             <field var='with'><value>Bob@Example.org</value></field>\
+             <field var='start'><value>2010-06-07T00:00:00Z</value></field>\
+             <field var='{urn:xmpp:fulltext:0}fulltext'><value>hello</value></field></x>\
+             <set xmlns='http://jabber.org/protocol/rsm'><max>1000</max><before/></set></query>",
+        ))
+        .unwrap();
+        assert_eq!(q.with.as_deref(), Some("bob@example.org"));
+        assert_eq!(q.start_ms, Some(1_275_868_800_000));
+        assert_eq!(q.text.as_deref(), Some("hello"));
+        assert_eq!(q.max, MAX_PAGE);
+        assert!(q.from_end);
+    }
+
+    #[test]
+    fn bad_queries_are_refused() {
+        let bad_stamp = parse(
+            "<query xmlns='urn:xmpp:mam:2'><x xmlns='jabber:x:data' type='submit'>\
+             <field var='start'><value>yesterday</value></field></x></query>",
+        );
+        assert!(parse_query(&bad_stamp).is_err());
+        let unknown_id = parse(
+            "<query xmlns='urn:xmpp:mam:2'><set xmlns='http://jabber.org/protocol/rsm'>\
+             <after>not-an-id</after></set></query>",
+        );
+        assert!(parse_query(&unknown_id).is_err());
+        let unknown_field = parse(
+            "<query xmlns='urn:xmpp:mam:2'><x xmlns='jabber:x:data' type='submit'>\
+             <field var='colour'><value>red</value></field></x></query>",
+        );
+        assert!(parse_query(&unknown_field).is_err());
+    }
+
+    #[test]
+    fn forged_stanza_ids_are_removed() {
+        let mut m = parse(
+            "<message xmlns='jabber:client' from='eve@x'><body>hi</body>\
+             <stanza-id xmlns='urn:xmpp:sid:0' by='bob@localhost' id='1'/>\
+             <stanza-id xmlns='urn:xmpp:sid:0' by='other.example' id='2'/></message>",
+        );
+        strip_stanza_ids(&mut m, "bob@localhost");
+        let ids: Vec<_> = m
+            .children()
+            .filter(|c| c.is("stanza-id", SID))
+            .filter_map(|c| c.attr("by"))
+            .collect();
+        assert_eq!(ids, ["other.example"]);
+        assert_eq!(m.attr("from"), Some("eve@x"));
+    }
+}

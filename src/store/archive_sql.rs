@@ -1,0 +1,95 @@
+//! The archive query, built once for both engines: only the full-text clause differs.
+
+use sqlx::{Database, Encode, QueryBuilder, Type};
+
+use super::{ArchiveQuery, search_words};
+
+/// How an engine matches words in `body`.
+#[derive(Debug, Clone, Copy)]
+pub enum FullText {
+    /// SQLite FTS5 over the `archive_fts` table.
+    Fts5,
+    /// PostgreSQL's `body_tsv` column.
+    TsVector,
+}
+
+/// `SELECT id, stamp_ms, stanza` for one page of `query` (one row more than the page, to tell
+/// whether the page is the last one).
+pub fn page<DB>(user: &str, query: &ArchiveQuery, full_text: FullText) -> QueryBuilder<DB>
+where
+    DB: Database,
+    i64: for<'t> Encode<'t, DB> + Type<DB>,
+    String: for<'t> Encode<'t, DB> + Type<DB>,
+{
+    let mut qb = QueryBuilder::new("SELECT id, stamp_ms, stanza FROM archive WHERE username = ");
+    qb.push_bind(user.to_owned());
+    if let Some(with) = &query.with {
+        qb.push(if with.contains('/') {
+            " AND with_full = "
+        } else {
+            " AND with_bare = "
+        });
+        qb.push_bind(with.clone());
+    }
+    if let Some(start) = query.start_ms {
+        qb.push(" AND stamp_ms >= ");
+        qb.push_bind(start);
+    }
+    if let Some(end) = query.end_ms {
+        qb.push(" AND stamp_ms <= ");
+        qb.push_bind(end);
+    }
+    if let Some(after) = query.after_id {
+        qb.push(" AND id > ");
+        qb.push_bind(after);
+    }
+    if let Some(before) = query.before_id {
+        qb.push(" AND id < ");
+        qb.push_bind(before);
+    }
+    if let Some(text) = &query.text {
+        let words = search_words(text);
+        match full_text {
+            FullText::Fts5 => {
+                // Each word quoted: FTS5 reads the sequence as "all of these".
+                let expr = words
+                    .iter()
+                    .map(|w| format!("\"{w}\""))
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                qb.push(" AND id IN (SELECT rowid FROM archive_fts WHERE archive_fts MATCH ");
+                qb.push_bind(if expr.is_empty() {
+                    "\"\"".to_owned()
+                } else {
+                    expr
+                });
+                qb.push(")");
+            }
+            FullText::TsVector => {
+                qb.push(" AND body_tsv @@ plainto_tsquery('simple', ");
+                qb.push_bind(words.join(" "));
+                qb.push(")");
+            }
+        }
+    }
+    qb.push(if query.from_end {
+        " ORDER BY id DESC LIMIT "
+    } else {
+        " ORDER BY id ASC LIMIT "
+    });
+    qb.push_bind(i64::try_from(query.max.saturating_add(1)).unwrap_or(i64::MAX));
+    qb
+}
+
+/// Turns the rows of [`page`] into a page: at most `max`, oldest first.
+pub fn finish(mut rows: Vec<super::ArchivedMessage>, query: &ArchiveQuery) -> super::ArchivePage {
+    let complete = rows.len() <= query.max;
+    rows.truncate(query.max);
+    if query.from_end {
+        rows.reverse();
+    }
+    super::ArchivePage {
+        messages: rows,
+        complete,
+    }
+}
