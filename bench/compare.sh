@@ -6,10 +6,12 @@
 #   USERS=2000 IDLE_USERS=10000 DURATION=10 bench/compare.sh
 #   SERVERS="rookery prosody" bench/compare.sh
 #   SERVERS="rookery rookery-pg rookery-cluster" bench/compare.sh   # the cluster shape
+#   SERVERS="rookery rookery-mam" bench/compare.sh   # message archiving off, then on
 #
 # Each server runs on its own loopback address with the standard port, in a throwaway
 # directory, with TLS (STARTTLS required), SCRAM-SHA-1 accounts, rosters and offline storage,
-# message archiving off, and no traffic shaping. Everything stops when the script ends.
+# message archiving off (rookery-mam: on, every message in both archives), and no traffic
+# shaping. Everything stops when the script ends.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -89,21 +91,24 @@ EOF
 }
 
 # --- rookery ---------------------------------------------------------------------------------
-rookery() {
-  local dir="$WORK/rookery"
+rookery() {  # [label archive-default]: "rookery never" is the raw routing figure
+  local label=${1:-rookery} archive=${2:-never}
+  local dir="$WORK/$label"
   mkdir -p "$dir"
   cat > "$dir/rookery.toml" <<EOF
 data_dir = "$dir/data"
 [listen]
 c2s = "127.0.0.2:5222"
 c2s_tls = "127.0.0.2:5223"
+[archive]
+default = "$archive"
 EOF
   "$BENCH" provision --kind rookery --target "sqlite://$dir/data/rookery.db" --users "$MAXUSERS"
   RUST_LOG=warn "$ROOKERY" serve --config "$dir/rookery.toml" 2> "$dir/log" &
   PIDS+=($!)
   local pid=$!
   wait_port 127.0.0.2 5222
-  measure rookery 127.0.0.2 "$pid"
+  measure "$label" 127.0.0.2 "$pid"
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }
 
@@ -137,7 +142,7 @@ redis_up() {
 rookery_node() {  # name addr extra-toml: starts a node in the background, pid in NODE_PID
   local dir="$WORK/$1"
   mkdir -p "$dir"
-  printf 'data_dir = "%s"\n[listen]\nc2s = "%s:5222"\nc2s_tls = "%s:5223"\nhttp = "%s:5280"\n[storage]\nurl = "%s"\n%s\n' \
+  printf 'data_dir = "%s"\n[listen]\nc2s = "%s:5222"\nc2s_tls = "%s:5223"\nhttp = "%s:5280"\n[storage]\nurl = "%s"\n[archive]\ndefault = "never"\n%s\n' \
     "$dir/data" "$2" "$2" "$2" "$PG_URL" "$3" > "$dir/rookery.toml"
   RUST_LOG=warn "$ROOKERY" serve --config "$dir/rookery.toml" 2> "$dir/log" &
   NODE_PID=$!
@@ -312,6 +317,7 @@ relay_run() {
 for s in $SERVERS; do
   case "$s" in
     rookery) rookery ;;
+    rookery-mam) rookery rookery-mam always ;;
     rookery-pg) rookery_pg ;;
     rookery-cluster) rookery_cluster ;;
     prosody) prosody_run ;;

@@ -17,6 +17,8 @@ pub struct Server {
     pub config: Config,
     /// The served domain, normalised.
     pub domain: String,
+    /// The group chat service's domain (XEP-0045).
+    pub muc_domain: String,
     pub store: Arc<dyn Store>,
     pub sessions: Arc<dyn SessionTable>,
     pub tls: TlsSetup,
@@ -47,6 +49,7 @@ impl Server {
         Server {
             tls_server_end_point: crate::transport::tls::tls_server_end_point(&tls.leaf_der),
             domain: config.domain.clone(),
+            muc_domain: crate::modules::muc::service_domain(&config),
             config,
             store,
             sessions,

@@ -69,6 +69,9 @@ impl StanzaError {
     pub fn remote_server_not_found() -> Self {
         Self::new("remote-server-not-found")
     }
+    pub fn registration_required() -> Self {
+        Self::new("registration-required")
+    }
     pub fn resource_constraint() -> Self {
         Self::new("resource-constraint")
     }

@@ -33,6 +33,7 @@ pub struct Config {
     pub limits: Limits,
     pub cluster: Cluster,
     pub archive: Archive,
+    pub muc: Muc,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -66,6 +67,13 @@ pub struct Storage {
 pub struct Registration {
     /// XEP-0077 in-band registration.
     pub open: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Muc {
+    /// The group chat service's domain; empty means `conference.<domain>`.
+    pub domain: String,
 }
 
 /// Which messages are archived (XEP-0313) for users who have not set their own preference
@@ -177,6 +185,7 @@ impl Default for Config {
             limits: Limits::default(),
             cluster: Cluster::default(),
             archive: Archive::default(),
+            muc: Muc::default(),
         }
     }
 }
@@ -266,6 +275,21 @@ impl Config {
                 key: "cluster.redis_url",
                 message: "expected redis://… or rediss://…".into(),
             });
+        }
+        if !self.muc.domain.is_empty() {
+            let muc = crate::jid::normalize_domain(&self.muc.domain).map_err(|e| {
+                ConfigError::Invalid {
+                    key: "muc.domain",
+                    message: e.to_string(),
+                }
+            })?;
+            if muc == self.domain {
+                return Err(ConfigError::Invalid {
+                    key: "muc.domain",
+                    message: "must differ from the server's domain".into(),
+                });
+            }
+            self.muc.domain = muc;
         }
         if let Err(message) = parse_duration(&self.archive.expire_after) {
             return Err(ConfigError::Invalid {

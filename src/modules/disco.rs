@@ -85,8 +85,17 @@ impl Module for Disco {
                 ("account", "registered", ""),
                 &account_features(req.server),
             ))),
-            // Neither the server nor accounts publish items yet.
-            (_, false) => Ok(Some(Element::bare("query", ITEMS))),
+            // The server lists its services (group chat); accounts publish no items.
+            (IqTarget::Server, false) => {
+                let mut q = Element::bare("query", ITEMS);
+                q.append_child(el(
+                    "item",
+                    ITEMS,
+                    &[("jid", &req.server.muc_domain), ("name", "Chatrooms")],
+                ));
+                Ok(Some(q))
+            }
+            (IqTarget::Account(_), false) => Ok(Some(Element::bare("query", ITEMS))),
         }
     }
 }

@@ -14,8 +14,9 @@ use super::{IqRequest, IqResult, Module, el, text_el};
 use crate::jid::{self, BareJid, Jid};
 use crate::server::Server;
 use crate::stanza::{self, StanzaError};
-use crate::store::{ArchivePrefs, ArchiveQuery, NewArchived};
+use crate::store::{ArchivePrefs, ArchiveQuery, NewArchived, Store};
 use crate::stream::{ns, writer};
+use tokio::sync::{mpsc, oneshot};
 
 pub const NS: &str = "urn:xmpp:mam:2";
 const EXTENDED: &str = "urn:xmpp:mam:2#extended";
@@ -37,6 +38,58 @@ pub const CACHE: &str = "archive_prefs";
 pub struct Mam {
     /// Preferences per user, read on every archived message: cached, and dropped on change.
     prefs: RwLock<HashMap<String, Arc<ArchivePrefs>>>,
+    /// The archive writer's queue, started with the first archived message.
+    writer: std::sync::OnceLock<mpsc::Sender<ArchiveJob>>,
+}
+
+/// Messages waiting for the archive writer; a full queue makes senders wait (backpressure).
+const WRITE_QUEUE: usize = 4096;
+/// Messages per transaction at most.
+const WRITE_BATCH: usize = 256;
+
+/// One message for the archive writer, and where its archive id goes.
+struct ArchiveJob {
+    user: String,
+    with_bare: String,
+    with_full: String,
+    stamp_ms: i64,
+    body: String,
+    stanza: String,
+    done: oneshot::Sender<Option<i64>>,
+}
+
+/// Group commit: every message waiting when the writer is free goes into one transaction, so
+/// the archive keeps up with many senders instead of paying one commit per message.
+async fn write_archive(store: Arc<dyn Store>, mut rx: mpsc::Receiver<ArchiveJob>) {
+    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    while rx.recv_many(&mut batch, WRITE_BATCH).await > 0 {
+        let records: Vec<NewArchived<'_>> = batch
+            .iter()
+            .map(|j| NewArchived {
+                user: &j.user,
+                with_bare: &j.with_bare,
+                with_full: &j.with_full,
+                stamp_ms: j.stamp_ms,
+                body: &j.body,
+                stanza: &j.stanza,
+            })
+            .collect();
+        let result = store.archive_append_batch(&records).await;
+        drop(records);
+        match result {
+            Ok(ids) => {
+                for (job, id) in batch.drain(..).zip(ids) {
+                    let _ = job.done.send(Some(id));
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, messages = batch.len(), "cannot archive messages");
+                for job in batch.drain(..) {
+                    let _ = job.done.send(None);
+                }
+            }
+        }
+    }
 }
 
 #[async_trait]
@@ -100,6 +153,19 @@ impl Mam {
             .unwrap_or_else(|e| e.into_inner())
             .insert(user.to_owned(), prefs.clone());
         prefs
+    }
+
+    fn writer(&self, server: &Server) -> &mpsc::Sender<ArchiveJob> {
+        self.writer.get_or_init(|| {
+            let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+            tokio::spawn(write_archive(server.store.clone(), rx));
+            tx
+        })
+    }
+
+    /// Archives one message through the writer; its archive id, or None if it failed.
+    async fn append(&self, server: &Server, job: ArchiveJob) -> Option<()> {
+        self.writer(server).send(job).await.ok()
     }
 
     fn forget(&self, user: &str) {
@@ -213,25 +279,27 @@ pub async fn archive(server: &Server, owner: &BareJid, direction: Direction, msg
         .map(|b| b.text())
         .collect::<Vec<_>>()
         .join("\n");
-    let record = NewArchived {
-        user,
-        with_bare: &peer.to_bare().to_string(),
-        with_full: &peer.to_string(),
+    let (done, id) = oneshot::channel();
+    let job = ArchiveJob {
+        user: user.to_owned(),
+        with_bare: peer.to_bare().to_string(),
+        with_full: peer.to_string(),
         stamp_ms: chrono::Utc::now().timestamp_millis(),
-        body: &body,
-        stanza: &xml,
+        body,
+        stanza: xml,
+        done,
     };
-    match server.store.archive_append(&record).await {
-        Ok(id) => {
-            if direction == Direction::Incoming {
-                msg.append_child(el(
-                    "stanza-id",
-                    SID,
-                    &[("by", &owner_str), ("id", &id.to_string())],
-                ));
-            }
-        }
-        Err(e) => warn!(error = %e, "cannot archive message"),
+    if m.append(server, job).await.is_none() {
+        return;
+    }
+    if let Ok(Some(id)) = id.await
+        && direction == Direction::Incoming
+    {
+        msg.append_child(el(
+            "stanza-id",
+            SID,
+            &[("by", &owner_str), ("id", &id.to_string())],
+        ));
     }
 }
 

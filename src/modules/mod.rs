@@ -7,6 +7,7 @@ pub mod blocking;
 pub mod carbons;
 pub mod disco;
 pub mod mam;
+pub mod muc;
 pub mod offline;
 pub mod ping;
 pub mod presence;
@@ -38,6 +39,7 @@ pub fn all() -> Vec<Arc<dyn Module>> {
         Arc::new(carbons::Carbons),
         Arc::new(vcard::VCard),
         Arc::new(mam::Mam::default()),
+        Arc::new(muc::Muc::default()),
     ]
 }
 

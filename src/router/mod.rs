@@ -14,7 +14,7 @@ use minidom::Element;
 use tracing::debug;
 
 use crate::jid::{self, BareJid, FullJid, Jid};
-use crate::modules::{self, blocking, carbons, mam, offline, presence};
+use crate::modules::{self, blocking, carbons, mam, muc, offline, presence};
 use crate::server::Server;
 use crate::stanza::{self, StanzaError};
 use table::{DeliveryError, Resource};
@@ -40,6 +40,9 @@ async fn route_now(server: &Server, stanza: Element) {
         Ok(to) => to,
         Err(_) => return bounce(server, &stanza, StanzaError::jid_malformed()).await,
     };
+    if muc::is_service(server, &to) {
+        return muc::route(server, stanza).await;
+    }
     if !server.is_local_domain(to.domain().as_str()) {
         // Federation is not available yet: tell the sender instead of dropping.
         return bounce(server, &stanza, StanzaError::remote_server_not_found()).await;

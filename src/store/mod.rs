@@ -155,6 +155,16 @@ pub struct NewArchived<'a> {
     pub stanza: &'a str,
 }
 
+/// The rows of a persistent room (XEP-0045): its configuration and subject as JSON, and its
+/// affiliations (bare JID, affiliation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRoom {
+    pub name: String,
+    pub config: String,
+    pub subject: String,
+    pub affiliations: Vec<(String, String)>,
+}
+
 /// One archived message. `id` is its archive id (and XEP-0359 stanza id): strictly increasing
 /// in the order messages were archived.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -253,11 +263,21 @@ pub trait Store: Send + Sync {
     // Message archive (XEP-0313, XEP-0441).
     /// Archives a message; returns its archive id.
     async fn archive_append(&self, message: &NewArchived<'_>) -> StoreResult<i64>;
+    /// Archives several messages in one transaction (group commit); their ids in order.
+    async fn archive_append_batch(&self, messages: &[NewArchived<'_>]) -> StoreResult<Vec<i64>>;
     async fn archive_query(&self, user: &str, query: &ArchiveQuery) -> StoreResult<ArchivePage>;
     async fn archive_prefs(&self, user: &str) -> StoreResult<Option<ArchivePrefs>>;
     async fn set_archive_prefs(&self, user: &str, prefs: &ArchivePrefs) -> StoreResult<()>;
     /// Deletes archived messages older than `before_ms`; returns how many.
     async fn archive_expire(&self, before_ms: i64) -> StoreResult<u64>;
+
+    // Persistent rooms (XEP-0045).
+    async fn muc_room(&self, name: &str) -> StoreResult<Option<StoredRoom>>;
+    /// Every persistent room, without affiliations.
+    async fn muc_rooms(&self) -> StoreResult<Vec<StoredRoom>>;
+    /// Creates or replaces a room with its affiliations.
+    async fn save_muc_room(&self, room: &StoredRoom) -> StoreResult<()>;
+    async fn delete_muc_room(&self, name: &str) -> StoreResult<()>;
 
     // vcard-temp (XEP-0054).
     async fn vcard(&self, user: &str) -> StoreResult<Option<String>>;

@@ -10,8 +10,8 @@ use sqlx::{Postgres, Row, Transaction};
 
 use super::{
     ArchivePage, ArchivePrefs, ArchiveQuery, ArchivedMessage, Credentials, NewArchived,
-    OfflineMessage, Roster, RosterItem, ScramKeys, Store, StoreError, StoreResult, Subscription,
-    SubscriptionRequest, archive_sql,
+    OfflineMessage, Roster, RosterItem, ScramKeys, Store, StoreError, StoreResult, StoredRoom,
+    Subscription, SubscriptionRequest, archive_sql,
 };
 
 pub struct PgStore {
@@ -431,6 +431,114 @@ impl Store for PgStore {
         .fetch_one(&self.pool)
         .await?;
         Ok(row.try_get(0)?)
+    }
+
+    async fn archive_append_batch(&self, messages: &[NewArchived<'_>]) -> StoreResult<Vec<i64>> {
+        let mut tx = self.pool.begin().await?;
+        let mut ids = Vec::with_capacity(messages.len());
+        for m in messages {
+            let row = sqlx::query(
+                "INSERT INTO archive (username, with_bare, with_full, stamp_ms, body, stanza) \
+                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+            )
+            .bind(m.user)
+            .bind(m.with_bare)
+            .bind(m.with_full)
+            .bind(m.stamp_ms)
+            .bind(m.body)
+            .bind(m.stanza)
+            .fetch_one(&mut *tx)
+            .await?;
+            ids.push(row.try_get(0)?);
+        }
+        tx.commit().await?;
+        Ok(ids)
+    }
+
+    async fn muc_room(&self, name: &str) -> StoreResult<Option<StoredRoom>> {
+        let row = sqlx::query("SELECT config, subject FROM muc_rooms WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let affs = sqlx::query(
+            "SELECT jid, affiliation FROM muc_affiliations WHERE room = $1 ORDER BY jid",
+        )
+        .bind(name)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut affiliations = Vec::with_capacity(affs.len());
+        for a in &affs {
+            affiliations.push((a.try_get(0)?, a.try_get(1)?));
+        }
+        Ok(Some(StoredRoom {
+            name: name.to_owned(),
+            config: row.try_get(0)?,
+            subject: row.try_get(1)?,
+            affiliations,
+        }))
+    }
+
+    async fn muc_rooms(&self) -> StoreResult<Vec<StoredRoom>> {
+        let rows = sqlx::query("SELECT name, config, subject FROM muc_rooms ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            out.push(StoredRoom {
+                name: r.try_get(0)?,
+                config: r.try_get(1)?,
+                subject: r.try_get(2)?,
+                affiliations: Vec::new(),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn save_muc_room(&self, room: &StoredRoom) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO muc_rooms (name, config, subject) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO UPDATE SET config = excluded.config, \
+             subject = excluded.subject",
+        )
+        .bind(&room.name)
+        .bind(&room.config)
+        .bind(&room.subject)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM muc_affiliations WHERE room = $1")
+            .bind(&room.name)
+            .execute(&mut *tx)
+            .await?;
+        for (jid, aff) in &room.affiliations {
+            sqlx::query(
+                "INSERT INTO muc_affiliations (room, jid, affiliation) VALUES ($1, $2, $3)",
+            )
+            .bind(&room.name)
+            .bind(jid)
+            .bind(aff)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn delete_muc_room(&self, name: &str) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM muc_affiliations WHERE room = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM muc_rooms WHERE name = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn archive_query(&self, user: &str, query: &ArchiveQuery) -> StoreResult<ArchivePage> {

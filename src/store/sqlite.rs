@@ -12,12 +12,16 @@ use sqlx::{Row, Sqlite, Transaction};
 
 use super::{
     ArchivePage, ArchivePrefs, ArchiveQuery, ArchivedMessage, Credentials, NewArchived,
-    OfflineMessage, Roster, RosterItem, ScramKeys, Store, StoreError, StoreResult, Subscription,
-    SubscriptionRequest, archive_sql,
+    OfflineMessage, Roster, RosterItem, ScramKeys, Store, StoreError, StoreResult, StoredRoom,
+    Subscription, SubscriptionRequest, archive_sql,
 };
 
 pub struct SqliteStore {
+    /// Readers: WAL lets them run beside the writer.
     pool: SqlitePool,
+    /// The one writing connection. SQLite has a single writer anyway; queueing writers here,
+    /// in async code, beats letting several connections sleep in SQLite's busy handler.
+    writer: SqlitePool,
 }
 
 impl SqliteStore {
@@ -47,9 +51,17 @@ impl SqliteStore {
         } else {
             SqlitePoolOptions::new().max_connections(8)
         };
-        let pool = pool.connect_with(options).await?;
+        let pool = pool.connect_with(options.clone()).await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        Ok(SqliteStore { pool })
+        let writer = if in_memory {
+            pool.clone()
+        } else {
+            SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(options)
+                .await?
+        };
+        Ok(SqliteStore { pool, writer })
     }
 
     /// Bumps the roster version inside a transaction that changes the roster.
@@ -91,7 +103,7 @@ impl Store for SqliteStore {
         .bind(&creds.sha256.stored_key)
         .bind(&creds.sha256.server_key)
         .bind(chrono::Utc::now().timestamp_millis())
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await;
         match result {
             Ok(_) => Ok(()),
@@ -112,7 +124,7 @@ impl Store for SqliteStore {
         .bind(&creds.sha256.stored_key)
         .bind(&creds.sha256.server_key)
         .bind(user)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NoSuchAccount);
@@ -138,7 +150,7 @@ impl Store for SqliteStore {
     }
 
     async fn delete_account(&self, user: &str) -> StoreResult<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         // The foreign keys cascade, but every table is named so nothing depends on them.
         for statement in [
             "DELETE FROM roster_groups WHERE username = ?",
@@ -231,7 +243,7 @@ impl Store for SqliteStore {
     }
 
     async fn put_roster_item(&self, user: &str, item: &RosterItem) -> StoreResult<i64> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         sqlx::query(
             "INSERT INTO roster_items (username, contact, name, subscription, ask) \
              VALUES (?, ?, ?, ?, ?) ON CONFLICT (username, contact) DO UPDATE SET \
@@ -265,7 +277,7 @@ impl Store for SqliteStore {
     }
 
     async fn remove_roster_item(&self, user: &str, contact: &str) -> StoreResult<Option<i64>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         sqlx::query("DELETE FROM roster_groups WHERE username = ? AND contact = ?")
             .bind(user)
             .bind(contact)
@@ -296,7 +308,7 @@ impl Store for SqliteStore {
         .bind(user)
         .bind(&request.contact)
         .bind(&request.stanza)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -306,7 +318,7 @@ impl Store for SqliteStore {
             sqlx::query("DELETE FROM subscription_requests WHERE username = ? AND contact = ?")
                 .bind(user)
                 .bind(contact)
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await?;
         Ok(done.rows_affected() > 0)
     }
@@ -343,7 +355,7 @@ impl Store for SqliteStore {
             .bind(user)
             .bind(stanza)
             .bind(stamp_ms)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -379,7 +391,7 @@ impl Store for SqliteStore {
         sqlx::query("DELETE FROM offline_messages WHERE username = ? AND id <= ?")
             .bind(user)
             .bind(up_to_id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -395,7 +407,7 @@ impl Store for SqliteStore {
     }
 
     async fn block(&self, user: &str, jids: &[String]) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         for jid in jids {
             sqlx::query("INSERT OR IGNORE INTO blocklist (username, jid) VALUES (?, ?)")
                 .bind(user)
@@ -408,7 +420,7 @@ impl Store for SqliteStore {
     }
 
     async fn unblock(&self, user: &str, jids: &[String]) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         if jids.is_empty() {
             sqlx::query("DELETE FROM blocklist WHERE username = ?")
                 .bind(user)
@@ -437,9 +449,115 @@ impl Store for SqliteStore {
         .bind(m.stamp_ms)
         .bind(m.body)
         .bind(m.stanza)
-        .fetch_one(&self.pool)
+        .fetch_one(&self.writer)
         .await?;
         Ok(row.try_get(0)?)
+    }
+
+    async fn archive_append_batch(&self, messages: &[NewArchived<'_>]) -> StoreResult<Vec<i64>> {
+        let mut tx = self.writer.begin().await?;
+        let mut ids = Vec::with_capacity(messages.len());
+        for m in messages {
+            let row = sqlx::query(
+                "INSERT INTO archive (username, with_bare, with_full, stamp_ms, body, stanza) \
+                 VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+            )
+            .bind(m.user)
+            .bind(m.with_bare)
+            .bind(m.with_full)
+            .bind(m.stamp_ms)
+            .bind(m.body)
+            .bind(m.stanza)
+            .fetch_one(&mut *tx)
+            .await?;
+            ids.push(row.try_get(0)?);
+        }
+        tx.commit().await?;
+        Ok(ids)
+    }
+
+    async fn muc_room(&self, name: &str) -> StoreResult<Option<StoredRoom>> {
+        let row = sqlx::query("SELECT config, subject FROM muc_rooms WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let affs = sqlx::query(
+            "SELECT jid, affiliation FROM muc_affiliations WHERE room = ? ORDER BY jid",
+        )
+        .bind(name)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut affiliations = Vec::with_capacity(affs.len());
+        for a in &affs {
+            affiliations.push((a.try_get(0)?, a.try_get(1)?));
+        }
+        Ok(Some(StoredRoom {
+            name: name.to_owned(),
+            config: row.try_get(0)?,
+            subject: row.try_get(1)?,
+            affiliations,
+        }))
+    }
+
+    async fn muc_rooms(&self) -> StoreResult<Vec<StoredRoom>> {
+        let rows = sqlx::query("SELECT name, config, subject FROM muc_rooms ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            out.push(StoredRoom {
+                name: r.try_get(0)?,
+                config: r.try_get(1)?,
+                subject: r.try_get(2)?,
+                affiliations: Vec::new(),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn save_muc_room(&self, room: &StoredRoom) -> StoreResult<()> {
+        let mut tx = self.writer.begin().await?;
+        sqlx::query(
+            "INSERT INTO muc_rooms (name, config, subject) VALUES (?, ?, ?) \
+             ON CONFLICT (name) DO UPDATE SET config = excluded.config, \
+             subject = excluded.subject",
+        )
+        .bind(&room.name)
+        .bind(&room.config)
+        .bind(&room.subject)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM muc_affiliations WHERE room = ?")
+            .bind(&room.name)
+            .execute(&mut *tx)
+            .await?;
+        for (jid, aff) in &room.affiliations {
+            sqlx::query("INSERT INTO muc_affiliations (room, jid, affiliation) VALUES (?, ?, ?)")
+                .bind(&room.name)
+                .bind(jid)
+                .bind(aff)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn delete_muc_room(&self, name: &str) -> StoreResult<()> {
+        let mut tx = self.writer.begin().await?;
+        sqlx::query("DELETE FROM muc_affiliations WHERE room = ?")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM muc_rooms WHERE name = ?")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn archive_query(&self, user: &str, query: &ArchiveQuery) -> StoreResult<ArchivePage> {
@@ -489,7 +607,7 @@ impl Store for SqliteStore {
         .bind(&prefs.default)
         .bind(prefs.always.join("\n"))
         .bind(prefs.never.join("\n"))
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -497,7 +615,7 @@ impl Store for SqliteStore {
     async fn archive_expire(&self, before_ms: i64) -> StoreResult<u64> {
         let done = sqlx::query("DELETE FROM archive WHERE stamp_ms < ?")
             .bind(before_ms)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(done.rows_affected())
     }
@@ -517,7 +635,7 @@ impl Store for SqliteStore {
         )
         .bind(user)
         .bind(vcard)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 
 use super::{
     ArchivePage, ArchivePrefs, ArchiveQuery, Credentials, NewArchived, OfflineMessage, Roster,
-    RosterItem, Store, StoreResult, SubscriptionRequest,
+    RosterItem, Store, StoreResult, StoredRoom, SubscriptionRequest,
 };
 
 pub struct Timed(pub Arc<dyn Store>);
@@ -102,6 +102,24 @@ impl Store for Timed {
     }
     async fn archive_append(&self, message: &NewArchived<'_>) -> StoreResult<i64> {
         timed!("archive_append", self.0.archive_append(message))
+    }
+    async fn archive_append_batch(&self, messages: &[NewArchived<'_>]) -> StoreResult<Vec<i64>> {
+        timed!(
+            "archive_append_batch",
+            self.0.archive_append_batch(messages)
+        )
+    }
+    async fn muc_room(&self, name: &str) -> StoreResult<Option<StoredRoom>> {
+        timed!("muc_room", self.0.muc_room(name))
+    }
+    async fn muc_rooms(&self) -> StoreResult<Vec<StoredRoom>> {
+        timed!("muc_rooms", self.0.muc_rooms())
+    }
+    async fn save_muc_room(&self, room: &StoredRoom) -> StoreResult<()> {
+        timed!("save_muc_room", self.0.save_muc_room(room))
+    }
+    async fn delete_muc_room(&self, name: &str) -> StoreResult<()> {
+        timed!("delete_muc_room", self.0.delete_muc_room(name))
     }
     async fn archive_query(&self, user: &str, query: &ArchiveQuery) -> StoreResult<ArchivePage> {
         timed!("archive_query", self.0.archive_query(user, query))

@@ -1,0 +1,509 @@
+//! Multi-User Chat (XEP-0045) on `conference.<domain>` (config `muc.domain`): the service
+//! finds the room a stanza is for, lets the room apply its rules (`room.rs`), stores what
+//! must survive a restart, and routes what the room says, never holding a room's lock while
+//! routing.
+
+pub mod room;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use minidom::Element;
+use tracing::warn;
+
+use super::{Module, el};
+use crate::jid::{self, FullJid, Jid};
+use crate::router;
+use crate::server::Server;
+use crate::stanza::{self, StanzaError};
+use crate::store::StoredRoom;
+use room::{Affiliation, Effects, Room, RoomConfig};
+
+const DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
+const DISCO_ITEMS: &str = "http://jabber.org/protocol/disco#items";
+const PING: &str = "urn:xmpp:ping";
+/// Rooms one service hosts at most; beyond this, creating a room is refused.
+pub const MAX_ROOMS: usize = 10_000;
+
+#[derive(Default)]
+pub struct Muc {
+    rooms: Mutex<HashMap<String, Arc<Mutex<Room>>>>,
+}
+
+#[async_trait]
+impl Module for Muc {
+    fn name(&self) -> &'static str {
+        "muc"
+    }
+}
+
+fn module(server: &Server) -> Option<&Muc> {
+    server.module::<Muc>()
+}
+
+/// Whether a failed operation should be answered (never for errors and results).
+fn answerable(stanza: &Element) -> bool {
+    !matches!(stanza::stanza_type(stanza), "error" | "result")
+}
+
+/// Handles a stanza addressed to the MUC service, a room, or an occupant.
+pub async fn route(server: &Server, stanza: Element) {
+    let Some(m) = module(server) else { return };
+    let Some(from) = stanza
+        .attr("from")
+        .and_then(|f| jid::parse(f).ok())
+        .and_then(|f| f.try_into_full().ok())
+    else {
+        return;
+    };
+    let Some(to) = stanza.attr("to").and_then(|t| jid::parse(t).ok()) else {
+        return;
+    };
+    let outcome = match to.node() {
+        None => m.to_service(server, &stanza).await,
+        Some(node) => {
+            let room = node.as_str().to_owned();
+            let nick = to.resource().map(|r| r.as_str().to_owned());
+            m.to_room(server, &from, &room, nick.as_deref(), &stanza)
+                .await
+        }
+    };
+    match outcome {
+        Ok(out) => {
+            for s in out {
+                router::route(server, s).await;
+            }
+        }
+        Err(err) if answerable(&stanza) => {
+            if let Some(mut reply) = stanza::error_reply(&stanza, &err) {
+                if stanza.name() == "presence" {
+                    reply.append_child(el("x", room::NS, &[]));
+                }
+                router::route(server, reply).await;
+            }
+        }
+        Err(_) => {}
+    }
+}
+
+impl Muc {
+    fn loaded(&self, name: &str) -> Option<Arc<Mutex<Room>>> {
+        self.rooms
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    /// The room, from memory or (a persistent room after a restart) from the store.
+    async fn room(
+        &self,
+        server: &Server,
+        name: &str,
+    ) -> Result<Option<Arc<Mutex<Room>>>, StanzaError> {
+        if let Some(r) = self.loaded(name) {
+            return Ok(Some(r));
+        }
+        let stored = server
+            .store
+            .muc_room(name)
+            .await
+            .map_err(|_| StanzaError::internal())?;
+        let Some(stored) = stored else {
+            return Ok(None);
+        };
+        let Ok(jid) = jid::parse_bare(&format!("{name}@{}", server.muc_domain)) else {
+            return Ok(None);
+        };
+        let config: RoomConfig = serde_json::from_str(&stored.config).unwrap_or_default();
+        let mut room = Room::new(jid, config);
+        room.subject = serde_json::from_str(&stored.subject).ok();
+        for (j, a) in &stored.affiliations {
+            if let Some(a) = Affiliation::parse(a) {
+                room.affiliations.insert(j.clone(), a);
+            }
+        }
+        let room = Arc::new(Mutex::new(room));
+        let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(Some(rooms.entry(name.to_owned()).or_insert(room).clone()))
+    }
+
+    /// Creates a room for its first occupant, who becomes its owner; it stays locked until
+    /// configured (XEP-0045 §10.1).
+    fn create(
+        &self,
+        server: &Server,
+        name: &str,
+        owner: &FullJid,
+    ) -> Result<Arc<Mutex<Room>>, StanzaError> {
+        let jid = jid::parse_bare(&format!("{name}@{}", server.muc_domain))
+            .map_err(|_| StanzaError::jid_malformed())?;
+        let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = rooms.get(name) {
+            return Ok(r.clone());
+        }
+        if rooms.len() >= MAX_ROOMS {
+            return Err(StanzaError::resource_constraint().with_text("too many rooms"));
+        }
+        let mut room = Room::new(jid, RoomConfig::default());
+        room.locked = true;
+        room.affiliations
+            .insert(owner.to_bare().to_string(), Affiliation::Owner);
+        let room = Arc::new(Mutex::new(room));
+        rooms.insert(name.to_owned(), room.clone());
+        Ok(room)
+    }
+
+    async fn to_service(
+        &self,
+        server: &Server,
+        stanza: &Element,
+    ) -> Result<Vec<Element>, StanzaError> {
+        if stanza.name() != "iq" || !matches!(stanza::stanza_type(stanza), "get" | "set") {
+            return if stanza.name() == "message" {
+                Err(StanzaError::service_unavailable())
+            } else {
+                Ok(Vec::new())
+            };
+        }
+        let payload = stanza::iq_payload(stanza).ok_or_else(StanzaError::bad_request)?;
+        let query = if payload.is("query", DISCO_INFO) {
+            let mut q = el("query", DISCO_INFO, &[]);
+            q.append_child(el(
+                "identity",
+                DISCO_INFO,
+                &[
+                    ("category", "conference"),
+                    ("type", "text"),
+                    ("name", "Chatrooms"),
+                ],
+            ));
+            for f in [room::NS, DISCO_INFO, DISCO_ITEMS, "urn:xmpp:sid:0"] {
+                q.append_child(el("feature", DISCO_INFO, &[("var", f)]));
+            }
+            q
+        } else if payload.is("query", DISCO_ITEMS) {
+            let mut q = el("query", DISCO_ITEMS, &[]);
+            for (jid, name) in self.public_rooms(server).await {
+                q.append_child(el("item", DISCO_ITEMS, &[("jid", &jid), ("name", &name)]));
+            }
+            q
+        } else if payload.is("ping", PING) {
+            return Ok(vec![stanza::iq_result(stanza, None)]);
+        } else {
+            return Err(StanzaError::service_unavailable());
+        };
+        Ok(vec![stanza::iq_result(stanza, Some(query))])
+    }
+
+    /// Rooms listed in the service's disco items: public, and persistent or occupied.
+    async fn public_rooms(&self, server: &Server) -> Vec<(String, String)> {
+        let mut out: HashMap<String, String> = HashMap::new();
+        if let Ok(stored) = server.store.muc_rooms().await {
+            for r in stored {
+                let config: RoomConfig = serde_json::from_str(&r.config).unwrap_or_default();
+                if config.public {
+                    out.insert(format!("{}@{}", r.name, server.muc_domain), config.name);
+                }
+            }
+        }
+        let rooms: Vec<Arc<Mutex<Room>>> = self
+            .rooms
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for r in rooms {
+            let r = r.lock().unwrap_or_else(|e| e.into_inner());
+            if r.config.public && !r.locked && (r.config.persistent || !r.occupants.is_empty()) {
+                out.insert(r.jid.to_string(), r.config.name.clone());
+            }
+        }
+        let mut list: Vec<_> = out.into_iter().collect();
+        list.sort();
+        list
+    }
+
+    async fn to_room(
+        &self,
+        server: &Server,
+        from: &FullJid,
+        name: &str,
+        nick: Option<&str>,
+        stanza: &Element,
+    ) -> Result<Vec<Element>, StanzaError> {
+        let now = chrono::Utc::now().timestamp_millis();
+        let kind = stanza::stanza_type(stanza);
+        let existing = self.room(server, name).await?;
+        // Only a join may create a room.
+        let joining = stanza.name() == "presence" && kind.is_empty() && nick.is_some();
+        let (room, created) = match existing {
+            Some(r) => (r, false),
+            None if joining => (self.create(server, name, from)?, true),
+            None if stanza.name() == "presence" => return Ok(Vec::new()),
+            None => return Err(StanzaError::item_not_found().with_text("no such room")),
+        };
+        let result = {
+            let mut r = room.lock().unwrap_or_else(|e| e.into_inner());
+            apply(&mut r, from, nick, stanza, created, now)
+        };
+        let (fx, reply) = match result {
+            Ok(v) => v,
+            Err(e) => {
+                if created {
+                    self.forget(name);
+                }
+                return Err(e);
+            }
+        };
+        self.settle(server, name, &room, &fx).await;
+        let mut out = fx.out;
+        out.extend(reply);
+        Ok(out)
+    }
+
+    fn forget(&self, name: &str) {
+        self.rooms
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+    }
+
+    /// Stores or removes the room as the operation requires.
+    async fn settle(&self, server: &Server, name: &str, room: &Arc<Mutex<Room>>, fx: &Effects) {
+        if fx.gone {
+            self.forget(name);
+            let persistent = room
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .config
+                .persistent;
+            // A destroyed room leaves the store too; an empty persistent room stays.
+            if (!persistent || room_destroyed(fx))
+                && let Err(e) = server.store.delete_muc_room(name).await
+            {
+                warn!(error = %e, room = name, "cannot delete room");
+            }
+            return;
+        }
+        if !fx.save {
+            return;
+        }
+        let stored = {
+            let r = room.lock().unwrap_or_else(|e| e.into_inner());
+            if !r.config.persistent {
+                None
+            } else {
+                Some(StoredRoom {
+                    name: name.to_owned(),
+                    config: serde_json::to_string(&r.config).unwrap_or_default(),
+                    subject: r
+                        .subject
+                        .as_ref()
+                        .and_then(|s| serde_json::to_string(s).ok())
+                        .unwrap_or_default(),
+                    affiliations: r
+                        .affiliations
+                        .iter()
+                        .map(|(j, a)| (j.clone(), a.as_str().to_owned()))
+                        .collect(),
+                })
+            }
+        };
+        let result = match stored {
+            Some(s) => server.store.save_muc_room(&s).await,
+            // Configured from persistent to temporary: it leaves the store.
+            None => server.store.delete_muc_room(name).await,
+        };
+        if let Err(e) = result {
+            warn!(error = %e, room = name, "cannot store room");
+        }
+    }
+}
+
+fn room_destroyed(fx: &Effects) -> bool {
+    fx.out.iter().any(|s| {
+        s.get_child("x", room::USER)
+            .is_some_and(|x| x.has_child("destroy", room::USER))
+    })
+}
+
+/// Applies one stanza to a room: the effects, and the direct reply (iq result) if any.
+fn apply(
+    r: &mut Room,
+    from: &FullJid,
+    nick: Option<&str>,
+    stanza: &Element,
+    created: bool,
+    now: i64,
+) -> Result<(Effects, Option<Element>), StanzaError> {
+    let kind = stanza::stanza_type(stanza);
+    match (stanza.name(), nick) {
+        ("presence", Some(nick)) => {
+            let nick = valid_nick(nick)?;
+            let fx = match kind {
+                "unavailable" => r.leave(from, stanza),
+                "" if r.by_real(from).is_some() => r.update_presence(from, nick, stanza)?,
+                "" => {
+                    let x = stanza.get_child("x", room::NS);
+                    let password = x
+                        .and_then(|x| x.get_child("password", room::NS))
+                        .map(|p| p.text());
+                    r.join(
+                        from,
+                        nick,
+                        stanza,
+                        password.as_deref(),
+                        &room::history_request(x),
+                        created,
+                        now,
+                    )?
+                }
+                _ => Effects::default(),
+            };
+            Ok((fx, None))
+        }
+        ("presence", None) => Err(StanzaError::jid_malformed().with_text("a nickname is needed")),
+        ("message", None) => {
+            if let Some(x) = stanza.get_child("x", room::USER) {
+                let invites: Vec<(String, String)> = x
+                    .children()
+                    .filter(|c| c.is("invite", room::USER))
+                    .filter_map(|i| {
+                        let to = jid::parse(i.attr("to")?).ok()?.to_bare().to_string();
+                        let reason = i
+                            .get_child("reason", room::USER)
+                            .map(|r| r.text())
+                            .unwrap_or_default();
+                        Some((to, reason))
+                    })
+                    .collect();
+                if !invites.is_empty() {
+                    return Ok((r.invite(from, &invites)?, None));
+                }
+            }
+            match kind {
+                "groupchat" => Ok((r.groupchat(from, stanza, now)?, None)),
+                "error" => Ok((Effects::default(), None)),
+                _ => {
+                    Err(StanzaError::bad_request().with_text("send groupchat messages to the room"))
+                }
+            }
+        }
+        ("message", Some(to_nick)) => match kind {
+            "groupchat" => Err(StanzaError::bad_request().with_text("groupchat goes to the room")),
+            "error" => Ok((Effects::default(), None)),
+            _ => Ok((r.private_message(from, to_nick, stanza)?, None)),
+        },
+        ("iq", target_nick) => iq(r, from, target_nick, stanza),
+        _ => Ok((Effects::default(), None)),
+    }
+}
+
+fn valid_nick(nick: &str) -> Result<&str, StanzaError> {
+    if nick.trim().is_empty() || nick.chars().count() > room::MAX_NICK {
+        return Err(StanzaError::jid_malformed()
+            .with_text(format!("a nickname has 1 to {} characters", room::MAX_NICK)));
+    }
+    Ok(nick)
+}
+
+fn iq(
+    r: &mut Room,
+    from: &FullJid,
+    nick: Option<&str>,
+    stanza: &Element,
+) -> Result<(Effects, Option<Element>), StanzaError> {
+    let kind = stanza::stanza_type(stanza);
+    if !matches!(kind, "get" | "set") {
+        return Ok((Effects::default(), None));
+    }
+    let payload = stanza::iq_payload(stanza).ok_or_else(StanzaError::bad_request)?;
+    let result = |p: Option<Element>| Some(stanza::iq_result(stanza, p));
+    if let Some(nick) = nick {
+        // XEP-0410: an occupant pinging itself learns whether it is still joined.
+        if payload.is("ping", PING) {
+            return match r.by_nick(nick) {
+                Some(o) if &o.jid == from => Ok((Effects::default(), result(None))),
+                _ if r.by_real(from).is_none() => {
+                    Err(StanzaError::not_acceptable().with_text("you are not in this room"))
+                }
+                Some(_) => Ok((Effects::default(), result(None))),
+                None => Err(StanzaError::item_not_found()),
+            };
+        }
+        return Err(StanzaError::service_unavailable());
+    }
+    let aff = r.affiliation(&from.to_bare().to_string());
+    match (payload.name(), payload.ns().as_str(), kind) {
+        ("query", DISCO_INFO, "get") => {
+            if r.locked && aff != Affiliation::Owner {
+                return Err(StanzaError::item_not_found());
+            }
+            Ok((Effects::default(), result(Some(r.disco_info()))))
+        }
+        ("query", DISCO_ITEMS, "get") => Ok((
+            Effects::default(),
+            result(Some(el("query", DISCO_ITEMS, &[]))),
+        )),
+        ("ping", PING, "get") => Ok((Effects::default(), result(None))),
+        ("query", room::OWNER, _) => {
+            if aff != Affiliation::Owner {
+                return Err(StanzaError::forbidden().with_text("only owners configure a room"));
+            }
+            if kind == "get" {
+                return Ok((Effects::default(), result(Some(r.config_form()))));
+            }
+            if let Some(d) = payload.get_child("destroy", room::OWNER) {
+                let reason = d
+                    .get_child("reason", room::OWNER)
+                    .map(|x| x.text())
+                    .unwrap_or_default();
+                return Ok((r.destroy(&reason, d.attr("jid")), result(None)));
+            }
+            let Some(x) = payload.get_child("x", "jabber:x:data") else {
+                return Err(StanzaError::bad_request());
+            };
+            match x.attr("type") {
+                Some("submit") => Ok((r.apply_config(x, 10_000)?, result(None))),
+                Some("cancel") if r.locked => Ok((r.destroy("", None), result(None))),
+                Some("cancel") => Ok((Effects::default(), result(None))),
+                _ => Err(StanzaError::bad_request()),
+            }
+        }
+        ("query", room::ADMIN, "get") => {
+            let item = payload
+                .get_child("item", room::ADMIN)
+                .ok_or_else(StanzaError::bad_request)?;
+            Ok((Effects::default(), result(Some(r.admin_get(from, item)?))))
+        }
+        ("query", room::ADMIN, "set") => {
+            let items: Vec<Element> = payload
+                .children()
+                .filter(|c| c.is("item", room::ADMIN))
+                .cloned()
+                .collect();
+            if items.is_empty() {
+                return Err(StanzaError::bad_request());
+            }
+            Ok((r.admin_set(from, &items)?, result(None)))
+        }
+        _ => Err(StanzaError::service_unavailable()),
+    }
+}
+
+/// The service's domain for a server configuration.
+pub fn service_domain(config: &crate::config::Config) -> String {
+    if config.muc.domain.is_empty() {
+        format!("conference.{}", config.domain)
+    } else {
+        config.muc.domain.clone()
+    }
+}
+
+/// Used by the router for `to` addresses on the service's domain.
+pub fn is_service(server: &Server, to: &Jid) -> bool {
+    to.domain().as_str() == server.muc_domain
+}
