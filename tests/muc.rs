@@ -508,3 +508,115 @@ async fn discovery_invitations_destroy_and_bad_input() {
     }
     server.shutdown().await;
 }
+
+/// Queries a room's archive; (archive id, body) per result, and the fin.
+async fn room_archive(
+    c: &mut XmppClient,
+    id: &str,
+    inner: &str,
+) -> (Vec<(String, String)>, Element) {
+    c.send(&format!(
+        "<iq type='set' id='{id}' to='{ROOM}'><query xmlns='urn:xmpp:mam:2' queryid='{id}'>{inner}</query></iq>"
+    ))
+    .await;
+    let mut results = Vec::new();
+    loop {
+        let e = c
+            .expect("room archive results", |e| {
+                (e.name() == "iq" && e.attr("id") == Some(id))
+                    || (e.name() == "message" && e.children().any(|r| r.name() == "result"))
+            })
+            .await;
+        if e.name() == "iq" {
+            return (results, e);
+        }
+        assert_eq!(e.attr("from"), Some(ROOM));
+        let r = e.children().find(|r| r.name() == "result").expect("result");
+        let fwd = child(r, "forwarded").expect("forwarded");
+        let m = child(fwd, "message").expect("message");
+        assert!(m.attr("from").is_some_and(|f| f.starts_with(ROOM)));
+        results.push((
+            r.attr("id").expect("id").to_owned(),
+            child(m, "body").map(|b| b.text()).unwrap_or_default(),
+        ));
+    }
+}
+
+#[tokio::test]
+async fn room_archive_pages_and_search() {
+    let server = TestServer::start().await;
+    let mut cs = users(&server, &["alice", "bob", "carol"]).await;
+    let [alice, bob, carol] = &mut cs[..] else {
+        unreachable!()
+    };
+    join(alice, ROOM, "Alice", "").await;
+    configure(alice, ROOM, &[("muc#roomconfig_persistentroom", "1")]).await;
+    let own = join(bob, ROOM, "Bob", "").await;
+    assert!(codes(&own).contains(&"170".into()), "logging announced");
+    for i in 0..30 {
+        alice
+            .send(&format!(
+                "<message to='{ROOM}' type='groupchat'><body>line {i} {}</body></message>",
+                if i == 3 { "pineapple" } else { "plain" }
+            ))
+            .await;
+    }
+    let last = bob
+        .expect("the last line", is_message_with_body("line 29 plain"))
+        .await;
+    let live_id = last
+        .children()
+        .find(|c| c.name() == "stanza-id")
+        .and_then(|s| s.attr("id"))
+        .expect("stanza id")
+        .to_owned();
+
+    let mut seen = Vec::new();
+    let mut after = String::new();
+    for page in 0.. {
+        let set = if after.is_empty() {
+            "<set xmlns='http://jabber.org/protocol/rsm'><max>10</max></set>".to_owned()
+        } else {
+            format!(
+                "<set xmlns='http://jabber.org/protocol/rsm'><max>10</max><after>{after}</after></set>"
+            )
+        };
+        let (results, fin) = room_archive(bob, &format!("ra{page}"), &set).await;
+        let fin = child(&fin, "fin").expect("fin");
+        seen.extend(results.iter().cloned());
+        if fin.attr("complete") == Some("true") {
+            break;
+        }
+        after = results.last().expect("a page").0.clone();
+        assert!(page < 10);
+    }
+    let bodies: Vec<String> = seen.iter().map(|(_, b)| b.clone()).collect();
+    let want: Vec<String> = (0..30)
+        .map(|i| format!("line {i} {}", if i == 3 { "pineapple" } else { "plain" }))
+        .collect();
+    assert_eq!(bodies, want);
+    assert_eq!(
+        seen.last().expect("last").0,
+        live_id,
+        "live stanza id is the archive id"
+    );
+
+    let (found, _) = room_archive(
+        bob,
+        "rs",
+        "<x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE'><value>urn:xmpp:mam:2</value></field>\
+         <field var='{urn:xmpp:fulltext:0}fulltext'><value>pineapple</value></field></x>",
+    )
+    .await;
+    assert_eq!(found.len(), 1);
+
+    // Members-only rooms keep their archive from outsiders.
+    configure(alice, ROOM, &[("muc#roomconfig_membersonly", "1")]).await;
+    let (none, denied) = room_archive(carol, "rc", "").await;
+    assert!(none.is_empty());
+    assert_eq!(error_condition(&denied), "forbidden");
+    for c in cs {
+        c.close().await;
+    }
+    server.shutdown().await;
+}

@@ -49,6 +49,8 @@ const WRITE_BATCH: usize = 256;
 
 /// One message for the archive writer, and where its archive id goes.
 struct ArchiveJob {
+    /// A room's archive rather than a user's; `user` is then the room's name.
+    room: bool,
     user: String,
     with_bare: String,
     with_full: String,
@@ -63,30 +65,46 @@ struct ArchiveJob {
 async fn write_archive(store: Arc<dyn Store>, mut rx: mpsc::Receiver<ArchiveJob>) {
     let mut batch = Vec::with_capacity(WRITE_BATCH);
     while rx.recv_many(&mut batch, WRITE_BATCH).await > 0 {
-        let records: Vec<NewArchived<'_>> = batch
-            .iter()
-            .map(|j| NewArchived {
-                user: &j.user,
-                with_bare: &j.with_bare,
-                with_full: &j.with_full,
-                stamp_ms: j.stamp_ms,
-                body: &j.body,
-                stanza: &j.stanza,
-            })
-            .collect();
-        let result = store.archive_append_batch(&records).await;
-        drop(records);
-        match result {
-            Ok(ids) => {
-                for (job, id) in batch.drain(..).zip(ids) {
-                    let _ = job.done.send(Some(id));
-                }
+        // Runs of the same kind, in queue order: ids follow the order messages were queued.
+        let mut rest = std::mem::take(&mut batch);
+        while !rest.is_empty() {
+            let room = rest[0].room;
+            let n = rest.iter().take_while(|j| j.room == room).count();
+            let tail = rest.split_off(n);
+            write_run(store.as_ref(), room, rest).await;
+            rest = tail;
+        }
+    }
+}
+
+async fn write_run(store: &dyn Store, room: bool, jobs: Vec<ArchiveJob>) {
+    let records: Vec<NewArchived<'_>> = jobs
+        .iter()
+        .map(|j| NewArchived {
+            user: &j.user,
+            with_bare: &j.with_bare,
+            with_full: &j.with_full,
+            stamp_ms: j.stamp_ms,
+            body: &j.body,
+            stanza: &j.stanza,
+        })
+        .collect();
+    let result = if room {
+        store.room_archive_append_batch(&records).await
+    } else {
+        store.archive_append_batch(&records).await
+    };
+    drop(records);
+    match result {
+        Ok(ids) => {
+            for (job, id) in jobs.into_iter().zip(ids) {
+                let _ = job.done.send(Some(id));
             }
-            Err(e) => {
-                warn!(error = %e, messages = batch.len(), "cannot archive messages");
-                for job in batch.drain(..) {
-                    let _ = job.done.send(None);
-                }
+        }
+        Err(e) => {
+            warn!(error = %e, messages = jobs.len(), "cannot archive messages");
+            for job in jobs {
+                let _ = job.done.send(None);
             }
         }
     }
@@ -176,41 +194,104 @@ impl Mam {
     }
 
     async fn query(&self, req: &IqRequest<'_>, user: &str) -> IqResult {
-        let query = parse_query(req.payload)?;
-        let flip = req.payload.has_child("flip-page", NS);
-        let page = req
-            .server
-            .store
-            .archive_query(user, &query)
-            .await
-            .map_err(|_| StanzaError::internal())?;
         let owner = format!("{user}@{}", req.server.domain);
-        let query_id = req.payload.attr("queryid");
-        let mut results: Vec<Element> = page
-            .messages
-            .iter()
-            .filter_map(|m| result_message(&owner, req.from, query_id, m))
-            .collect();
-        if flip {
-            results.reverse();
-        }
-        let mut fin = el("fin", NS, &[]);
-        if page.complete {
-            stanza::set_attr(&mut fin, "complete", "true");
-        }
-        let mut set = Element::bare("set", RSM);
-        if let (Some(first), Some(last)) = (page.messages.first(), page.messages.last()) {
-            let (first, last) = if flip { (last, first) } else { (first, last) };
-            set.append_child(text_el("first", RSM, &first.id.to_string()));
-            set.append_child(text_el("last", RSM, &last.id.to_string()));
-        }
-        fin.append_child(set);
+        let (results, fin) = run_query(
+            req.server,
+            Owner::Account(user),
+            &owner,
+            req.from,
+            req.payload,
+        )
+        .await?;
         // The results go to the requesting session before the iq result (XEP-0313 §4.2).
         req.before_reply
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .extend(results);
         Ok(Some(fin))
+    }
+}
+
+/// Whose archive a query reads.
+#[derive(Debug, Clone, Copy)]
+pub enum Owner<'a> {
+    Account(&'a str),
+    /// A room, by name.
+    Room(&'a str),
+}
+
+/// Runs a MAM query: the result messages (addressed to `to`) and the `fin` element.
+pub async fn run_query(
+    server: &Server,
+    owner: Owner<'_>,
+    owner_jid: &str,
+    to: &Jid,
+    payload: &Element,
+) -> Result<(Vec<Element>, Element), StanzaError> {
+    let query = parse_query(payload)?;
+    let flip = payload.has_child("flip-page", NS);
+    let page = match owner {
+        Owner::Account(user) => server.store.archive_query(user, &query).await,
+        Owner::Room(room) => server.store.room_archive_query(room, &query).await,
+    }
+    .map_err(|_| StanzaError::internal())?;
+    let query_id = payload.attr("queryid");
+    let mut results: Vec<Element> = page
+        .messages
+        .iter()
+        .filter_map(|m| result_message(owner_jid, to, query_id, m))
+        .collect();
+    if flip {
+        results.reverse();
+    }
+    let mut fin = el("fin", NS, &[]);
+    if page.complete {
+        stanza::set_attr(&mut fin, "complete", "true");
+    }
+    let mut set = Element::bare("set", RSM);
+    if let (Some(first), Some(last)) = (page.messages.first(), page.messages.last()) {
+        let (first, last) = if flip { (last, first) } else { (first, last) };
+        set.append_child(text_el("first", RSM, &first.id.to_string()));
+        set.append_child(text_el("last", RSM, &last.id.to_string()));
+    }
+    fin.append_child(set);
+    Ok((results, fin))
+}
+
+/// Queues a room message for the room's archive without waiting, so that a room can queue
+/// while it holds its own lock and ids follow the room's order. The receiver yields the id;
+/// None if the archive is too far behind to take it.
+pub fn queue_room_message(
+    server: &Server,
+    room: &str,
+    sender: &str,
+    msg: &Element,
+) -> Option<oneshot::Receiver<Option<i64>>> {
+    let m = module(server)?;
+    let xml = String::from_utf8(writer::element(msg)).ok()?;
+    let body: String = msg
+        .children()
+        .filter(|c| c.is("body", ns::CLIENT))
+        .map(|b| b.text())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let (done, id) = oneshot::channel();
+    let job = ArchiveJob {
+        room: true,
+        user: room.to_owned(),
+        with_bare: sender.to_owned(),
+        with_full: sender.to_owned(),
+        stamp_ms: chrono::Utc::now().timestamp_millis(),
+        body,
+        stanza: xml,
+        done,
+    };
+    match m.writer(server).try_send(job) {
+        Ok(()) => Some(id),
+        Err(_) => {
+            warn!(room, "archive queue full: a room message is not archived");
+            None
+        }
     }
 }
 
@@ -281,6 +362,7 @@ pub async fn archive(server: &Server, owner: &BareJid, direction: Direction, msg
         .join("\n");
     let (done, id) = oneshot::channel();
     let job = ArchiveJob {
+        room: false,
         user: user.to_owned(),
         with_bare: peer.to_bare().to_string(),
         with_full: peer.to_string(),

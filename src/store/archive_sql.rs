@@ -13,16 +13,48 @@ pub enum FullText {
     TsVector,
 }
 
+/// Which archive: a user's (`archive`) or a room's (`room_archive`).
+#[derive(Debug, Clone, Copy)]
+pub enum Archive {
+    Account,
+    Room,
+}
+
+impl Archive {
+    fn table(self) -> &'static str {
+        match self {
+            Archive::Account => "archive",
+            Archive::Room => "room_archive",
+        }
+    }
+
+    fn owner(self) -> &'static str {
+        match self {
+            Archive::Account => "username",
+            Archive::Room => "room",
+        }
+    }
+}
+
 /// `SELECT id, stamp_ms, stanza` for one page of `query` (one row more than the page, to tell
 /// whether the page is the last one).
-pub fn page<DB>(user: &str, query: &ArchiveQuery, full_text: FullText) -> QueryBuilder<DB>
+pub fn page<DB>(
+    archive: Archive,
+    owner: &str,
+    query: &ArchiveQuery,
+    full_text: FullText,
+) -> QueryBuilder<DB>
 where
     DB: Database,
     i64: for<'t> Encode<'t, DB> + Type<DB>,
     String: for<'t> Encode<'t, DB> + Type<DB>,
 {
-    let mut qb = QueryBuilder::new("SELECT id, stamp_ms, stanza FROM archive WHERE username = ");
-    qb.push_bind(user.to_owned());
+    let table = archive.table();
+    let mut qb = QueryBuilder::new(format!(
+        "SELECT id, stamp_ms, stanza FROM {table} WHERE {} = ",
+        archive.owner()
+    ));
+    qb.push_bind(owner.to_owned());
     if let Some(with) = &query.with {
         qb.push(if with.contains('/') {
             " AND with_full = "
@@ -57,7 +89,9 @@ where
                     .map(|w| format!("\"{w}\""))
                     .collect::<Vec<_>>()
                     .join(" ");
-                qb.push(" AND id IN (SELECT rowid FROM archive_fts WHERE archive_fts MATCH ");
+                qb.push(format!(
+                    " AND id IN (SELECT rowid FROM {table}_fts WHERE {table}_fts MATCH "
+                ));
                 qb.push_bind(if expr.is_empty() {
                     "\"\"".to_owned()
                 } else {

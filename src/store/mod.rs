@@ -266,6 +266,17 @@ pub trait Store: Send + Sync {
     /// Archives several messages in one transaction (group commit); their ids in order.
     async fn archive_append_batch(&self, messages: &[NewArchived<'_>]) -> StoreResult<Vec<i64>>;
     async fn archive_query(&self, user: &str, query: &ArchiveQuery) -> StoreResult<ArchivePage>;
+    /// Archives room messages in one transaction; `user` is the room's name, `with_*` the
+    /// sender's occupant JID. Their ids in order.
+    async fn room_archive_append_batch(
+        &self,
+        messages: &[NewArchived<'_>],
+    ) -> StoreResult<Vec<i64>>;
+    async fn room_archive_query(
+        &self,
+        room: &str,
+        query: &ArchiveQuery,
+    ) -> StoreResult<ArchivePage>;
     async fn archive_prefs(&self, user: &str) -> StoreResult<Option<ArchivePrefs>>;
     async fn set_archive_prefs(&self, user: &str, prefs: &ArchivePrefs) -> StoreResult<()>;
     /// Deletes archived messages older than `before_ms`; returns how many.

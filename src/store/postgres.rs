@@ -434,25 +434,23 @@ impl Store for PgStore {
     }
 
     async fn archive_append_batch(&self, messages: &[NewArchived<'_>]) -> StoreResult<Vec<i64>> {
-        let mut tx = self.pool.begin().await?;
-        let mut ids = Vec::with_capacity(messages.len());
-        for m in messages {
-            let row = sqlx::query(
-                "INSERT INTO archive (username, with_bare, with_full, stamp_ms, body, stanza) \
-                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-            )
-            .bind(m.user)
-            .bind(m.with_bare)
-            .bind(m.with_full)
-            .bind(m.stamp_ms)
-            .bind(m.body)
-            .bind(m.stanza)
-            .fetch_one(&mut *tx)
-            .await?;
-            ids.push(row.try_get(0)?);
-        }
-        tx.commit().await?;
-        Ok(ids)
+        self.append_batch("archive", "username", messages).await
+    }
+
+    async fn room_archive_append_batch(
+        &self,
+        messages: &[NewArchived<'_>],
+    ) -> StoreResult<Vec<i64>> {
+        self.append_batch("room_archive", "room", messages).await
+    }
+
+    async fn room_archive_query(
+        &self,
+        room: &str,
+        query: &ArchiveQuery,
+    ) -> StoreResult<ArchivePage> {
+        self.query_archive(archive_sql::Archive::Room, room, query)
+            .await
     }
 
     async fn muc_room(&self, name: &str) -> StoreResult<Option<StoredRoom>> {
@@ -537,23 +535,17 @@ impl Store for PgStore {
             .bind(name)
             .execute(&mut *tx)
             .await?;
+        sqlx::query("DELETE FROM room_archive WHERE room = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(())
     }
 
     async fn archive_query(&self, user: &str, query: &ArchiveQuery) -> StoreResult<ArchivePage> {
-        let mut qb =
-            archive_sql::page::<sqlx::Postgres>(user, query, archive_sql::FullText::TsVector);
-        let rows = qb.build().fetch_all(&self.pool).await?;
-        let mut messages = Vec::with_capacity(rows.len());
-        for r in &rows {
-            messages.push(ArchivedMessage {
-                id: r.try_get(0)?,
-                stamp_ms: r.try_get(1)?,
-                stanza: r.try_get(2)?,
-            });
-        }
-        Ok(archive_sql::finish(messages, query))
+        self.query_archive(archive_sql::Archive::Account, user, query)
+            .await
     }
 
     async fn archive_prefs(&self, user: &str) -> StoreResult<Option<ArchivePrefs>> {
@@ -600,7 +592,11 @@ impl Store for PgStore {
             .bind(before_ms)
             .execute(&self.pool)
             .await?;
-        Ok(done.rows_affected())
+        let rooms = sqlx::query("DELETE FROM room_archive WHERE stamp_ms < $1")
+            .bind(before_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() + rooms.rows_affected())
     }
 
     async fn vcard(&self, user: &str) -> StoreResult<Option<String>> {
@@ -634,4 +630,60 @@ fn item_from_row(row: &sqlx::postgres::PgRow) -> StoreResult<RosterItem> {
         ask: row.try_get("ask")?,
         groups: Vec::new(),
     })
+}
+
+impl PgStore {
+    /// Inserts archive rows in one transaction (group commit); `table` and `owner` are fixed
+    /// names from this file, never input.
+    async fn append_batch(
+        &self,
+        table: &str,
+        owner: &str,
+        messages: &[NewArchived<'_>],
+    ) -> StoreResult<Vec<i64>> {
+        let sql = format!(
+            "INSERT INTO {table} ({owner}, with_bare, with_full, stamp_ms, body, stanza) \
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id"
+        );
+        let mut tx = self.pool.begin().await?;
+        let mut ids = Vec::with_capacity(messages.len());
+        for m in messages {
+            let row = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(m.user)
+                .bind(m.with_bare)
+                .bind(m.with_full)
+                .bind(m.stamp_ms)
+                .bind(m.body)
+                .bind(m.stanza)
+                .fetch_one(&mut *tx)
+                .await?;
+            ids.push(row.try_get(0)?);
+        }
+        tx.commit().await?;
+        Ok(ids)
+    }
+
+    async fn query_archive(
+        &self,
+        archive: archive_sql::Archive,
+        owner: &str,
+        query: &ArchiveQuery,
+    ) -> StoreResult<ArchivePage> {
+        let mut qb = archive_sql::page::<sqlx::Postgres>(
+            archive,
+            owner,
+            query,
+            archive_sql::FullText::TsVector,
+        );
+        let rows = qb.build().fetch_all(&self.pool).await?;
+        let mut messages = Vec::with_capacity(rows.len());
+        for r in &rows {
+            messages.push(ArchivedMessage {
+                id: r.try_get(0)?,
+                stamp_ms: r.try_get(1)?,
+                stanza: r.try_get(2)?,
+            });
+        }
+        Ok(archive_sql::finish(messages, query))
+    }
 }

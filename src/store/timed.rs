@@ -109,6 +109,22 @@ impl Store for Timed {
             self.0.archive_append_batch(messages)
         )
     }
+    async fn room_archive_append_batch(
+        &self,
+        messages: &[NewArchived<'_>],
+    ) -> StoreResult<Vec<i64>> {
+        timed!(
+            "room_archive_append_batch",
+            self.0.room_archive_append_batch(messages)
+        )
+    }
+    async fn room_archive_query(
+        &self,
+        room: &str,
+        query: &ArchiveQuery,
+    ) -> StoreResult<ArchivePage> {
+        timed!("room_archive_query", self.0.room_archive_query(room, query))
+    }
     async fn muc_room(&self, name: &str) -> StoreResult<Option<StoredRoom>> {
         timed!("muc_room", self.0.muc_room(name))
     }

@@ -245,11 +245,31 @@ impl Muc {
             None if stanza.name() == "presence" => return Ok(Vec::new()),
             None => return Err(StanzaError::item_not_found().with_text("no such room")),
         };
-        let result = {
+        if nick.is_none()
+            && stanza.name() == "iq"
+            && let Some(q) = stanza::iq_payload(stanza).filter(|p| p.is("query", super::mam::NS))
+        {
+            return archive_query(server, name, &room, from, stanza, q).await;
+        }
+        let (result, archived) = {
             let mut r = room.lock().unwrap_or_else(|e| e.into_inner());
-            apply(&mut r, from, nick, stanza, created, now)
+            let result = apply(&mut r, from, nick, stanza, created, now);
+            // Queued while the lock is held, so archive ids follow the room's order.
+            let archived = match &result {
+                Ok((
+                    Effects {
+                        archive: Some(m), ..
+                    },
+                    _,
+                )) => {
+                    let sender = m.attr("from").unwrap_or_default().to_owned();
+                    super::mam::queue_room_message(server, name, &sender, m)
+                }
+                _ => None,
+            };
+            (result, archived)
         };
-        let (fx, reply) = match result {
+        let (mut fx, reply) = match result {
             Ok(v) => v,
             Err(e) => {
                 if created {
@@ -258,6 +278,17 @@ impl Muc {
                 return Err(e);
             }
         };
+        if let Some(id) = archived
+            && let Ok(Some(id)) = id.await
+        {
+            // The room's stanza id is its archive id (XEP-0359, XEP-0313 §5.2).
+            let id = id.to_string();
+            for m in &mut fx.out {
+                if let Some(sid) = m.get_child_mut("stanza-id", super::mam::SID) {
+                    stanza::set_attr(sid, "id", &id);
+                }
+            }
+        }
         self.settle(server, name, &room, &fx).await;
         let mut out = fx.out;
         out.extend(reply);
@@ -321,6 +352,42 @@ impl Muc {
             warn!(error = %e, room = name, "cannot store room");
         }
     }
+}
+
+/// A MAM query to a room (XEP-0313 §5): for occupants, members and above, and anyone in a
+/// public room that is not members-only.
+async fn archive_query(
+    server: &Server,
+    name: &str,
+    room: &Arc<Mutex<Room>>,
+    from: &FullJid,
+    iq: &Element,
+    query: &Element,
+) -> Result<Vec<Element>, StanzaError> {
+    if stanza::stanza_type(iq) == "get" {
+        return Err(StanzaError::feature_not_implemented().with_text("query the room with a set"));
+    }
+    let room_jid = {
+        let r = room.lock().unwrap_or_else(|e| e.into_inner());
+        let aff = r.affiliation(&from.to_bare().to_string());
+        let allowed = r.by_real(from).is_some()
+            || aff >= Affiliation::Member
+            || (r.config.public && !r.config.members_only && aff != Affiliation::Outcast);
+        if !allowed || !r.config.logging {
+            return Err(StanzaError::forbidden().with_text("this archive is not open to you"));
+        }
+        r.jid.to_string()
+    };
+    let to = Jid::from(from.clone());
+    let (mut out, fin) =
+        super::mam::run_query(server, super::mam::Owner::Room(name), &room_jid, &to, query).await?;
+    let mut reply = stanza::iq_result(iq, Some(fin));
+    stanza::set_attr(&mut reply, "from", &room_jid);
+    for m in &mut out {
+        stanza::set_attr(m, "from", &room_jid);
+    }
+    out.push(reply);
+    Ok(out)
 }
 
 fn room_destroyed(fx: &Effects) -> bool {

@@ -110,6 +110,8 @@ pub struct RoomConfig {
     pub change_subject: bool,
     /// Occupants may send each other private messages.
     pub allow_pm: bool,
+    /// Messages are archived and served by MAM (muc#roomconfig_enablelogging).
+    pub logging: bool,
 }
 
 impl Default for RoomConfig {
@@ -126,6 +128,7 @@ impl Default for RoomConfig {
             whois_anyone: false,
             change_subject: false,
             allow_pm: true,
+            logging: true,
         }
     }
 }
@@ -176,6 +179,8 @@ pub struct Effects {
     pub save: bool,
     /// The room ended (destroyed, or temporary and empty).
     pub gone: bool,
+    /// A groupchat message to archive: the broadcast form, without `to`.
+    pub archive: Option<Element>,
 }
 
 impl Room {
@@ -355,6 +360,9 @@ impl Room {
         if self.config.whois_anyone {
             own.push("100");
         }
+        if self.config.logging {
+            own.push("170");
+        }
         if created {
             own.push("201");
         }
@@ -517,6 +525,9 @@ impl Room {
             SID,
             &[("by", &self.jid.to_string()), ("id", &room_id)],
         ));
+        if has_body && self.config.logging {
+            fx.archive = Some(out.clone());
+        }
         if has_body || subject.is_none() {
             let chars = out.children().map(|c| c.text().chars().count()).sum();
             self.history.push_back(HistoryEntry {
@@ -868,6 +879,11 @@ impl Room {
             flag(c.change_subject),
         ));
         x.append_child(field(
+            "muc#roomconfig_enablelogging",
+            "boolean",
+            flag(c.logging),
+        ));
+        x.append_child(field(
             "muc#roomconfig_allowpm",
             "list-single",
             if c.allow_pm { "anyone" } else { "none" },
@@ -1063,8 +1079,7 @@ impl Room {
                 "muc_semianonymous"
             },
         ] {
-            if f == "urn:xmpp:mam:2" {
-                // Room archives are not served yet.
+            if f == "urn:xmpp:mam:2" && !c.logging {
                 continue;
             }
             q.append_child(el("feature", info, &[("var", f)]));
