@@ -450,3 +450,63 @@ async fn bad_queries_get_errors_and_archives_stay_private() {
     bob.close().await;
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn chat_payloads_pass_through_and_chat_states_stay_out_of_the_archive() {
+    let (server, mut alice, mut bob) = two_users().await;
+    alice
+        .send(
+            "<message id='m1' to='bob@localhost/b' type='chat'><body>first</body>\
+             <request xmlns='urn:xmpp:receipts'/><markable xmlns='urn:xmpp:chat-markers:0'/></message>",
+        )
+        .await;
+    let m = bob
+        .expect("the message", is_message_with_body("first"))
+        .await;
+    assert!(m.children().any(|c| c.is("request", "urn:xmpp:receipts")));
+    assert!(
+        m.children()
+            .any(|c| c.is("markable", "urn:xmpp:chat-markers:0"))
+    );
+    // XEP-0184 receipt, XEP-0333 marker, XEP-0085 chat state and XEP-0308 correction.
+    for payload in [
+        "<received xmlns='urn:xmpp:receipts' id='m1'/>",
+        "<displayed xmlns='urn:xmpp:chat-markers:0' id='m1'/>",
+        "<composing xmlns='http://jabber.org/protocol/chatstates'/>",
+    ] {
+        bob.send(&format!(
+            "<message to='alice@localhost/a' type='chat'>{payload}</message>"
+        ))
+        .await;
+    }
+    for ns in [
+        "urn:xmpp:receipts",
+        "urn:xmpp:chat-markers:0",
+        "http://jabber.org/protocol/chatstates",
+    ] {
+        alice
+            .expect("a payload from bob", move |e| {
+                e.name() == "message" && e.children().any(|c| c.ns() == ns)
+            })
+            .await;
+    }
+    alice
+        .send(
+            "<message id='m2' to='bob@localhost/b' type='chat'><body>first, corrected</body>\
+             <replace xmlns='urn:xmpp:message-correct:0' id='m1'/></message>",
+        )
+        .await;
+    let c = bob
+        .expect("the correction", is_message_with_body("first, corrected"))
+        .await;
+    assert!(
+        c.children()
+            .any(|r| r.is("replace", "urn:xmpp:message-correct:0"))
+    );
+    // Only the two messages with a body are archived.
+    let page = query(&mut alice, "pt", "").await.expect("archive");
+    assert_eq!(page.bodies(), ["first", "first, corrected"]);
+    alice.close().await;
+    bob.close().await;
+    server.shutdown().await;
+}

@@ -553,7 +553,8 @@ async fn room_archive_pages_and_search() {
     configure(alice, ROOM, &[("muc#roomconfig_persistentroom", "1")]).await;
     let own = join(bob, ROOM, "Bob", "").await;
     assert!(codes(&own).contains(&"170".into()), "logging announced");
-    for i in 0..30 {
+    // 20 messages: an occupant's burst allowance (5 a second after that).
+    for i in 0..20 {
         alice
             .send(&format!(
                 "<message to='{ROOM}' type='groupchat'><body>line {i} {}</body></message>",
@@ -562,7 +563,7 @@ async fn room_archive_pages_and_search() {
             .await;
     }
     let last = bob
-        .expect("the last line", is_message_with_body("line 29 plain"))
+        .expect("the last line", is_message_with_body("line 19 plain"))
         .await;
     let live_id = last
         .children()
@@ -591,7 +592,7 @@ async fn room_archive_pages_and_search() {
         assert!(page < 10);
     }
     let bodies: Vec<String> = seen.iter().map(|(_, b)| b.clone()).collect();
-    let want: Vec<String> = (0..30)
+    let want: Vec<String> = (0..20)
         .map(|i| format!("line {i} {}", if i == 3 { "pineapple" } else { "plain" }))
         .collect();
     assert_eq!(bodies, want);
@@ -615,6 +616,48 @@ async fn room_archive_pages_and_search() {
     let (none, denied) = room_archive(carol, "rc", "").await;
     assert!(none.is_empty());
     assert_eq!(error_condition(&denied), "forbidden");
+    for c in cs {
+        c.close().await;
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_flooding_occupant_is_slowed_down_and_a_members_only_switch_removes_outsiders() {
+    let server = TestServer::start().await;
+    let mut cs = users(&server, &["alice", "bob"]).await;
+    let [alice, bob] = &mut cs[..] else {
+        unreachable!()
+    };
+    join(alice, ROOM, "Alice", "").await;
+    configure(alice, ROOM, &[]).await;
+    join(bob, ROOM, "Bob", "").await;
+    for i in 0..30 {
+        bob.send(&format!(
+            "<message id='f{i}' to='{ROOM}' type='groupchat'><body>flood {i}</body></message>"
+        ))
+        .await;
+    }
+    let err = bob
+        .expect("a refusal", |e| {
+            e.name() == "message" && e.attr("type") == Some("error")
+        })
+        .await;
+    assert_eq!(error_condition(&err), "resource-constraint");
+
+    // Becoming members-only removes occupants without membership, with status 322.
+    configure(alice, ROOM, &[("muc#roomconfig_membersonly", "1")]).await;
+    let removed = bob
+        .expect(
+            "removal",
+            presence_from(format!("{ROOM}/Bob"), Some("unavailable")),
+        )
+        .await;
+    assert!(
+        codes(&removed).contains(&"322".into()),
+        "{:?}",
+        codes(&removed)
+    );
     for c in cs {
         c.close().await;
     }

@@ -140,6 +140,28 @@ pub struct Occupant {
     pub role: Role,
     /// The occupant's own presence payload (show, status, …), without MUC elements.
     pub presence: Element,
+    /// Messages the occupant may still send now (a token bucket, see [`MESSAGE_RATE`]).
+    pub budget: f64,
+    pub budget_at_ms: i64,
+}
+
+/// Messages per second an occupant may send to a room, and the burst it may save up: beyond
+/// this, messages are refused rather than flooding every other occupant.
+pub const MESSAGE_RATE: f64 = 5.0;
+pub const MESSAGE_BURST: f64 = 20.0;
+
+impl Occupant {
+    /// Takes one message from the budget; false when the occupant sends too fast.
+    fn spend(&mut self, now_ms: i64) -> bool {
+        let elapsed = (now_ms - self.budget_at_ms).max(0) as f64 / 1000.0;
+        self.budget = (self.budget + elapsed * MESSAGE_RATE).min(MESSAGE_BURST);
+        self.budget_at_ms = now_ms;
+        if self.budget < 1.0 {
+            return false;
+        }
+        self.budget -= 1.0;
+        true
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -342,6 +364,8 @@ impl Room {
             jid: from.clone(),
             role: self.default_role(aff),
             presence: clean_presence(presence),
+            budget: MESSAGE_BURST,
+            budget_at_ms: now_ms,
         };
         let mut fx = Effects::default();
         // Everyone already there, to the newcomer.
@@ -492,12 +516,18 @@ impl Room {
         msg: &Element,
         now_ms: i64,
     ) -> Result<Effects, StanzaError> {
-        let Some(sender) = self.by_real(from).cloned() else {
+        let Some(i) = self.occupants.iter().position(|o| &o.jid == from) else {
             return Err(StanzaError::not_acceptable().with_text("only occupants may send here"));
         };
-        if sender.role < Role::Participant {
+        if self.occupants[i].role < Role::Participant {
             return Err(StanzaError::forbidden().with_text("visitors have no voice here"));
         }
+        if !self.occupants[i].spend(now_ms) {
+            return Err(StanzaError::resource_constraint().with_text(format!(
+                "slow down: at most {MESSAGE_RATE} messages a second here"
+            )));
+        }
+        let sender = self.occupants[i].clone();
         let subject = msg.get_child("subject", crate::stream::ns::CLIENT);
         let has_body = msg.has_child("body", crate::stream::ns::CLIENT);
         let mut fx = Effects::default();
@@ -961,9 +991,23 @@ impl Room {
         }
         let mut fx = Effects::default();
         let was_anonymous = !self.config.whois_anyone;
+        let now_members_only = c.members_only && !self.config.members_only;
         self.config = c;
         self.locked = false;
         fx.save = true;
+        if now_members_only {
+            // Occupants without membership leave with status 322 (§9.7).
+            let outsiders: Vec<usize> = (0..self.occupants.len())
+                .filter(|&i| {
+                    self.affiliation(&self.occupants[i].jid.to_bare().to_string())
+                        < Affiliation::Member
+                })
+                .collect();
+            for &i in outsiders.iter().rev() {
+                let o = self.occupants.remove(i);
+                fx.out.extend(self.unavailable_of(&o, None, &["322"]));
+            }
+        }
         // Status 172/173 tell occupants that real JIDs became visible or hidden (§10.2.1).
         let code = match (was_anonymous, self.config.whois_anyone) {
             (true, true) => Some("172"),
