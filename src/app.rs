@@ -77,7 +77,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         Some(c) => c.clone(),
         None => Arc::new(LocalTable::default()),
     };
-    let server = Arc::new(Server::new(config, store, sessions, tls, stopped));
+    let server = Arc::new(Server::new(
+        config,
+        store,
+        sessions,
+        cluster.clone(),
+        tls,
+        stopped,
+    ));
     let listeners = vec![
         tokio::spawn(listener::accept_loop(
             server.clone(),

@@ -21,6 +21,8 @@ pub struct Server {
     pub muc_domain: String,
     pub store: Arc<dyn Store>,
     pub sessions: Arc<dyn SessionTable>,
+    /// This node's cluster membership, in the cluster shape.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
     pub tls: TlsSetup,
     /// RFC 5929 tls-server-end-point channel-binding data of our certificate, computed once.
     pub tls_server_end_point: Vec<u8>,
@@ -36,6 +38,7 @@ impl Server {
         config: Config,
         store: Arc<dyn Store>,
         sessions: Arc<dyn SessionTable>,
+        cluster: Option<Arc<crate::cluster::Cluster>>,
         tls: TlsSetup,
         shutdown: watch::Receiver<bool>,
     ) -> Server {
@@ -53,6 +56,7 @@ impl Server {
             config,
             store,
             sessions,
+            cluster,
             tls,
             modules,
             iq_handlers,

@@ -481,3 +481,72 @@ async fn a_redis_restart_in_the_middle_of_traffic_loses_nothing() {
     n1.shutdown().await;
     n2.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_room_has_one_host_and_occupants_on_both_nodes() {
+    let (_redis, n1, n2) = two_nodes().await;
+    let room = "team@conference.localhost";
+    let mut alice = XmppClient::connect(&n1, "alice@localhost/a", "pw").await;
+    let mut bob = XmppClient::connect(&n2, "bob@localhost/b", "pw").await;
+    alice
+        .send(&format!(
+            "<presence to='{room}/Alice'><x xmlns='http://jabber.org/protocol/muc'/></presence>"
+        ))
+        .await;
+    alice
+        .expect("alice in the room", |e| {
+            e.name() == "presence" && e.attr("from") == Some("team@conference.localhost/Alice")
+        })
+        .await;
+    let done = alice
+        .iq(
+            "cfg",
+            &format!(
+                "<iq type='set' id='cfg' to='{room}'><query xmlns='http://jabber.org/protocol/muc#owner'>\
+                 <x xmlns='jabber:x:data' type='submit'/></query></iq>"
+            ),
+        )
+        .await;
+    assert_eq!(done.attr("type"), Some("result"));
+    // Bob's join arrives on node 2 and is served by the room's host.
+    bob.send(&format!(
+        "<presence to='{room}/Bob'><x xmlns='http://jabber.org/protocol/muc'/></presence>"
+    ))
+    .await;
+    bob.expect("alice, seen from node 2", |e| {
+        e.name() == "presence" && e.attr("from") == Some("team@conference.localhost/Alice")
+    })
+    .await;
+    alice
+        .expect("bob joining", |e| {
+            e.name() == "presence" && e.attr("from") == Some("team@conference.localhost/Bob")
+        })
+        .await;
+    alice
+        .send(&format!(
+            "<message to='{room}' type='groupchat'><body>from node 1</body></message>"
+        ))
+        .await;
+    bob.expect(
+        "the message from node 1",
+        is_message_with_body("from node 1"),
+    )
+    .await;
+    bob.send(&format!(
+        "<message to='{room}' type='groupchat'><body>from node 2</body></message>"
+    ))
+    .await;
+    for c in [&mut alice, &mut bob] {
+        let m = c
+            .expect(
+                "the message from node 2",
+                is_message_with_body("from node 2"),
+            )
+            .await;
+        assert_eq!(m.attr("from"), Some("team@conference.localhost/Bob"));
+    }
+    alice.close().await;
+    bob.close().await;
+    n1.shutdown().await;
+    n2.shutdown().await;
+}

@@ -40,8 +40,16 @@ pub struct Frame {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase")]
 pub enum Op {
-    Stanza { xml: String },
-    Close { condition: String },
+    Stanza {
+        xml: String,
+    },
+    /// A stanza for a group chat room this node hosts (the frame's jid and conn are unused).
+    Room {
+        xml: String,
+    },
+    Close {
+        condition: String,
+    },
     Replaced,
 }
 
@@ -82,6 +90,28 @@ impl BusSender {
             }
             Err(mpsc::error::TrySendError::Full(_)) => Err(DeliveryError::Full(stanza)),
             Err(mpsc::error::TrySendError::Closed(_)) => Err(DeliveryError::Closed(stanza)),
+        }
+    }
+
+    /// Hands a stanza for a room to the node that hosts it; gives it back if the bus is full.
+    pub fn room_stanza(&self, node: &Arc<str>, stanza: Element) -> Result<(), Element> {
+        let Ok(xml) = String::from_utf8(writer::element(&stanza)) else {
+            return Err(stanza);
+        };
+        let out = Outgoing {
+            node: node.clone(),
+            frame: Frame {
+                jid: String::new(),
+                conn: 0,
+                op: Op::Room { xml },
+            },
+        };
+        match self.tx.try_send(out) {
+            Ok(()) => {
+                crate::metrics::bus_frame("out");
+                Ok(())
+            }
+            Err(_) => Err(stanza),
         }
     }
 

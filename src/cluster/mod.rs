@@ -160,6 +160,15 @@ pub struct Cluster {
     stop: watch::Sender<bool>,
     /// Set once the server exists, for events that concern its modules' caches.
     server: std::sync::OnceLock<std::sync::Weak<Server>>,
+    /// Room → hosting node, as last learnt, with when to ask again.
+    room_hosts: Mutex<HashMap<String, (Arc<str>, std::time::Instant)>>,
+}
+
+/// Where a group chat room is hosted.
+#[derive(Debug, Clone)]
+pub enum RoomHost {
+    Here,
+    There(Arc<str>),
 }
 
 fn node_name(configured: &str) -> String {
@@ -209,6 +218,7 @@ impl Cluster {
             lease: Duration::from_secs(config.cluster.lease_seconds),
             stop,
             server: std::sync::OnceLock::new(),
+            room_hosts: Mutex::new(HashMap::new()),
         });
         // A node restarted under a fixed name may have left bindings behind: clear them.
         let leftovers = cluster.reap(&cluster.node, true).await.map_err(err)?;
@@ -594,6 +604,7 @@ impl Cluster {
             if !existed || self.dirty.swap(false, Ordering::Relaxed) {
                 self.put_sessions_back(&server, !existed).await;
             }
+            self.renew_rooms().await;
             for node in dead {
                 match self.reap(&node, false).await {
                     Ok(Some((sessions, frames))) => {
@@ -815,6 +826,11 @@ impl Cluster {
                     None => crate::router::route(server, stanza).await,
                 }
             }
+            Op::Room { xml } => {
+                if let Ok(stanza) = xml.parse::<Element>() {
+                    crate::modules::muc::route_here(server, stanza).await;
+                }
+            }
             Op::Replaced => {
                 if let Some(r) = target {
                     r.sender.command(SessionCommand::Replaced);
@@ -843,8 +859,16 @@ impl Cluster {
     async fn reroute_frames(&self, server: &Server, frames: Vec<Frame>) {
         crate::metrics::bus_rerouted(frames.len());
         for frame in frames {
-            let Op::Stanza { xml } = frame.op else {
-                continue;
+            let xml = match frame.op {
+                Op::Stanza { xml } => xml,
+                // The room's host is gone: this node serves the room from now on.
+                Op::Room { xml } => {
+                    if let Ok(stanza) = xml.parse::<Element>() {
+                        crate::modules::muc::route_here(server, stanza).await;
+                    }
+                    continue;
+                }
+                Op::Close { .. } | Op::Replaced => continue,
             };
             let Ok(stanza) = xml.parse::<Element>() else {
                 continue;
@@ -1006,5 +1030,77 @@ impl Cluster {
     /// The Redis URL, without its password.
     pub fn redis_url(&self) -> &str {
         &self.url
+    }
+
+    /// The node that hosts a group chat room: one node at a time holds a room lease in Redis
+    /// and every other node hands it the room's stanzas, so a room has one state. A host
+    /// whose node lease is gone loses its rooms to the next node that needs them, which loads
+    /// them from the store. Without Redis, rooms are served where their stanzas arrive.
+    pub async fn room_host(&self, room: &str) -> RoomHost {
+        let now = std::time::Instant::now();
+        if let Some((node, until)) = self
+            .room_hosts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(room)
+            && *until > now
+        {
+            return self.host(node.clone());
+        }
+        let mut conn = self.conn.clone();
+        let lease_ms = u64::try_from((self.lease * 3).as_millis()).unwrap_or(u64::MAX);
+        let claimed: redis::RedisResult<String> = scripts::CLAIM_ROOM
+            .key(self.key(&format!("room:{room}")))
+            .key(self.key("nodes"))
+            .arg(&*self.node)
+            .arg(lease_ms)
+            .invoke_async(&mut conn)
+            .await;
+        let node: Arc<str> = match claimed {
+            Ok(n) => n.into(),
+            Err(e) => {
+                warn!(error = %e, room, "cannot reach redis for a room's host; serving it here");
+                return RoomHost::Here;
+            }
+        };
+        // Asked again well within the room lease, which the host renews the same way.
+        self.room_hosts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(room.to_owned(), (node.clone(), now + self.lease / 3));
+        self.host(node)
+    }
+
+    fn host(&self, node: Arc<str>) -> RoomHost {
+        if node == self.node {
+            RoomHost::Here
+        } else {
+            RoomHost::There(node)
+        }
+    }
+
+    /// Hands a room's stanza to its host; gives it back if that cannot be done now.
+    pub fn to_room_host(&self, node: &Arc<str>, stanza: Element) -> Result<(), Element> {
+        self.bus.room_stanza(node, stanza)
+    }
+
+    /// Renews the leases of the rooms this node hosts (those it learnt it hosts).
+    async fn renew_rooms(&self) {
+        let hosted: Vec<String> = self
+            .room_hosts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(_, (n, _))| *n == self.node)
+            .map(|(r, _)| r.clone())
+            .collect();
+        for room in hosted {
+            // Expire the cache entry so that the next stanza asks (and renews) again.
+            self.room_hosts
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&room);
+            let _ = self.room_host(&room).await;
+        }
     }
 }

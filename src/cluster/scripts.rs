@@ -129,3 +129,18 @@ end
 return 1",
     )
 });
+
+/// KEYS: the room's host key, nodes. ARGV: this node, lease in ms.
+/// Returns the node hosting the room: the current host while it holds a node lease (its room
+/// lease renewed if that is this node), else this node, which takes the room over.
+pub static CLAIM_ROOM: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "local cur = redis.call('GET', KEYS[1])
+if cur and (cur == ARGV[1] or redis.call('ZSCORE', KEYS[2], cur)) then
+  if cur == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+  return cur
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return ARGV[1]",
+    )
+});

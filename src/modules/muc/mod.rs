@@ -47,8 +47,29 @@ fn answerable(stanza: &Element) -> bool {
     !matches!(stanza::stanza_type(stanza), "error" | "result")
 }
 
-/// Handles a stanza addressed to the MUC service, a room, or an occupant.
+/// Routes a stanza addressed to the MUC service, a room, or an occupant: in a cluster, to the
+/// node that hosts the room; otherwise here.
 pub async fn route(server: &Server, stanza: Element) {
+    let room = stanza
+        .attr("to")
+        .and_then(|t| jid::parse(t).ok())
+        .and_then(|t| t.node().map(|n| n.as_str().to_owned()));
+    if let (Some(cluster), Some(room)) = (&server.cluster, room)
+        && let crate::cluster::RoomHost::There(node) = cluster.room_host(&room).await
+    {
+        if let Err(stanza) = cluster.to_room_host(&node, stanza)
+            && answerable(&stanza)
+        {
+            // The bus is full: the sender hears it (serving the room here would split it).
+            router::bounce(server, &stanza, StanzaError::resource_constraint()).await;
+        }
+        return;
+    }
+    route_here(server, stanza).await
+}
+
+/// Handles a stanza for the service or a room on this node.
+pub async fn route_here(server: &Server, stanza: Element) {
     let Some(m) = module(server) else { return };
     let Some(from) = stanza
         .attr("from")
