@@ -550,3 +550,104 @@ async fn a_room_has_one_host_and_occupants_on_both_nodes() {
     n1.shutdown().await;
     n2.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_room_moves_to_another_node_when_its_host_dies() {
+    let redis = Redis::start();
+    let db = Postgres::shared().fresh_database().await;
+    let n1 = node("n1", &db, &redis).await;
+    users(&n1).await;
+    let n2 = NodeProcess::start("n2", &db, &redis).await;
+    let room = "lasting@conference.localhost";
+
+    // Bob creates a persistent room through node 2, which becomes its host.
+    let mut bob = n2.connect("bob@localhost/b").await;
+    bob.send(&format!(
+        "<presence to='{room}/Bob'><x xmlns='http://jabber.org/protocol/muc'/></presence>"
+    ))
+    .await;
+    bob.expect("bob in the room", |e| {
+        e.name() == "presence" && e.attr("from") == Some("lasting@conference.localhost/Bob")
+    })
+    .await;
+    let done = bob
+        .iq(
+            "cfg",
+            &format!(
+                "<iq type='set' id='cfg' to='{room}'><query xmlns='http://jabber.org/protocol/muc#owner'>\
+                 <x xmlns='jabber:x:data' type='submit'><field var='muc#roomconfig_persistentroom'>\
+                 <value>1</value></field></x></query></iq>"
+            ),
+        )
+        .await;
+    assert_eq!(done.attr("type"), Some("result"));
+    let mut alice = XmppClient::connect(&n1, "alice@localhost/a", "pw").await;
+    alice
+        .send(&format!(
+            "<presence to='{room}/Alice'><x xmlns='http://jabber.org/protocol/muc'/></presence>"
+        ))
+        .await;
+    alice
+        .expect("alice in the room, hosted on node 2", |e| {
+            e.name() == "presence" && e.attr("from") == Some("lasting@conference.localhost/Bob")
+        })
+        .await;
+
+    n2.signal("-KILL");
+    drop(bob);
+    // Once node 2 is declared dead, node 1 takes the room over from the store: alice's
+    // self-ping (XEP-0410) tells her she is no longer joined, and she joins again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(LEASE_SECONDS * 5);
+    let mut n = 0;
+    loop {
+        n += 1;
+        let id = format!("sp{n}");
+        alice
+            .send(&format!(
+                "<iq type='get' id='{id}' to='{room}/Alice'><ping xmlns='urn:xmpp:ping'/></iq>"
+            ))
+            .await;
+        let answer = tokio::time::timeout(Duration::from_millis(800), async {
+            alice
+                .expect("the self-ping answer", |e| {
+                    e.name() == "iq" && e.attr("id") == Some(id.as_str())
+                })
+                .await
+        })
+        .await;
+        if let Ok(a) = answer
+            && a.attr("type") == Some("error")
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the room never moved");
+    }
+    alice
+        .send(&format!(
+            "<presence to='{room}/Alice'><x xmlns='http://jabber.org/protocol/muc'/></presence>"
+        ))
+        .await;
+    let own = alice
+        .expect("alice back in the room", |e| {
+            e.name() == "presence" && e.attr("from") == Some("lasting@conference.localhost/Alice")
+        })
+        .await;
+    assert_ne!(
+        own.attr("type"),
+        Some("error"),
+        "the room was kept: {own:?}"
+    );
+    let info = alice
+        .iq(
+            "i",
+            &format!("<iq type='get' id='i' to='{room}'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>"),
+        )
+        .await;
+    let persistent = child(&info, "query")
+        .expect("query")
+        .children()
+        .any(|f| f.attr("var") == Some("muc_persistent"));
+    assert!(persistent, "configuration kept");
+    alice.close().await;
+    n1.shutdown().await;
+}
