@@ -522,16 +522,33 @@ async fn a_room_has_one_host_and_occupants_on_both_nodes() {
             e.name() == "presence" && e.attr("from") == Some("team@conference.localhost/Bob")
         })
         .await;
+    // A second occupant on node 2: node 1 sends node 2 the room's message once, for both.
+    let mut bob2 = XmppClient::connect(&n2, "bob@localhost/b2", "pw").await;
+    bob2.send(&format!(
+        "<presence to='{room}/Bob2'><x xmlns='http://jabber.org/protocol/muc'/></presence>"
+    ))
+    .await;
+    alice
+        .expect("bob's second resource joining", |e| {
+            e.name() == "presence" && e.attr("from") == Some("team@conference.localhost/Bob2")
+        })
+        .await;
     alice
         .send(&format!(
             "<message to='{room}' type='groupchat'><body>from node 1</body></message>"
         ))
         .await;
-    bob.expect(
-        "the message from node 1",
-        is_message_with_body("from node 1"),
-    )
-    .await;
+    for c in [&mut bob, &mut bob2] {
+        let jid = c.jid.to_string();
+        let m = c
+            .expect(
+                "the message from node 1",
+                is_message_with_body("from node 1"),
+            )
+            .await;
+        assert_eq!(m.attr("to"), Some(jid.as_str()));
+    }
+    bob2.close().await;
     bob.send(&format!(
         "<message to='{room}' type='groupchat'><body>from node 2</body></message>"
     ))

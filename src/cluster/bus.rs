@@ -47,6 +47,11 @@ pub enum Op {
     Room {
         xml: String,
     },
+    /// One message (without `to`) for several sessions on the node (full JID, connection).
+    Fanout {
+        xml: String,
+        targets: Vec<(String, u64)>,
+    },
     Close {
         condition: String,
     },
@@ -112,6 +117,39 @@ impl BusSender {
                 Ok(())
             }
             Err(_) => Err(stanza),
+        }
+    }
+
+    /// Hands one message for several of `node`'s sessions over in one frame; gives the
+    /// targets back if the bus is full.
+    pub fn fan_out(
+        &self,
+        node: &Arc<str>,
+        message: &Element,
+        targets: Vec<(String, u64)>,
+    ) -> Result<(), Vec<(String, u64)>> {
+        let Ok(xml) = String::from_utf8(writer::element(message)) else {
+            return Err(targets);
+        };
+        let out = Outgoing {
+            node: node.clone(),
+            frame: Frame {
+                jid: String::new(),
+                conn: 0,
+                op: Op::Fanout { xml, targets },
+            },
+        };
+        match self.tx.try_send(out) {
+            Ok(()) => {
+                crate::metrics::bus_frame("out");
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Full(o) | mpsc::error::TrySendError::Closed(o)) => {
+                match o.frame.op {
+                    Op::Fanout { targets, .. } => Err(targets),
+                    _ => Err(Vec::new()),
+                }
+            }
         }
     }
 
@@ -182,6 +220,12 @@ pub fn is_target(endpoint: &Endpoint, conn: u64) -> bool {
     endpoint.is_local() && endpoint.conn_id() == conn
 }
 
-pub fn log_refused(node: &str, n: usize) {
-    tracing::info!(node, frames = n, "node gone: frames refused, re-routing");
+pub fn log_refused(node: &str, frames: &[Frame]) {
+    let first = frames.first().map(|f| match &f.op {
+        Op::Stanza { xml } | Op::Room { xml } | Op::Fanout { xml, .. } => {
+            xml.chars().take(160).collect::<String>()
+        }
+        other => format!("{other:?}"),
+    });
+    tracing::info!(node, frames = frames.len(), first = ?first, "node gone: frames refused, re-routing");
 }

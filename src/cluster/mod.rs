@@ -712,7 +712,7 @@ impl Cluster {
                 match handed {
                     Ok(1) => {}
                     Ok(_) => {
-                        bus::log_refused(&node, frames.len());
+                        bus::log_refused(&node, &frames);
                         self.reroute_frames(&server, frames).await;
                     }
                     Err(e) => {
@@ -831,6 +831,25 @@ impl Cluster {
                     crate::modules::muc::route_here(server, stanza).await;
                 }
             }
+            Op::Fanout { xml, targets } => {
+                let Ok(message) = xml.parse::<Element>() else {
+                    return;
+                };
+                for (jid, conn) in targets {
+                    let mut m = message.clone();
+                    crate::stanza::set_attr(&mut m, "to", &jid);
+                    let local = FullJid::new(&jid)
+                        .ok()
+                        .and_then(|j| self.view.resource(&j))
+                        .filter(|r| bus::is_target(&r.sender, conn));
+                    match local {
+                        Some(r) => {
+                            let _ = r.sender.deliver(m);
+                        }
+                        None => crate::router::route(server, m).await,
+                    }
+                }
+            }
             Op::Replaced => {
                 if let Some(r) = target {
                     r.sender.command(SessionCommand::Replaced);
@@ -852,12 +871,32 @@ fn on_node(r: &Resource, node: &str) -> bool {
 
 impl Cluster {
     /// Frames that did not reach their session (its node refused them, died holding them, or
-    /// could not be reached). If the view has moved on (the resource is gone, or bound again
-    /// elsewhere) a stanza is routed afresh, so it may still arrive live; if the view still
-    /// points at the unreachable session, messages go to offline storage (or back to their
-    /// sender) and requests get an error: never silence, and never a loop.
+    /// could not be reached). A stanza whose resource is gone or now bound here is routed
+    /// afresh, so it may still arrive live; otherwise messages go to offline storage (or back
+    /// to their sender) and requests get an error: never silence, and never a loop.
     async fn reroute_frames(&self, server: &Server, frames: Vec<Frame>) {
         crate::metrics::bus_rerouted(frames.len());
+        let frames = frames.into_iter().flat_map(|f| match f.op {
+            Op::Fanout { xml, targets } => {
+                let Ok(message) = xml.parse::<Element>() else {
+                    return Vec::new();
+                };
+                targets
+                    .into_iter()
+                    .map(|(jid, conn)| {
+                        let mut m = message.clone();
+                        crate::stanza::set_attr(&mut m, "to", &jid);
+                        let xml = String::from_utf8(writer::element(&m)).unwrap_or_default();
+                        Frame {
+                            jid,
+                            conn,
+                            op: Op::Stanza { xml },
+                        }
+                    })
+                    .collect()
+            }
+            op => vec![Frame { op, ..f }],
+        });
         for frame in frames {
             let xml = match frame.op {
                 Op::Stanza { xml } => xml,
@@ -868,16 +907,19 @@ impl Cluster {
                     }
                     continue;
                 }
-                Op::Close { .. } | Op::Replaced => continue,
+                Op::Close { .. } | Op::Replaced | Op::Fanout { .. } => continue,
             };
             let Ok(stanza) = xml.parse::<Element>() else {
                 continue;
             };
-            let stale = FullJid::new(&frame.jid)
+            // Routed afresh only when that cannot lead back to a node: the resource is gone
+            // (the bare JID's rules apply) or now bound here. A resource still on another node
+            // is not tried again, so a frame never bounces between nodes.
+            let elsewhere = FullJid::new(&frame.jid)
                 .ok()
                 .and_then(|j| self.view.resource(&j))
-                .is_some_and(|r| !r.sender.is_local() && r.sender.conn_id() == frame.conn);
-            if stale {
+                .is_some_and(|r| !r.sender.is_local());
+            if elsewhere {
                 undeliverable(server, &frame.jid, stanza).await;
             } else {
                 crate::router::route(server, stanza).await;

@@ -74,6 +74,49 @@ async fn route_now(server: &Server, stanza: Element) {
     }
 }
 
+/// Sends one message to many full JIDs (a room's occupants): local sessions get it directly,
+/// and each other node of a cluster gets it once with the list of its recipients, rather than
+/// once per recipient.
+pub async fn fan_out(server: &Server, message: Element, to: Vec<FullJid>) {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    /// A node's bus, and its sessions the message is for.
+    type NodeTargets = (crate::cluster::bus::BusSender, Vec<(String, u64)>);
+    let mut remote: HashMap<Arc<str>, NodeTargets> = HashMap::new();
+    for jid in to {
+        let found = server.sessions.resource(&jid);
+        match found.as_ref().map(|r| &r.sender) {
+            Some(table::Endpoint::Remote(rs)) => {
+                remote
+                    .entry(rs.node.clone())
+                    .or_insert_with(|| (rs.bus.clone(), Vec::new()))
+                    .1
+                    .push((jid.to_string(), rs.conn_id));
+            }
+            _ => {
+                let mut m = message.clone();
+                stanza::set_attr(&mut m, "to", &jid.to_string());
+                match found {
+                    Some(r) => {
+                        let _ = deliver(&r, m);
+                    }
+                    None => route(server, m).await,
+                }
+            }
+        }
+    }
+    for (node, (bus, targets)) in remote {
+        if let Err(targets) = bus.fan_out(&node, &message, targets) {
+            // The bus is full: one at a time, as the router would.
+            for (jid, _) in targets {
+                let mut m = message.clone();
+                stanza::set_attr(&mut m, "to", &jid);
+                route(server, m).await;
+            }
+        }
+    }
+}
+
 /// Sends the error reply for `stanza` back to its sender.
 pub async fn bounce(server: &Server, stanza: &Element, err: StanzaError) {
     if let Some(reply) = stanza::error_reply(stanza, &err) {

@@ -304,13 +304,16 @@ impl Muc {
         {
             // The room's stanza id is its archive id (XEP-0359, XEP-0313 §5.2).
             let id = id.to_string();
-            for m in &mut fx.out {
-                if let Some(sid) = m.get_child_mut("stanza-id", super::mam::SID) {
-                    stanza::set_attr(sid, "id", &id);
-                }
+            if let Some((m, _)) = &mut fx.broadcast
+                && let Some(sid) = m.get_child_mut("stanza-id", super::mam::SID)
+            {
+                stanza::set_attr(sid, "id", &id);
             }
         }
         self.settle(server, name, &room, &fx).await;
+        if let Some((message, to)) = fx.broadcast.take() {
+            router::fan_out(server, message, to).await;
+        }
         let mut out = fx.out;
         out.extend(reply);
         Ok(out)

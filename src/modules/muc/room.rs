@@ -203,6 +203,8 @@ pub struct Effects {
     pub gone: bool,
     /// A groupchat message to archive: the broadcast form, without `to`.
     pub archive: Option<Element>,
+    /// One message for many occupants (without `to`), sent once per node in a cluster.
+    pub broadcast: Option<(Element, Vec<FullJid>)>,
 }
 
 impl Room {
@@ -569,11 +571,7 @@ impl Room {
                 self.history.pop_front();
             }
         }
-        for o in &self.occupants {
-            let mut m = out.clone();
-            stanza::set_attr(&mut m, "to", &o.jid.to_string());
-            fx.out.push(m);
-        }
+        fx.broadcast = Some((out, self.occupants.iter().map(|o| o.jid.clone()).collect()));
         Ok(fx)
     }
 
