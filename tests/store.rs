@@ -246,29 +246,31 @@ async fn unsupported_url_is_refused_by_name() {
 
 async fn archive_contract(store: &dyn Store) {
     store.create_account("ann", &creds(3)).await.unwrap();
-    let mut ids = Vec::new();
-    for (i, (with, body)) in [
+    let rows = [
         ("bob@x/phone", "Café au lait"),
         ("carol@y/pc", "nothing here"),
         ("bob@x/pc", "more coffee please"),
-    ]
-    .iter()
-    .enumerate()
-    {
-        let bare = with.split('/').next().unwrap();
-        let id = store
-            .archive_append(&NewArchived {
-                user: "ann",
-                with_bare: bare,
-                with_full: with,
-                stamp_ms: 1000 * (i as i64 + 1),
-                body,
-                stanza: &format!("<message xmlns='jabber:client'><body>{body}</body></message>"),
-            })
-            .await
-            .unwrap();
-        ids.push(id);
-    }
+    ];
+    let stanzas: Vec<String> = rows
+        .iter()
+        .map(|(_, body)| format!("<message xmlns='jabber:client'><body>{body}</body></message>"))
+        .collect();
+    let batch: Vec<NewArchived> = rows
+        .iter()
+        .zip(&stanzas)
+        .enumerate()
+        .map(|(i, ((with, body), stanza))| NewArchived {
+            user: "ann",
+            with_bare: with.split('/').next().unwrap(),
+            with_full: with,
+            stamp_ms: 1000 * (i as i64 + 1),
+            body,
+            stanza,
+        })
+        .collect();
+    // One group commit: ids in the order given.
+    let ids = store.archive_append_batch(&batch).await.unwrap();
+    assert_eq!(ids.len(), 3);
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
     let q = |f: fn(&mut ArchiveQuery)| {
         let mut q = ArchiveQuery {

@@ -24,8 +24,8 @@ use crate::stream::writer;
 
 /// Frames waiting for the writer; beyond this, senders get their stanza back.
 pub const QUEUE_DEPTH: usize = 16_384;
-/// Frames per Redis call.
-const BATCH: usize = 512;
+/// Frames per Redis call, written or read.
+pub const BATCH: usize = 512;
 
 /// One thing for one session on another node.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -198,8 +198,6 @@ pub fn by_node(batch: Vec<Outgoing>) -> HashMap<Arc<str>, Vec<Frame>> {
     }
     map
 }
-
-pub const WRITE_BATCH: usize = BATCH;
 
 /// How long the reader blocks in one XREAD before checking for shutdown.
 pub const READ_BLOCK: Duration = Duration::from_millis(1000);

@@ -144,7 +144,6 @@ struct PendingAck {
 pub struct Cluster {
     pub node: Arc<str>,
     prefix: String,
-    url: String,
     client: redis::Client,
     conn: ConnectionManager,
     view: View,
@@ -206,7 +205,6 @@ impl Cluster {
         let cluster = Arc::new(Cluster {
             node: node_name(&config.cluster.node).into(),
             prefix: format!("rookery:{}:", config.domain),
-            url: crate::store::redacted(&url),
             client,
             conn,
             view: View::default(),
@@ -693,8 +691,8 @@ impl Cluster {
 
     /// Drains the outgoing bus queue into the destination nodes' streams.
     async fn write_bus(self: Arc<Self>, server: Arc<Server>, mut rx: mpsc::Receiver<Outgoing>) {
-        let mut batch = Vec::with_capacity(bus::WRITE_BATCH);
-        while rx.recv_many(&mut batch, bus::WRITE_BATCH).await > 0 {
+        let mut batch = Vec::with_capacity(bus::BATCH);
+        while rx.recv_many(&mut batch, bus::BATCH).await > 0 {
             for (node, frames) in bus::by_node(std::mem::take(&mut batch)) {
                 let encoded: Vec<String> = frames
                     .iter()
@@ -763,7 +761,7 @@ impl Cluster {
             };
             let options = redis::streams::StreamReadOptions::default()
                 .block(bus::READ_BLOCK.as_millis() as usize)
-                .count(bus::WRITE_BATCH);
+                .count(bus::BATCH);
             let read: redis::RedisResult<Option<redis::streams::StreamReadReply>> = conn
                 .xread_options(&[inbox.as_str()], &[last_id.as_str()], &options)
                 .await;
@@ -1067,11 +1065,6 @@ impl Cluster {
             return Err(TableError::Unavailable(e.to_string()));
         }
         Ok(())
-    }
-
-    /// The Redis URL, without its password.
-    pub fn redis_url(&self) -> &str {
-        &self.url
     }
 
     /// The node that hosts a group chat room: one node at a time holds a room lease in Redis

@@ -261,8 +261,6 @@ pub trait Store: Send + Sync {
     async fn unblock(&self, user: &str, jids: &[String]) -> StoreResult<()>;
 
     // Message archive (XEP-0313, XEP-0441).
-    /// Archives a message; returns its archive id.
-    async fn archive_append(&self, message: &NewArchived<'_>) -> StoreResult<i64>;
     /// Archives several messages in one transaction (group commit); their ids in order.
     async fn archive_append_batch(&self, messages: &[NewArchived<'_>]) -> StoreResult<Vec<i64>>;
     async fn archive_query(&self, user: &str, query: &ArchiveQuery) -> StoreResult<ArchivePage>;

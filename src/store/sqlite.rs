@@ -438,22 +438,6 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn archive_append(&self, m: &NewArchived<'_>) -> StoreResult<i64> {
-        let row = sqlx::query(
-            "INSERT INTO archive (username, with_bare, with_full, stamp_ms, body, stanza) \
-             VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
-        )
-        .bind(m.user)
-        .bind(m.with_bare)
-        .bind(m.with_full)
-        .bind(m.stamp_ms)
-        .bind(m.body)
-        .bind(m.stanza)
-        .fetch_one(&self.writer)
-        .await?;
-        Ok(row.try_get(0)?)
-    }
-
     async fn archive_append_batch(&self, messages: &[NewArchived<'_>]) -> StoreResult<Vec<i64>> {
         self.append_batch("archive", "username", messages).await
     }

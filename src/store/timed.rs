@@ -100,9 +100,6 @@ impl Store for Timed {
     async fn unblock(&self, user: &str, jids: &[String]) -> StoreResult<()> {
         timed!("unblock", self.0.unblock(user, jids))
     }
-    async fn archive_append(&self, message: &NewArchived<'_>) -> StoreResult<i64> {
-        timed!("archive_append", self.0.archive_append(message))
-    }
     async fn archive_append_batch(&self, messages: &[NewArchived<'_>]) -> StoreResult<Vec<i64>> {
         timed!(
             "archive_append_batch",

@@ -652,7 +652,7 @@ impl Room {
             if let Some(role) = item.attr("role") {
                 let role = Role::parse(role).ok_or_else(StanzaError::bad_request)?;
                 let nick = item.attr("nick").ok_or_else(StanzaError::bad_request)?;
-                self.set_role(from, actor_aff, actor_role, nick, role, &reason, &mut fx)?;
+                self.set_role(actor_aff, actor_role, nick, role, &reason, &mut fx)?;
             } else if let Some(aff) = item.attr("affiliation") {
                 let aff = Affiliation::parse(aff).ok_or_else(StanzaError::bad_request)?;
                 let target = item
@@ -676,7 +676,6 @@ impl Room {
     #[allow(clippy::too_many_arguments)]
     fn set_role(
         &mut self,
-        from: &FullJid,
         actor_aff: Affiliation,
         actor_role: Role,
         nick: &str,
@@ -701,7 +700,6 @@ impl Room {
         if role == Role::None {
             // A kick (§8.2).
             let o = self.occupants.remove(i);
-            let _ = from;
             fx.out
                 .extend(self.with_reason(self.unavailable_of(&o, None, &["307"]), reason));
             fx.gone = self.occupants.is_empty() && !self.config.persistent;
