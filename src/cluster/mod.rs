@@ -36,7 +36,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::jid::{BareJid, FullJid};
+use crate::jid::FullJid;
 use crate::router::table::{
     Bound, Endpoint, RemoteSession, Resource, SessionCommand, SessionSender, SessionTable,
     TableError, View,
@@ -1026,20 +1026,8 @@ impl SessionTable for Cluster {
         self.store_update(changed).await
     }
 
-    fn resources(&self, bare: &BareJid) -> Vec<Resource> {
-        self.view.resources(bare)
-    }
-
-    fn any_carbons(&self, bare: &BareJid) -> bool {
-        self.view.any_carbons(bare)
-    }
-
-    fn resource(&self, jid: &FullJid) -> Option<Resource> {
-        self.view.resource(jid)
-    }
-
-    fn count(&self) -> usize {
-        self.view.count_local()
+    fn view(&self) -> &View {
+        &self.view
     }
 
     fn invalidate(&self, cache: &'static str, key: &str) {

@@ -195,13 +195,24 @@ pub trait SessionTable: Send + Sync {
     async fn set_interested(&self, jid: &FullJid, conn_id: u64) -> Result<(), TableError>;
     async fn set_carbons(&self, jid: &FullJid, conn_id: u64, on: bool) -> Result<(), TableError>;
 
-    fn resources(&self, bare: &BareJid) -> Vec<Resource>;
+    /// The in-memory view every read below is answered from, never waiting.
+    fn view(&self) -> &View;
+
+    fn resources(&self, bare: &BareJid) -> Vec<Resource> {
+        self.view().resources(bare)
+    }
     /// Whether any resource of the account has carbons on: asked for every chat message, so
     /// it must not copy the resource list.
-    fn any_carbons(&self, bare: &BareJid) -> bool;
-    fn resource(&self, jid: &FullJid) -> Option<Resource>;
+    fn any_carbons(&self, bare: &BareJid) -> bool {
+        self.view().any_carbons(bare)
+    }
+    fn resource(&self, jid: &FullJid) -> Option<Resource> {
+        self.view().resource(jid)
+    }
     /// The sessions of this node.
-    fn count(&self) -> usize;
+    fn count(&self) -> usize {
+        self.view().count_local()
+    }
     /// Tells the other nodes of a cluster that a per-node cache entry changed; nothing to do
     /// on a single node.
     fn invalidate(&self, _cache: &'static str, _key: &str) {}
@@ -411,20 +422,8 @@ impl SessionTable for LocalTable {
         Ok(())
     }
 
-    fn resources(&self, bare: &BareJid) -> Vec<Resource> {
-        self.view.resources(bare)
-    }
-
-    fn any_carbons(&self, bare: &BareJid) -> bool {
-        self.view.any_carbons(bare)
-    }
-
-    fn resource(&self, jid: &FullJid) -> Option<Resource> {
-        self.view.resource(jid)
-    }
-
-    fn count(&self) -> usize {
-        self.view.count_local()
+    fn view(&self) -> &View {
+        &self.view
     }
 }
 
