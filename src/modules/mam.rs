@@ -268,24 +268,7 @@ pub fn queue_room_message(
     msg: &Element,
 ) -> Option<oneshot::Receiver<Option<i64>>> {
     let m = module(server)?;
-    let xml = String::from_utf8(writer::element(msg)).ok()?;
-    let body: String = msg
-        .children()
-        .filter(|c| c.is("body", ns::CLIENT))
-        .map(|b| b.text())
-        .collect::<Vec<_>>()
-        .join("\n");
-    let (done, id) = oneshot::channel();
-    let job = ArchiveJob {
-        room: true,
-        user: room.to_owned(),
-        with_bare: sender.to_owned(),
-        with_full: sender.to_owned(),
-        stamp_ms: chrono::Utc::now().timestamp_millis(),
-        body,
-        stanza: xml,
-        done,
-    };
+    let (job, id) = job(true, room, sender.to_owned(), sender.to_owned(), msg)?;
     match m.writer(server).try_send(job) {
         Ok(()) => Some(id),
         Err(_) => {
@@ -297,6 +280,35 @@ pub fn queue_room_message(
 
 fn module(server: &Server) -> Option<&Mam> {
     server.module::<Mam>()
+}
+
+/// A message as the archive writer takes it, and where its archive id will arrive.
+fn job(
+    room: bool,
+    owner: &str,
+    with_bare: String,
+    with_full: String,
+    msg: &Element,
+) -> Option<(ArchiveJob, oneshot::Receiver<Option<i64>>)> {
+    let stanza = String::from_utf8(writer::element(msg)).ok()?;
+    let body = msg
+        .children()
+        .filter(|c| c.is("body", ns::CLIENT))
+        .map(|b| b.text())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let (done, id) = oneshot::channel();
+    let job = ArchiveJob {
+        room,
+        user: owner.to_owned(),
+        with_bare,
+        with_full,
+        stamp_ms: chrono::Utc::now().timestamp_millis(),
+        body,
+        stanza,
+        done,
+    };
+    Some((job, id))
 }
 
 /// Drops cached preferences changed on another node of the cluster.
@@ -347,29 +359,23 @@ pub async fn archive(server: &Server, owner: &BareJid, direction: Direction, msg
         return;
     };
     let user = user.as_str();
+    // Accounts that do not exist have no archive (and get no cached preferences); checked
+    // after the cheap tests, since it can cost a store read.
+    if !crate::router::account_exists(server, owner).await {
+        return;
+    }
     let prefs = m.prefs(server, user).await;
     if !wanted(server, &prefs, user, &peer).await {
         return;
     }
-    let Ok(xml) = String::from_utf8(writer::element(msg)) else {
+    let Some((job, id)) = job(
+        false,
+        user,
+        peer.to_bare().to_string(),
+        peer.to_string(),
+        msg,
+    ) else {
         return;
-    };
-    let body: String = msg
-        .children()
-        .filter(|c| c.is("body", ns::CLIENT))
-        .map(|b| b.text())
-        .collect::<Vec<_>>()
-        .join("\n");
-    let (done, id) = oneshot::channel();
-    let job = ArchiveJob {
-        room: false,
-        user: user.to_owned(),
-        with_bare: peer.to_bare().to_string(),
-        with_full: peer.to_string(),
-        stamp_ms: chrono::Utc::now().timestamp_millis(),
-        body,
-        stanza: xml,
-        done,
     };
     if m.append(server, job).await.is_none() {
         return;
@@ -388,7 +394,8 @@ pub async fn archive(server: &Server, owner: &BareJid, direction: Direction, msg
 /// XEP-0441: the always and never lists first, then the default mode.
 async fn wanted(server: &Server, prefs: &ArchivePrefs, user: &str, peer: &Jid) -> bool {
     let bare = peer.to_bare().to_string();
-    let listed = |list: &[String]| list.iter().any(|j| *j == bare || *j == peer.to_string());
+    let full = peer.to_string();
+    let listed = |list: &[String]| list.iter().any(|j| *j == bare || *j == full);
     if listed(&prefs.never) {
         return false;
     }

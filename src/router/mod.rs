@@ -148,7 +148,8 @@ fn full_of(to: &Jid) -> Option<FullJid> {
     to.clone().try_into_full().ok()
 }
 
-async fn account_exists(server: &Server, bare: &BareJid) -> bool {
+/// Whether `bare` is an account here: bound somewhere, or known to the store.
+pub(crate) async fn account_exists(server: &Server, bare: &BareJid) -> bool {
     if !server.sessions.resources(bare).is_empty() {
         return true;
     }
@@ -179,9 +180,7 @@ fn candidates(server: &Server, bare: &BareJid) -> Vec<Resource> {
 
 async fn route_message(server: &Server, to: &Jid, mut stanza: Element) {
     let bare = to.to_bare();
-    if account_exists(server, &bare).await {
-        mam::archive(server, &bare, mam::Direction::Incoming, &mut stanza).await;
-    }
+    mam::archive(server, &bare, mam::Direction::Incoming, &mut stanza).await;
     if let Some(full) = full_of(to)
         && let Some(resource) = server.sessions.resource(&full)
     {
