@@ -118,6 +118,7 @@ impl Running {
     /// Closes every stream with `system-shutdown` and waits (a bounded time) for the sessions
     /// to say goodbye.
     pub async fn shutdown(self) {
+        crate::modules::muc::shutdown(&self.server).await;
         let _ = self.stop.send(true);
         for l in self.listeners {
             let _ = l.await;

@@ -11,6 +11,7 @@ use tokio_xmpp::minidom::Element;
 const MAM: &str = "urn:xmpp:mam:2";
 
 /// One archive page: (archive id, body) per result, in the order received, and the `fin`.
+#[derive(Debug)]
 struct Page {
     results: Vec<(String, String)>,
     fin: Element,
@@ -406,23 +407,19 @@ async fn bad_queries_get_errors_and_archives_stay_private() {
     let (server, mut alice, bob) = two_users().await;
     let bad_date = query(&mut alice, "x1", &form(&[("start", "yesterday")]))
         .await
-        .err()
-        .expect("an error");
+        .expect_err("an error");
     assert_eq!(error_condition(&bad_date), "bad-request");
     let bad_id = query(&mut alice, "x2", &rsm("<after>no-such-id</after>"))
         .await
-        .err()
-        .expect("an error");
+        .expect_err("an error");
     assert_eq!(error_condition(&bad_id), "item-not-found");
     let bad_field = query(&mut alice, "x3", &form(&[("colour", "red")]))
         .await
-        .err()
-        .expect("an error");
+        .expect_err("an error");
     assert_eq!(error_condition(&bad_field), "feature-not-implemented");
     let bad_jid = query(&mut alice, "x4", &form(&[("with", "@@")]))
         .await
-        .err()
-        .expect("an error");
+        .expect_err("an error");
     assert_eq!(error_condition(&bad_jid), "jid-malformed");
     // Someone else's archive.
     let other = alice
@@ -508,5 +505,89 @@ async fn chat_payloads_pass_through_and_chat_states_stay_out_of_the_archive() {
     assert_eq!(page.bodies(), ["first", "first, corrected"]);
     alice.close().await;
     bob.close().await;
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn metadata_and_messages_by_id() {
+    let (server, mut alice, mut bob) = two_users().await;
+    // An empty archive has empty metadata.
+    let empty = bob
+        .iq(
+            "md0",
+            &format!("<iq type='get' id='md0'><metadata xmlns='{MAM}'/></iq>"),
+        )
+        .await;
+    let md = child(&empty, "metadata").expect("metadata");
+    assert!(md.children().next().is_none(), "{}", String::from(&empty));
+
+    for i in 0..5 {
+        alice
+            .send(&format!(
+                "<message to='bob@localhost' type='chat'><body>m{i}</body></message>"
+            ))
+            .await;
+    }
+    bob.expect("the last", is_message_with_body("m4")).await;
+    let all = query(&mut bob, "all", "").await.expect("all");
+    let ids = all.ids();
+    assert_eq!(ids.len(), 5);
+
+    // The oldest and newest message, with their ids and times.
+    let full = bob
+        .iq(
+            "md1",
+            &format!("<iq type='get' id='md1'><metadata xmlns='{MAM}'/></iq>"),
+        )
+        .await;
+    let md = child(&full, "metadata").expect("metadata");
+    let start = child(md, "start").expect("start");
+    let end = child(md, "end").expect("end");
+    assert_eq!(start.attr("id"), Some(ids[0].to_string().as_str()));
+    assert_eq!(end.attr("id"), Some(ids[4].to_string().as_str()));
+    assert!(start.attr("timestamp").is_some() && end.attr("timestamp").is_some());
+
+    // The `ids` field fetches exactly the messages named, in archive order.
+    let picked = query(
+        &mut bob,
+        "ids",
+        &format!(
+            "<x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'>\
+             <value>{MAM}</value></field><field var='ids'><value>{}</value><value>{}</value>\
+             </field></x>",
+            ids[3], ids[1]
+        ),
+    )
+    .await
+    .expect("ids");
+    assert_eq!(picked.bodies(), ["m1", "m3"]);
+    // The query form lists it.
+    let form_reply = bob
+        .iq(
+            "f",
+            &format!("<iq type='get' id='f'><query xmlns='{MAM}'/></iq>"),
+        )
+        .await;
+    let fields: Vec<String> = child(&form_reply, "query")
+        .and_then(|q| child(q, "x"))
+        .map(|x| {
+            x.children()
+                .filter_map(|f| f.attr("var").map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(fields.contains(&"ids".to_owned()), "{fields:?}");
+    // An id the server never handed out names nothing.
+    let bad = query(
+        &mut bob,
+        "bad",
+        "<x xmlns='jabber:x:data' type='submit'><field var='ids'><value>abc</value></field></x>",
+    )
+    .await
+    .expect_err("a bad id");
+    assert_eq!(error_condition(&bad), "item-not-found");
+    for c in [alice, bob] {
+        c.close().await;
+    }
     server.shutdown().await;
 }

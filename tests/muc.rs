@@ -356,12 +356,26 @@ async fn kick_ban_members_only_and_restart() {
         })
         .await;
     }
+    let mut dave_before = cs.pop().expect("dave");
     for c in cs.drain(..) {
         c.close().await;
     }
 
     // After a restart the room, its configuration, affiliations and subject are still there.
+    // An occupant still there at shutdown hears why it is out (status 332).
     let server = server.restart().await;
+    let goodbye = dave_before
+        .expect(
+            "the shutdown's presence",
+            presence_from(format!("{ROOM}/Dave"), Some("unavailable")),
+        )
+        .await;
+    let c = codes(&goodbye);
+    assert!(
+        c.contains(&"332".into()) && c.contains(&"110".into()),
+        "{c:?}"
+    );
+    drop(dave_before);
     let mut dave = XmppClient::connect(&server, "dave@localhost/r", "pw").await;
     let mut carol = XmppClient::connect(&server, "carol@localhost/r", "pw").await;
     let info = dave
@@ -611,6 +625,24 @@ async fn room_archive_pages_and_search() {
     .await;
     assert_eq!(found.len(), 1);
 
+    // The room's archive metadata and query form.
+    let md = bob
+        .iq(
+            "rmd",
+            &format!("<iq type='get' id='rmd' to='{ROOM}'><metadata xmlns='urn:xmpp:mam:2'/></iq>"),
+        )
+        .await;
+    let end = child(&md, "metadata").and_then(|m| child(m, "end"));
+    assert_eq!(end.and_then(|e| e.attr("id")), Some(live_id.as_str()));
+    let form = bob
+        .iq(
+            "rf",
+            &format!("<iq type='get' id='rf' to='{ROOM}'><query xmlns='urn:xmpp:mam:2'/></iq>"),
+        )
+        .await;
+    assert_eq!(form.attr("type"), Some("result"));
+    assert!(child(&form, "query").and_then(|q| child(q, "x")).is_some());
+
     // Members-only rooms keep their archive from outsiders.
     configure(alice, ROOM, &[("muc#roomconfig_membersonly", "1")]).await;
     let (none, denied) = room_archive(carol, "rc", "").await;
@@ -662,4 +694,185 @@ async fn a_flooding_occupant_is_slowed_down_and_a_members_only_switch_removes_ou
         c.close().await;
     }
     server.shutdown().await;
+}
+
+#[tokio::test]
+async fn occupants_exchange_iqs_and_a_visitor_asks_for_voice() {
+    let server = TestServer::start().await;
+    let mut cs = users(&server, &["alice", "bob", "carol"]).await;
+    let [alice, bob, carol] = &mut cs[..] else {
+        unreachable!()
+    };
+    join(alice, ROOM, "Alice", "").await;
+    let done = configure(alice, ROOM, &[("muc#roomconfig_moderatedroom", "1")]).await;
+    assert_eq!(done.attr("type"), Some("result"));
+    let bob_self = join(bob, ROOM, "Bob", "").await;
+    assert_eq!(
+        item(&bob_self).and_then(|i| i.attr("role")),
+        Some("visitor")
+    );
+
+    // An iq to an occupant reaches its client from the asker's room JID, with an id of the
+    // room's; the answer goes back to the asker with the asker's own id.
+    bob.send(&format!(
+        "<iq type='get' id='v1' to='{ROOM}/Alice'><query xmlns='jabber:iq:version'/></iq>"
+    ))
+    .await;
+    let asked = alice
+        .expect("the forwarded iq", |e| {
+            e.name() == "iq" && e.attr("type") == Some("get")
+        })
+        .await;
+    assert_eq!(asked.attr("from"), Some(format!("{ROOM}/Bob").as_str()));
+    assert_ne!(asked.attr("id"), Some("v1"));
+    let forwarded_id = asked.attr("id").unwrap_or_default().to_owned();
+    alice
+        .send(&format!(
+            "<iq type='result' id='{forwarded_id}' to='{ROOM}/Bob'>\
+             <query xmlns='jabber:iq:version'><name>a client</name></query></iq>"
+        ))
+        .await;
+    let answer = bob
+        .expect("the answer", |e| {
+            e.name() == "iq" && e.attr("id") == Some("v1")
+        })
+        .await;
+    assert_eq!(answer.attr("type"), Some("result"));
+    assert_eq!(answer.attr("from"), Some(format!("{ROOM}/Alice").as_str()));
+    assert_eq!(
+        child(&answer, "query")
+            .and_then(|q| child(q, "name"))
+            .map(|n| n.text()),
+        Some("a client".to_owned())
+    );
+
+    // A vCard request goes to the occupant's account, which the server answers.
+    let set = alice
+        .iq(
+            "vs",
+            "<iq type='set' id='vs'><vCard xmlns='vcard-temp'><FN>Alice A.</FN></vCard></iq>",
+        )
+        .await;
+    assert_eq!(set.attr("type"), Some("result"));
+    let vcard = bob
+        .iq(
+            "vc",
+            &format!("<iq type='get' id='vc' to='{ROOM}/Alice'><vCard xmlns='vcard-temp'/></iq>"),
+        )
+        .await;
+    assert_eq!(
+        vcard.attr("type"),
+        Some("result"),
+        "{}",
+        String::from(&vcard)
+    );
+    assert_eq!(vcard.attr("from"), Some(format!("{ROOM}/Alice").as_str()));
+    assert_eq!(
+        child(&vcard, "vCard")
+            .and_then(|v| child(v, "FN"))
+            .map(|n| n.text()),
+        Some("Alice A.".to_owned())
+    );
+
+    // Bad input: no such occupant, and an outsider asking.
+    let missing = bob
+        .iq(
+            "m",
+            &format!("<iq type='get' id='m' to='{ROOM}/Nobody'><ping xmlns='urn:xmpp:ping'/></iq>"),
+        )
+        .await;
+    assert_eq!(error_condition(&missing), "item-not-found");
+    let outsider = carol
+        .iq(
+            "o",
+            &format!("<iq type='get' id='o' to='{ROOM}/Alice'><ping xmlns='urn:xmpp:ping'/></iq>"),
+        )
+        .await;
+    assert_eq!(error_condition(&outsider), "not-acceptable");
+    // An answer the room never asked for goes nowhere.
+    carol
+        .send(&format!("<iq type='result' id='forged' to='{ROOM}/Bob'/>"))
+        .await;
+
+    // Voice (§7.13, §8.6): the visitor asks, the moderator gets the form and approves.
+    bob.send(&format!(
+        "<message id='g' to='{ROOM}' type='groupchat'><body>hi</body></message>"
+    ))
+    .await;
+    let refused = bob
+        .expect("the visitor's refused message", |e| {
+            e.name() == "message" && e.attr("id") == Some("g")
+        })
+        .await;
+    assert_eq!(error_condition(&refused), "forbidden");
+    bob.send(&format!(
+        "<message to='{ROOM}'><x xmlns='jabber:x:data' type='submit'>\
+         <field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#request</value></field>\
+         <field var='muc#role' type='list-single'><value>participant</value></field></x></message>"
+    ))
+    .await;
+    let request = alice
+        .expect("the voice request", |e| {
+            e.name() == "message" && child(e, "x").is_some_and(|x| x.attr("type") == Some("form"))
+        })
+        .await;
+    assert_eq!(request.attr("from"), Some(ROOM));
+    let fields: Vec<(String, String)> = child(&request, "x")
+        .map(|x| {
+            x.children()
+                .filter(|f| f.name() == "field")
+                .map(|f| {
+                    (
+                        f.attr("var").unwrap_or_default().to_owned(),
+                        child(f, "value").map(|v| v.text()).unwrap_or_default(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        fields.contains(&("muc#roomnick".into(), "Bob".into())),
+        "{fields:?}"
+    );
+    assert!(fields.contains(&("muc#request_allow".into(), "false".into())));
+
+    // An approval that names nobody is refused.
+    alice
+        .send(&format!(
+            "<message id='bad' to='{ROOM}'><x xmlns='jabber:x:data' type='submit'>\
+             <field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#request</value></field>\
+             <field var='muc#request_allow'><value>true</value></field></x></message>"
+        ))
+        .await;
+    let bad = alice
+        .expect("the refused approval", |e| {
+            e.name() == "message" && e.attr("id") == Some("bad")
+        })
+        .await;
+    assert_eq!(error_condition(&bad), "bad-request");
+
+    alice
+        .send(&format!(
+            "<message to='{ROOM}'><x xmlns='jabber:x:data' type='submit'>\
+             <field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#request</value></field>\
+             <field var='muc#role'><value>participant</value></field>\
+             <field var='muc#jid'><value>bob@localhost/r</value></field>\
+             <field var='muc#roomnick'><value>Bob</value></field>\
+             <field var='muc#request_allow'><value>true</value></field></x></message>"
+        ))
+        .await;
+    let voiced = bob
+        .expect("bob's new role", presence_from(format!("{ROOM}/Bob"), None))
+        .await;
+    assert_eq!(
+        item(&voiced).and_then(|i| i.attr("role")),
+        Some("participant")
+    );
+    bob.send(&format!(
+        "<message to='{ROOM}' type='groupchat'><body>now I speak</body></message>"
+    ))
+    .await;
+    alice
+        .expect("bob's message", is_message_with_body("now I speak"))
+        .await;
 }

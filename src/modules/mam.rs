@@ -129,6 +129,7 @@ impl Module for Mam {
         match (req.payload.name(), req.is_set) {
             ("query", false) => Ok(Some(query_form())),
             ("query", true) => self.query(&req, user).await,
+            ("metadata", false) => metadata(req.server, Owner::Account(user)).await.map(Some),
             ("prefs", false) => Ok(Some(prefs_element(&*self.prefs(req.server, user).await))),
             ("prefs", true) => {
                 let prefs = parse_prefs(req.payload)?;
@@ -230,11 +231,7 @@ pub async fn run_query(
 ) -> Result<(Vec<Element>, Element), StanzaError> {
     let query = parse_query(payload)?;
     let flip = payload.has_child("flip-page", NS);
-    let page = match owner {
-        Owner::Account(user) => server.store.archive_query(user, &query).await,
-        Owner::Room(room) => server.store.room_archive_query(room, &query).await,
-    }
-    .map_err(|_| StanzaError::internal())?;
+    let page = fetch(server, owner, &query).await?;
     let query_id = payload.attr("queryid");
     let mut results: Vec<Element> = page
         .messages
@@ -256,6 +253,44 @@ pub async fn run_query(
     }
     fin.append_child(set);
     Ok((results, fin))
+}
+
+async fn fetch(
+    server: &Server,
+    owner: Owner<'_>,
+    query: &ArchiveQuery,
+) -> Result<crate::store::ArchivePage, StanzaError> {
+    match owner {
+        Owner::Account(user) => server.store.archive_query(user, query).await,
+        Owner::Room(room) => server.store.room_archive_query(room, query).await,
+    }
+    .map_err(|_| StanzaError::internal())
+}
+
+/// The archive's oldest and newest message (XEP-0313 §6.3, archive metadata): what a client
+/// reads to learn how far back it has to page. An empty archive has an empty `<metadata/>`.
+pub async fn metadata(server: &Server, owner: Owner<'_>) -> Result<Element, StanzaError> {
+    let end = |from_end| ArchiveQuery {
+        max: 1,
+        from_end,
+        ..ArchiveQuery::default()
+    };
+    let oldest = fetch(server, owner, &end(false)).await?;
+    let newest = fetch(server, owner, &end(true)).await?;
+    let mut md = el("metadata", NS, &[]);
+    if let (Some(first), Some(last)) = (oldest.messages.first(), newest.messages.last()) {
+        for (name, m) in [("start", first), ("end", last)] {
+            md.append_child(el(
+                name,
+                NS,
+                &[
+                    ("id", &m.id.to_string()),
+                    ("timestamp", &stanza::stamp_from_ms(m.stamp_ms)),
+                ],
+            ));
+        }
+    }
+    Ok(md)
 }
 
 /// Queues a room message for the room's archive without waiting, so that a room can queue
@@ -424,7 +459,7 @@ fn strip_stanza_ids(msg: &mut Element, owner: &str) {
 }
 
 /// The query form (XEP-0313 §4.1.1).
-fn query_form() -> Element {
+pub fn query_form() -> Element {
     let mut x = el("x", DATA, &[("type", "form")]);
     let mut form_type = el("field", DATA, &[("var", "FORM_TYPE"), ("type", "hidden")]);
     form_type.append_child(text_el("value", DATA, NS));
@@ -435,6 +470,7 @@ fn query_form() -> Element {
         ("end", "text-single"),
         ("after-id", "text-single"),
         ("before-id", "text-single"),
+        ("ids", "text-multi"),
         (FULLTEXT_FIELD, "text-single"),
     ] {
         x.append_child(el("field", DATA, &[("var", var), ("type", kind)]));
@@ -444,16 +480,22 @@ fn query_form() -> Element {
     query
 }
 
-fn form_values(query: &Element) -> HashMap<String, String> {
-    let mut values = HashMap::new();
-    if let Some(x) = query.get_child("x", DATA) {
-        for f in x.children().filter(|c| c.is("field", DATA)) {
-            if let (Some(var), Some(v)) = (f.attr("var"), f.get_child("value", DATA)) {
-                values.insert(var.to_owned(), v.text());
-            }
-        }
-    }
-    values
+/// The submitted fields of a query form, each with all its values.
+fn form_values(query: &Element) -> Vec<(String, Vec<String>)> {
+    let Some(x) = query.get_child("x", DATA) else {
+        return Vec::new();
+    };
+    x.children()
+        .filter(|c| c.is("field", DATA))
+        .filter_map(|f| {
+            let values: Vec<String> = f
+                .children()
+                .filter(|v| v.is("value", DATA))
+                .map(|v| v.text())
+                .collect();
+            Some((f.attr("var")?.to_owned(), values)).filter(|(_, v)| !v.is_empty())
+        })
+        .collect()
 }
 
 fn parse_id(text: &str) -> Result<i64, StanzaError> {
@@ -472,19 +514,15 @@ fn parse_stamp(field: &str, text: &str) -> Result<i64, StanzaError> {
 }
 
 fn parse_query(query: &Element) -> Result<ArchiveQuery, StanzaError> {
-    let values = form_values(query);
-    if let Some(t) = values.get("FORM_TYPE")
-        && t != NS
-    {
-        return Err(StanzaError::bad_request().with_text("unknown FORM_TYPE"));
-    }
     let mut q = ArchiveQuery {
         max: DEFAULT_PAGE,
         ..ArchiveQuery::default()
     };
-    for (var, value) in &values {
+    for (var, values) in form_values(query) {
+        let value = &values[0];
         match var.as_str() {
-            "FORM_TYPE" => {}
+            "FORM_TYPE" if value == NS => {}
+            "FORM_TYPE" => return Err(StanzaError::bad_request().with_text("unknown FORM_TYPE")),
             "with" => {
                 let with = jid::parse(value.trim())
                     .map_err(|_| StanzaError::jid_malformed().with_text("`with` is not a JID"))?;
@@ -494,6 +532,16 @@ fn parse_query(query: &Element) -> Result<ArchiveQuery, StanzaError> {
             "end" => q.end_ms = Some(parse_stamp("end", value)?),
             "after-id" => q.after_id = Some(parse_id(value)?),
             "before-id" => q.before_id = Some(parse_id(value)?),
+            "ids" => {
+                if values.len() > MAX_PAGE {
+                    return Err(StanzaError::policy_violation()
+                        .with_text(format!("at most {MAX_PAGE} ids in one query")));
+                }
+                q.ids = values
+                    .iter()
+                    .map(|v| parse_id(v))
+                    .collect::<Result<_, _>>()?;
+            }
             FULLTEXT_FIELD => q.text = Some(value.clone()).filter(|t| !t.trim().is_empty()),
             other => {
                 return Err(StanzaError::feature_not_implemented()

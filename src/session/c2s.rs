@@ -614,10 +614,16 @@ impl Session<'_> {
                     Ok(()) => self.on_read().await,
                     Err(f) => Err(f),
                 },
-                Wake::Shutdown => Err(Failure::stream(
-                    "system-shutdown",
-                    "the server is shutting down",
-                )),
+                Wake::Shutdown => {
+                    // What was queued before the shutdown (a room's goodbye, say) goes first.
+                    while let Ok(SessionCommand::Stanza(el)) = rx.try_recv() {
+                        self.conn.queue(&el);
+                    }
+                    Err(Failure::stream(
+                        "system-shutdown",
+                        "the server is shutting down",
+                    ))
+                }
                 Wake::Timer => self.on_timer(),
             };
             if let Err(f) = step {

@@ -79,6 +79,14 @@ where
         qb.push(" AND id < ");
         qb.push_bind(before);
     }
+    if !query.ids.is_empty() {
+        qb.push(" AND id IN (");
+        let mut ids = qb.separated(", ");
+        for id in &query.ids {
+            ids.push_bind(*id);
+        }
+        qb.push(")");
+    }
     if let Some(text) = &query.text {
         let words = search_words(text);
         match full_text {

@@ -185,6 +185,8 @@ pub struct ArchiveQuery {
     /// Only messages after (before) this archive id.
     pub after_id: Option<i64>,
     pub before_id: Option<i64>,
+    /// Only these archive ids (XEP-0313 `ids`), when not empty.
+    pub ids: Vec<i64>,
     /// Words that must all occur in the body.
     pub text: Option<String>,
     pub max: usize,

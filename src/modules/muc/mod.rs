@@ -23,6 +23,7 @@ use room::{Affiliation, Effects, Room, RoomConfig};
 const DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
 const DISCO_ITEMS: &str = "http://jabber.org/protocol/disco#items";
 const PING: &str = "urn:xmpp:ping";
+const DATA: &str = "jabber:x:data";
 /// Rooms one service hosts at most; beyond this, creating a room is refused.
 pub const MAX_ROOMS: usize = 10_000;
 
@@ -68,17 +69,44 @@ pub async fn route(server: &Server, stanza: Element) {
     route_here(server, stanza).await
 }
 
+/// Tells the occupants of every room hosted here that the service is going down (status
+/// 332), before their sessions close.
+pub async fn shutdown(server: &Server) {
+    let Some(m) = module(server) else { return };
+    let rooms: Vec<Arc<Mutex<Room>>> = m
+        .rooms
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .drain()
+        .map(|(_, r)| r)
+        .collect();
+    for room in rooms {
+        let goodbyes = room.lock().unwrap_or_else(|e| e.into_inner()).shutdown();
+        for p in goodbyes {
+            router::route(server, p).await;
+        }
+    }
+}
+
 /// Handles a stanza for the service or a room on this node.
 pub async fn route_here(server: &Server, stanza: Element) {
     let Some(m) = module(server) else { return };
-    let Some(from) = stanza
-        .attr("from")
-        .and_then(|f| jid::parse(f).ok())
-        .and_then(|f| f.try_into_full().ok())
-    else {
+    let Some(from) = stanza.attr("from").and_then(|f| jid::parse(f).ok()) else {
         return;
     };
     let Some(to) = stanza.attr("to").and_then(|t| jid::parse(t).ok()) else {
+        return;
+    };
+    if stanza.name() == "iq"
+        && !answerable(&stanza)
+        && let (Some(room), Some(nick)) = (to.node(), to.resource())
+    {
+        if let Some(answer) = m.relay_iq_answer(room.as_str(), &from, nick.as_str(), &stanza) {
+            router::route(server, answer).await;
+        }
+        return;
+    }
+    let Ok(from) = from.try_into_full() else {
         return;
     };
     let outcome = match to.node() {
@@ -109,6 +137,18 @@ pub async fn route_here(server: &Server, stanza: Element) {
 }
 
 impl Muc {
+    fn relay_iq_answer(
+        &self,
+        name: &str,
+        from: &Jid,
+        to_nick: &str,
+        answer: &Element,
+    ) -> Option<Element> {
+        let room = self.loaded(name)?;
+        let r = room.lock().unwrap_or_else(|e| e.into_inner());
+        r.relay_iq_answer(from, to_nick, answer)
+    }
+
     fn loaded(&self, name: &str) -> Option<Arc<Mutex<Room>>> {
         self.rooms
             .lock()
@@ -268,7 +308,7 @@ impl Muc {
         };
         if nick.is_none()
             && stanza.name() == "iq"
-            && let Some(q) = stanza::iq_payload(stanza).filter(|p| p.is("query", super::mam::NS))
+            && let Some(q) = stanza::iq_payload(stanza).filter(|p| p.ns() == super::mam::NS)
         {
             return archive_query(server, name, &room, from, stanza, q).await;
         }
@@ -388,9 +428,6 @@ async fn archive_query(
     iq: &Element,
     query: &Element,
 ) -> Result<Vec<Element>, StanzaError> {
-    if stanza::stanza_type(iq) == "get" {
-        return Err(StanzaError::feature_not_implemented().with_text("query the room with a set"));
-    }
     let room_jid = {
         let r = room.lock().unwrap_or_else(|e| e.into_inner());
         let aff = r.affiliation(&from.to_bare().to_string());
@@ -402,16 +439,27 @@ async fn archive_query(
         }
         r.jid.to_string()
     };
-    let to = Jid::from(from.clone());
-    let (mut out, fin) =
-        super::mam::run_query(server, super::mam::Owner::Room(name), &room_jid, &to, query).await?;
-    let mut reply = stanza::iq_result(iq, Some(fin));
-    stanza::set_attr(&mut reply, "from", &room_jid);
-    for m in &mut out {
-        stanza::set_attr(m, "from", &room_jid);
+    let reply_with = |payload: Element| {
+        let mut reply = stanza::iq_result(iq, Some(payload));
+        stanza::set_attr(&mut reply, "from", &room_jid);
+        reply
+    };
+    let owner = super::mam::Owner::Room(name);
+    match (query.name(), stanza::stanza_type(iq)) {
+        ("query", "get") => Ok(vec![reply_with(super::mam::query_form())]),
+        ("metadata", "get") => Ok(vec![reply_with(super::mam::metadata(server, owner).await?)]),
+        ("query", "set") => {
+            let to = Jid::from(from.clone());
+            let (mut out, fin) =
+                super::mam::run_query(server, owner, &room_jid, &to, query).await?;
+            for m in &mut out {
+                stanza::set_attr(m, "from", &room_jid);
+            }
+            out.push(reply_with(fin));
+            Ok(out)
+        }
+        _ => Err(StanzaError::bad_request()),
     }
-    out.push(reply);
-    Ok(out)
 }
 
 fn room_destroyed(fx: &Effects) -> bool {
@@ -458,6 +506,16 @@ fn apply(
         }
         ("presence", None) => Err(StanzaError::jid_malformed().with_text("a nickname is needed")),
         ("message", None) => {
+            if let Some(form) = stanza.get_child("x", DATA).filter(|x| is_voice_form(x)) {
+                return if form
+                    .children()
+                    .any(|f| f.attr("var") == Some("muc#request_allow"))
+                {
+                    Ok((r.voice_decision(from, form)?, None))
+                } else {
+                    Ok((r.voice_request(from)?, None))
+                };
+            }
             if let Some(x) = stanza.get_child("x", room::USER) {
                 let invites: Vec<(String, String)> = x
                     .children()
@@ -493,6 +551,16 @@ fn apply(
     }
 }
 
+/// A voice request or its answer: a data form of type `muc#request` (§7.13, §8.6).
+fn is_voice_form(x: &Element) -> bool {
+    x.attr("type") == Some("submit")
+        && x.children().any(|f| {
+            f.attr("var") == Some("FORM_TYPE")
+                && f.get_child("value", DATA)
+                    .is_some_and(|v| v.text() == room::REQUEST)
+        })
+}
+
 fn valid_nick(nick: &str) -> Result<&str, StanzaError> {
     if nick.trim().is_empty() || nick.chars().count() > room::MAX_NICK {
         return Err(StanzaError::jid_malformed()
@@ -521,11 +589,11 @@ fn iq(
                 _ if r.by_real(from).is_none() => {
                     Err(StanzaError::not_acceptable().with_text("you are not in this room"))
                 }
-                Some(_) => Ok((Effects::default(), result(None))),
+                Some(_) => Ok((r.forward_iq(from, nick, stanza)?, None)),
                 None => Err(StanzaError::item_not_found()),
             };
         }
-        return Err(StanzaError::service_unavailable());
+        return Ok((r.forward_iq(from, nick, stanza)?, None));
     }
     let aff = r.affiliation(&from.to_bare().to_string());
     match (payload.name(), payload.ns().as_str(), kind) {

@@ -7,7 +7,10 @@ use std::collections::{BTreeMap, VecDeque};
 use minidom::Element;
 use serde::{Deserialize, Serialize};
 
-use crate::jid::{BareJid, FullJid};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+use crate::jid::{BareJid, FullJid, Jid};
 use crate::modules::{el, text_el};
 use crate::stanza::{self, StanzaError};
 
@@ -17,9 +20,11 @@ pub const ADMIN: &str = "http://jabber.org/protocol/muc#admin";
 pub const OWNER: &str = "http://jabber.org/protocol/muc#owner";
 pub const ROOMCONFIG: &str = "http://jabber.org/protocol/muc#roomconfig";
 pub const ROOMINFO: &str = "http://jabber.org/protocol/muc#roominfo";
+pub const REQUEST: &str = "http://jabber.org/protocol/muc#request";
 const DATA: &str = "jabber:x:data";
 const DELAY: &str = "urn:xmpp:delay";
 const SID: &str = "urn:xmpp:sid:0";
+const VCARD: &str = "vcard-temp";
 
 /// Messages kept for history on join.
 pub const HISTORY_KEPT: usize = 50;
@@ -603,6 +608,150 @@ impl Room {
         })
     }
 
+    /// An iq from one occupant to another (§7.5 for iq): forwarded from the sender's occupant
+    /// JID, with an id that tells the room where the answer goes back to. A vCard request goes
+    /// to the target's account, which holds vCards, as Prosody and ejabberd do.
+    pub fn forward_iq(
+        &self,
+        from: &FullJid,
+        to_nick: &str,
+        iq: &Element,
+    ) -> Result<Effects, StanzaError> {
+        let Some(sender) = self.by_real(from) else {
+            return Err(StanzaError::not_acceptable().with_text("you are not in this room"));
+        };
+        let Some(target) = self.by_nick(to_nick) else {
+            return Err(StanzaError::item_not_found().with_text("no such occupant"));
+        };
+        let vcard_get = stanza::stanza_type(iq) == "get"
+            && stanza::iq_payload(iq).is_some_and(|p| p.is("vCard", VCARD));
+        let to = if vcard_get {
+            target.jid.to_bare().to_string()
+        } else {
+            target.jid.to_string()
+        };
+        let mut out = iq.clone();
+        stanza::set_attr(&mut out, "from", &self.occupant_jid(&sender.nick));
+        stanza::set_attr(&mut out, "to", &to);
+        let id = forwarded_iq_id(from.resource().as_str(), iq.attr("id").unwrap_or_default());
+        stanza::set_attr(&mut out, "id", &id);
+        Ok(Effects {
+            out: vec![out],
+            ..Effects::default()
+        })
+    }
+
+    /// The answer to a forwarded iq, on its way back to the occupant that asked: `from` is
+    /// the answering occupant (or its account, for a vCard), `to_nick` the asker's nickname.
+    /// None when either has left or the id is not one the room made.
+    pub fn relay_iq_answer(&self, from: &Jid, to_nick: &str, answer: &Element) -> Option<Element> {
+        let (resource, id) = original_iq_id(answer.attr("id")?)?;
+        let responder = self.occupants.iter().find(|o| match from.try_as_full() {
+            Ok(full) => &o.jid == full,
+            Err(_) => o.jid.to_bare() == from.to_bare(),
+        })?;
+        let asker = self
+            .occupants
+            .iter()
+            .find(|o| o.nick == to_nick && o.jid.resource().as_str() == resource)?;
+        let mut out = answer.clone();
+        stanza::set_attr(&mut out, "from", &self.occupant_jid(&responder.nick));
+        stanza::set_attr(&mut out, "to", &asker.jid.to_string());
+        stanza::set_attr(&mut out, "id", &id);
+        Some(out)
+    }
+
+    /// The service is going down: every occupant learns it is out of the room (status 332),
+    /// so that its client joins again once the service is back.
+    pub fn shutdown(&mut self) -> Vec<Element> {
+        std::mem::take(&mut self.occupants)
+            .iter()
+            .map(|o| {
+                let aff = self.affiliation(&o.jid.to_bare().to_string());
+                let jid = o.jid.to_string();
+                let (mut p, mut x) =
+                    self.removal(o, &[("affiliation", aff.as_str()), ("jid", &jid)]);
+                x.append_child(el("status", USER, &[("code", "332")]));
+                x.append_child(el("status", USER, &[("code", "110")]));
+                p.append_child(x);
+                p
+            })
+            .collect()
+    }
+
+    /// An occupant's own unavailable presence when the room removes everyone, and its
+    /// muc#user element with the item (role none) for the caller to complete.
+    fn removal(&self, o: &Occupant, item: &[(&str, &str)]) -> (Element, Element) {
+        let p = stanza::build(
+            "presence",
+            &[
+                ("type", "unavailable"),
+                ("from", &self.occupant_jid(&o.nick)),
+                ("to", &o.jid.to_string()),
+            ],
+        );
+        let mut item_el = el("item", USER, &[("role", Role::None.as_str())]);
+        for (k, v) in item {
+            stanza::set_attr(&mut item_el, k, v);
+        }
+        let mut x = el("x", USER, &[]);
+        x.append_child(item_el);
+        (p, x)
+    }
+
+    /// A visitor asks for voice (§7.13): every moderator gets the approval form (§8.6).
+    pub fn voice_request(&self, from: &FullJid) -> Result<Effects, StanzaError> {
+        let Some(asker) = self.by_real(from) else {
+            return Err(StanzaError::not_acceptable().with_text("only occupants may ask for voice"));
+        };
+        let mut fx = Effects::default();
+        if asker.role != Role::Visitor {
+            return Ok(fx);
+        }
+        let form = voice_form(asker);
+        for moderator in self.occupants.iter().filter(|o| o.role == Role::Moderator) {
+            let mut m = stanza::build(
+                "message",
+                &[
+                    ("from", &self.jid.to_string()),
+                    ("to", &moderator.jid.to_string()),
+                ],
+            );
+            m.append_child(form.clone());
+            fx.out.push(m);
+        }
+        Ok(fx)
+    }
+
+    /// A moderator's answer to a voice request (§8.6): on approval the visitor becomes a
+    /// participant, as if the moderator had granted voice through the admin namespace.
+    pub fn voice_decision(
+        &mut self,
+        from: &FullJid,
+        form: &Element,
+    ) -> Result<Effects, StanzaError> {
+        let value = |var: &str| {
+            form.children()
+                .find(|f| f.is("field", DATA) && f.attr("var") == Some(var))
+                .and_then(|f| f.get_child("value", DATA))
+                .map(|v| v.text())
+        };
+        let mut fx = Effects::default();
+        if !matches!(value("muc#request_allow").as_deref(), Some("1" | "true")) {
+            return Ok(fx);
+        }
+        let nick = value("muc#roomnick").ok_or_else(|| {
+            StanzaError::bad_request().with_text("the voice request names no muc#roomnick")
+        })?;
+        let actor_aff = self.affiliation(&from.to_bare().to_string());
+        let actor_role = self.by_real(from).map_or(Role::None, |o| o.role);
+        if self.by_nick(&nick).is_some_and(|o| o.role != Role::Visitor) {
+            return Ok(fx);
+        }
+        self.set_role(actor_aff, actor_role, &nick, Role::Participant, "", &mut fx)?;
+        Ok(fx)
+    }
+
     /// A mediated invitation (§7.8.2): the room forwards it; in a members-only room an
     /// invitation by an admin or owner makes the invitee a member.
     pub fn invite(
@@ -1035,20 +1184,7 @@ impl Room {
     pub fn destroy(&mut self, reason: &str, alternate: Option<&str>) -> Effects {
         let mut fx = Effects::default();
         for o in std::mem::take(&mut self.occupants) {
-            let mut p = stanza::build(
-                "presence",
-                &[
-                    ("type", "unavailable"),
-                    ("from", &self.occupant_jid(&o.nick)),
-                    ("to", &o.jid.to_string()),
-                ],
-            );
-            let mut x = el("x", USER, &[]);
-            x.append_child(el(
-                "item",
-                USER,
-                &[("affiliation", "none"), ("role", "none")],
-            ));
+            let (mut p, mut x) = self.removal(&o, &[("affiliation", "none")]);
             let mut d = el("destroy", USER, &[]);
             if let Some(a) = alternate {
                 stanza::set_attr(&mut d, "jid", a);
@@ -1146,6 +1282,50 @@ impl Room {
 }
 
 /// The occupant's presence payload without the MUC join element.
+/// The id of a forwarded iq: the asker's resource and its own id, so the answer finds its way
+/// back without the room keeping state per iq.
+fn forwarded_iq_id(resource: &str, id: &str) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{resource}\0{id}"))
+}
+
+fn original_iq_id(forwarded: &str) -> Option<(String, String)> {
+    let raw = String::from_utf8(URL_SAFE_NO_PAD.decode(forwarded).ok()?).ok()?;
+    let (resource, id) = raw.split_once('\0')?;
+    Some((resource.to_owned(), id.to_owned()))
+}
+
+/// The form a moderator receives for a voice request (§8.6, Example 97).
+fn voice_form(asker: &Occupant) -> Element {
+    let mut x = el("x", DATA, &[("type", "form")]);
+    x.append_child(text_el("title", DATA, "Voice request"));
+    x.append_child(text_el(
+        "instructions",
+        DATA,
+        "To approve this request for voice, select the \"Grant voice to this person?\" checkbox and submit this form.",
+    ));
+    let fields: [(&str, &str, &str, &str); 5] = [
+        ("FORM_TYPE", "hidden", "", REQUEST),
+        ("muc#role", "list-single", "Requested role", "participant"),
+        ("muc#jid", "jid-single", "User ID", &asker.jid.to_string()),
+        ("muc#roomnick", "text-single", "Room Nickname", &asker.nick),
+        (
+            "muc#request_allow",
+            "boolean",
+            "Grant voice to this person?",
+            "false",
+        ),
+    ];
+    for (var, kind, label, value) in fields {
+        let mut f = el("field", DATA, &[("var", var), ("type", kind)]);
+        if !label.is_empty() {
+            stanza::set_attr(&mut f, "label", label);
+        }
+        f.append_child(text_el("value", DATA, value));
+        x.append_child(f);
+    }
+    x
+}
+
 fn clean_presence(p: &Element) -> Element {
     let mut out = stanza::build("presence", &[]);
     for c in p.children() {
