@@ -754,3 +754,87 @@ async fn a_room_message_crosses_to_another_node_once_for_all_its_occupants() {
     }
     n1.shutdown().await;
 }
+
+/// The body of a carbon copy (`sent` or `received`) of a chat message.
+fn carbon_body(e: &Element, kind: &str) -> Option<String> {
+    let wrapper = child(e, kind).filter(|w| w.ns() == "urn:xmpp:carbons:2")?;
+    let msg = child(child(wrapper, "forwarded")?, "message")?;
+    child(msg, "body").map(|b| b.text())
+}
+
+#[tokio::test]
+async fn carbons_and_the_archive_give_devices_on_two_nodes_the_same_history() {
+    let (_redis, n1, n2) = two_nodes().await;
+    let mut desk = XmppClient::connect(&n1, "alice@localhost/desk", "pw").await;
+    let mut phone = XmppClient::connect(&n2, "alice@localhost/phone", "pw").await;
+    let mut bob = XmppClient::connect(&n2, "bob@localhost/b", "pw").await;
+    for c in [&mut desk, &mut phone] {
+        let r = c
+            .iq(
+                "cc",
+                "<iq type='set' id='cc'><enable xmlns='urn:xmpp:carbons:2'/></iq>",
+            )
+            .await;
+        assert_eq!(r.attr("type"), Some("result"));
+        c.send("<presence/>").await;
+    }
+    bob.send("<presence/>").await;
+
+    desk.send(
+        "<message to='bob@localhost' type='chat' id='m1'><body>from the desk</body></message>",
+    )
+    .await;
+    bob.expect("the desk's message", is_message_with_body("from the desk"))
+        .await;
+    phone
+        .expect("the sent carbon", |e| {
+            carbon_body(e, "sent").as_deref() == Some("from the desk")
+        })
+        .await;
+    bob.send("<message to='alice@localhost/desk' type='chat'><body>to the desk</body></message>")
+        .await;
+    let live = desk
+        .expect("bob's answer", is_message_with_body("to the desk"))
+        .await;
+    phone
+        .expect("the received carbon", |e| {
+            carbon_body(e, "received").as_deref() == Some("to the desk")
+        })
+        .await;
+    let live_id = live
+        .children()
+        .find(|c| c.name() == "stanza-id")
+        .and_then(|s| s.attr("id"))
+        .expect("a stanza id")
+        .to_owned();
+
+    // The phone, on the other node, reads both from the shared archive.
+    phone
+        .send("<iq type='set' id='q'><query xmlns='urn:xmpp:mam:2' queryid='q'/></iq>")
+        .await;
+    let mut archived = Vec::new();
+    loop {
+        let e = phone
+            .expect("archive results", |e| {
+                (e.name() == "iq" && e.attr("id") == Some("q"))
+                    || (e.name() == "message" && child(e, "result").is_some())
+            })
+            .await;
+        if e.name() == "iq" {
+            assert_eq!(e.attr("type"), Some("result"));
+            break;
+        }
+        let r = child(&e, "result").expect("result");
+        let m = child(child(r, "forwarded").expect("forwarded"), "message").expect("message");
+        archived.push((
+            r.attr("id").unwrap_or_default().to_owned(),
+            child(m, "body").map(|b| b.text()).unwrap_or_default(),
+        ));
+    }
+    let bodies: Vec<&str> = archived.iter().map(|(_, b)| b.as_str()).collect();
+    assert_eq!(bodies, ["from the desk", "to the desk"]);
+    assert_eq!(
+        archived[1].0, live_id,
+        "the live stanza id is the archive id"
+    );
+}
