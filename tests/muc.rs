@@ -875,4 +875,18 @@ async fn occupants_exchange_iqs_and_a_visitor_asks_for_voice() {
     alice
         .expect("bob's message", is_message_with_body("now I speak"))
         .await;
+
+    // A direct invitation (XEP-0249) goes from user to user untouched.
+    alice
+        .send(&format!(
+            "<message to='carol@localhost'><x xmlns='jabber:x:conference' jid='{ROOM}' reason='join us'/></message>"
+        ))
+        .await;
+    let invite = carol
+        .expect("the direct invitation", |e| {
+            e.name() == "message" && child(e, "x").is_some_and(|x| x.ns() == "jabber:x:conference")
+        })
+        .await;
+    assert_eq!(invite.attr("from"), Some("alice@localhost/r"));
+    assert_eq!(child(&invite, "x").and_then(|x| x.attr("jid")), Some(ROOM));
 }
