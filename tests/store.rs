@@ -4,9 +4,12 @@
 mod common;
 
 use common::services::Postgres;
+use std::sync::Arc;
+
 use rookery::store::{
-    self, ArchivePrefs, ArchiveQuery, Credentials, NewArchived, Roster, RosterItem, ScramKeys,
-    Store, StoreError, Subscription, SubscriptionRequest,
+    self, ArchivePrefs, ArchiveQuery, Credentials, NewArchived, NewRestMessage, RestChat,
+    RestMessage, Roster, RosterItem, ScramKeys, Store, StoreError, Subscription,
+    SubscriptionRequest,
 };
 
 fn creds(tag: u8) -> Credentials {
@@ -375,4 +378,353 @@ async fn archive_on_postgres() {
         .await
         .unwrap();
     archive_contract(store.as_ref()).await;
+}
+
+fn rest_msg<'a>(body: &'a str, now_ms: i64) -> NewRestMessage<'a> {
+    NewRestMessage {
+        body,
+        sender: "App",
+        xmpp_id: "x1",
+        via_api: true,
+        now_ms,
+    }
+}
+
+fn numbers(messages: &[RestMessage]) -> Vec<i64> {
+    messages.iter().map(|m| m.number).collect()
+}
+
+async fn rest_contract(store: &dyn Store) {
+    // Applications.
+    let one = store.rest_create_app("One", "tok1").await.unwrap();
+    let two = store.rest_create_app("Two", "tok2").await.unwrap();
+    assert_eq!(
+        (one.name.as_str(), one.token.as_str(), one.chats_count),
+        ("One", "tok1", 0)
+    );
+    assert!(one.id < two.id);
+    assert!(matches!(
+        store.rest_create_app("Dup", "tok1").await,
+        Err(StoreError::Database(_))
+    ));
+    assert_eq!(
+        store.rest_apps(0, 10).await.unwrap(),
+        (vec![one.clone(), two.clone()], 2)
+    );
+    assert_eq!(store.rest_apps(1, 1).await.unwrap(), (vec![two.clone()], 2));
+    assert_eq!(store.rest_apps(5, 10).await.unwrap(), (vec![], 2));
+    assert_eq!(store.rest_app("tok2").await.unwrap(), Some(two.clone()));
+    assert_eq!(store.rest_app("nope").await.unwrap(), None);
+    let renamed = store.rest_rename_app("tok1", "Uno").await.unwrap().unwrap();
+    assert_eq!((renamed.id, renamed.name.as_str()), (one.id, "Uno"));
+    assert_eq!(store.rest_rename_app("nope", "X").await.unwrap(), None);
+
+    // Chats: numbered per application.
+    let c1 = store.rest_create_chat(one.id, "room1").await.unwrap();
+    let c2 = store.rest_create_chat(one.id, "room2").await.unwrap();
+    let other = store.rest_create_chat(two.id, "room3").await.unwrap();
+    assert_eq!(
+        c1,
+        RestChat {
+            app_id: one.id,
+            number: 1,
+            messages_count: 0,
+            revision: 0,
+            room: "room1".into()
+        }
+    );
+    assert_eq!((c2.number, other.number), (2, 1));
+    // A failed creation takes no number: the count is raised in the insert's transaction.
+    assert!(store.rest_create_chat(one.id, "room1").await.is_err());
+    assert!(store.rest_create_chat(two.id + 100, "room9").await.is_err());
+    assert_eq!(
+        store.rest_app("tok1").await.unwrap().unwrap().chats_count,
+        2
+    );
+    assert_eq!(
+        store.rest_chats(one.id, 0, 10).await.unwrap(),
+        [c1.clone(), c2.clone()]
+    );
+    assert_eq!(
+        store.rest_chats(one.id, 1, 10).await.unwrap(),
+        std::slice::from_ref(&c2)
+    );
+    assert!(
+        store
+            .rest_chats(two.id + 100, 0, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(store.rest_chat(one.id, 2).await.unwrap(), Some(c2.clone()));
+    assert_eq!(store.rest_chat(one.id, 3).await.unwrap(), None);
+    assert_eq!(store.rest_chat_by_room("room3").await.unwrap(), Some(other));
+    assert_eq!(store.rest_chat_by_room("room9").await.unwrap(), None);
+
+    // Messages: numbered per chat, each create and edit a new revision of the chat.
+    let first = store
+        .rest_add_message(one.id, 1, &rest_msg("hello world", 1000))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        first,
+        RestMessage {
+            number: 1,
+            body: "hello world".into(),
+            sender: "App".into(),
+            created_ms: 1000,
+            updated_ms: 1000,
+            revision: 1,
+            xmpp_id: "x1".into(),
+            via_api: true,
+        }
+    );
+    let from_room = NewRestMessage {
+        body: "Café au lait",
+        sender: "room1@muc.localhost/bob",
+        xmpp_id: "abc",
+        via_api: false,
+        now_ms: 2000,
+    };
+    let second = store
+        .rest_add_message(one.id, 1, &from_room)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (second.number, second.revision, second.via_api),
+        (2, 2, false)
+    );
+    for (i, body) in ["goodbye world", "peace now", "peace now"]
+        .iter()
+        .enumerate()
+    {
+        let m = store
+            .rest_add_message(one.id, 1, &rest_msg(body, 3000 + i as i64))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((m.number, m.revision), (3 + i as i64, 3 + i as i64));
+    }
+    let elsewhere = store
+        .rest_add_message(one.id, 2, &rest_msg("hello there", 1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((elsewhere.number, elsewhere.revision), (1, 1));
+    store
+        .rest_add_message(two.id, 1, &rest_msg("world hello", 1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        store
+            .rest_add_message(one.id, 9, &rest_msg("lost", 1))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store.rest_message(one.id, 1, 2).await.unwrap(),
+        Some(second.clone())
+    );
+    assert_eq!(store.rest_message(one.id, 1, 6).await.unwrap(), None);
+    assert_eq!(
+        store
+            .rest_chat(one.id, 1)
+            .await
+            .unwrap()
+            .unwrap()
+            .messages_count,
+        5
+    );
+    let page = |after, offset, limit| store.rest_messages(one.id, 1, after, offset, limit);
+    assert_eq!(numbers(&page(0, 0, 10).await.unwrap()), [1, 2, 3, 4, 5]);
+    assert_eq!(numbers(&page(2, 0, 10).await.unwrap()), [3, 4, 5]);
+    assert_eq!(numbers(&page(2, 1, 1).await.unwrap()), [4]);
+    assert!(page(5, 0, 10).await.unwrap().is_empty());
+
+    let edited = store
+        .rest_edit_message(one.id, 1, 1, "world world world", 9000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (
+            edited.body.as_str(),
+            edited.created_ms,
+            edited.updated_ms,
+            edited.revision
+        ),
+        ("world world world", 1000, 9000, 6)
+    );
+    assert_eq!(
+        store.rest_message(one.id, 1, 1).await.unwrap(),
+        Some(edited)
+    );
+    // Editing nothing changes nothing, not even the chat's revision.
+    assert_eq!(
+        store
+            .rest_edit_message(one.id, 1, 99, "x", 1)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store.rest_edit_message(one.id, 9, 1, "x", 1).await.unwrap(),
+        None
+    );
+    let recoloured = store
+        .rest_edit_message(one.id, 1, 2, "café crème", 9500)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(recoloured.revision, 7);
+    assert_eq!(
+        store
+            .rest_chat(one.id, 1)
+            .await
+            .unwrap()
+            .unwrap()
+            .messages_count,
+        5
+    );
+    let changes = |revision, limit| store.rest_changes(one.id, 1, revision, limit);
+    assert_eq!(numbers(&changes(0, 10).await.unwrap()), [3, 4, 5, 1, 2]);
+    assert_eq!(numbers(&changes(5, 10).await.unwrap()), [1, 2]);
+    assert_eq!(numbers(&changes(0, 2).await.unwrap()), [3, 4]);
+    assert!(changes(7, 10).await.unwrap().is_empty());
+    assert_eq!(
+        numbers(&store.rest_changes(one.id, 2, 0, 10).await.unwrap()),
+        [1]
+    );
+
+    // Full-text search: any word, best first, ties newest first, inside the one chat.
+    let search = |chat, text: &'static str, limit| store.rest_search(one.id, chat, text, limit);
+    // The older message matches better: rank comes before age.
+    assert_eq!(numbers(&search(1, "WORLD", 10).await.unwrap()), [1, 3]);
+    assert_eq!(numbers(&search(1, "peace", 10).await.unwrap()), [5, 4]);
+    let mut any = numbers(&search(1, "world, peace!", 10).await.unwrap());
+    any.sort();
+    assert_eq!(any, [1, 3, 4, 5]);
+    assert_eq!(search(1, "world peace", 2).await.unwrap().len(), 2);
+    // Edits are indexed; the old body is forgotten.
+    assert_eq!(numbers(&search(1, "CAFÉ", 10).await.unwrap()), [2]);
+    assert!(search(1, "lait", 10).await.unwrap().is_empty());
+    assert!(search(1, "hello", 10).await.unwrap().is_empty());
+    assert_eq!(numbers(&search(2, "hello", 10).await.unwrap()), [1]);
+    assert!(search(1, "tea", 10).await.unwrap().is_empty());
+    assert!(search(1, "\"*&|!:", 10).await.unwrap().is_empty());
+    assert!(search(1, "", 10).await.unwrap().is_empty());
+    // Alphanumeric to Rust, but no word to either engine's tokenizer.
+    assert!(search(1, "²", 10).await.unwrap().is_empty());
+    assert_eq!(numbers(&search(1, "² world", 10).await.unwrap()), [1, 3]);
+    assert_eq!(
+        store.rest_search(two.id, 1, "hello", 10).await.unwrap()[0].body,
+        "world hello"
+    );
+
+    // Members.
+    assert!(store.rest_members(one.id, 1).await.unwrap().is_empty());
+    assert!(store.rest_add_member(one.id, 1, "b@x").await.unwrap());
+    assert!(store.rest_add_member(one.id, 1, "a@x").await.unwrap());
+    assert!(!store.rest_add_member(one.id, 1, "b@x").await.unwrap());
+    assert!(store.rest_add_member(one.id, 2, "c@x").await.unwrap());
+    assert_eq!(store.rest_members(one.id, 1).await.unwrap(), ["a@x", "b@x"]);
+    assert!(store.rest_remove_member(one.id, 1, "a@x").await.unwrap());
+    assert!(!store.rest_remove_member(one.id, 1, "a@x").await.unwrap());
+    assert_eq!(store.rest_members(one.id, 1).await.unwrap(), ["b@x"]);
+    assert_eq!(store.rest_members(one.id, 2).await.unwrap(), ["c@x"]);
+}
+
+#[tokio::test]
+async fn rest_on_sqlite() {
+    let store = store::open("sqlite::memory:").await.unwrap();
+    rest_contract(store.as_ref()).await;
+}
+
+#[tokio::test]
+async fn rest_on_postgres() {
+    let store = store::open(&Postgres::shared().fresh_database().await)
+        .await
+        .unwrap();
+    rest_contract(store.as_ref()).await;
+}
+
+/// 50 concurrent posts to one chat, spread over `stores` (one per node), get the numbers and
+/// revisions 1..=50; 10 concurrent chat creations get 1..=10.
+async fn rest_numbers_under_concurrency(stores: &[Arc<dyn Store>]) {
+    let app = stores[0].rest_create_app("App", "tok").await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        let store = stores[i % stores.len()].clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .rest_create_chat(app.id, &format!("room{i}"))
+                .await
+                .unwrap()
+                .number
+        }));
+    }
+    let mut chats = Vec::new();
+    for t in tasks {
+        chats.push(t.await.unwrap());
+    }
+    chats.sort();
+    assert_eq!(chats, (1..=10).collect::<Vec<i64>>());
+
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let store = stores[i % stores.len()].clone();
+        tasks.push(tokio::spawn(async move {
+            let body = format!("message {i}");
+            let m = store
+                .rest_add_message(app.id, 3, &rest_msg(&body, i as i64))
+                .await
+                .unwrap()
+                .unwrap();
+            (m.number, m.revision)
+        }));
+    }
+    let (mut numbers_seen, mut revisions): (Vec<i64>, Vec<i64>) = (Vec::new(), Vec::new());
+    for t in tasks {
+        let (n, r) = t.await.unwrap();
+        assert_eq!(n, r, "no edits: a message's revision is its number");
+        numbers_seen.push(n);
+        revisions.push(r);
+    }
+    numbers_seen.sort();
+    assert_eq!(numbers_seen, (1..=50).collect::<Vec<i64>>());
+    let chat = stores[0].rest_chat(app.id, 3).await.unwrap().unwrap();
+    assert_eq!(chat.messages_count, 50);
+    let stored = stores[0].rest_messages(app.id, 3, 0, 0, 100).await.unwrap();
+    assert_eq!(numbers(&stored), (1..=50).collect::<Vec<i64>>());
+    assert_eq!(
+        stores[0]
+            .rest_app("tok")
+            .await
+            .unwrap()
+            .unwrap()
+            .chats_count,
+        10
+    );
+}
+
+#[tokio::test]
+async fn rest_numbers_under_concurrency_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store::open(&format!("sqlite://{}/rookery.db", dir.path().display()))
+        .await
+        .unwrap();
+    rest_numbers_under_concurrency(&[store]).await;
+}
+
+#[tokio::test]
+async fn rest_numbers_under_concurrency_on_postgres() {
+    // Two stores, two connection pools: two nodes of a cluster on one database.
+    let url = Postgres::shared().fresh_database().await;
+    let node1 = store::open(&url).await.unwrap();
+    let node2 = store::open(&url).await.unwrap();
+    rest_numbers_under_concurrency(&[node1, node2]).await;
 }

@@ -425,6 +425,9 @@ impl Cluster {
                         crate::modules::mam::CACHE => {
                             crate::modules::mam::forget_cached(&server, &key)
                         }
+                        crate::modules::bridge::CACHE => {
+                            crate::modules::bridge::changed_elsewhere(&server, &key)
+                        }
                         _ => {}
                     }
                 }

@@ -34,6 +34,7 @@ pub struct Config {
     pub cluster: Cluster,
     pub archive: Archive,
     pub muc: Muc,
+    pub api: Api,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -74,6 +75,15 @@ pub struct Registration {
 pub struct Muc {
     /// The group chat service's domain; empty means `conference.<domain>`.
     pub domain: String,
+}
+
+/// The REST bridge (`/api/v1` on `listen.http`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Api {
+    /// The bearer key that creating and listing applications needs. Empty: listing is off and
+    /// only loopback clients may create applications.
+    pub admin_key: String,
 }
 
 /// Which messages are archived (XEP-0313) for users who have not set their own preference
@@ -186,6 +196,7 @@ impl Default for Config {
             cluster: Cluster::default(),
             archive: Archive::default(),
             muc: Muc::default(),
+            api: Api::default(),
         }
     }
 }

@@ -1,5 +1,7 @@
-//! The HTTP listener: health and Prometheus metrics now; the REST bridge, WebSocket and BOSH
-//! will share it.
+//! The HTTP listener: health, Prometheus metrics and the REST bridge (`api`); WebSocket and
+//! BOSH will share it.
+
+pub mod api;
 
 use std::sync::Arc;
 
@@ -17,6 +19,9 @@ pub fn router(server: Arc<Server>) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(prometheus))
+        .merge(api::router())
+        .fallback(api::not_found)
+        .method_not_allowed_fallback(api::method_not_allowed)
         .with_state(server)
 }
 
@@ -27,6 +32,8 @@ pub async fn serve(server: Arc<Server>, listener: TcpListener) {
     let shutdown = async move {
         let _ = stop.changed().await;
     };
+    // The peer's address tells the API whether a request comes from this machine.
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

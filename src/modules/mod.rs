@@ -4,6 +4,7 @@
 //! core never names a XEP: adding one means adding a module and a line below.
 
 pub mod blocking;
+pub mod bridge;
 pub mod carbons;
 pub mod disco;
 pub mod mam;
@@ -40,6 +41,7 @@ pub fn all() -> Vec<Arc<dyn Module>> {
         Arc::new(vcard::VCard),
         Arc::new(mam::Mam::default()),
         Arc::new(muc::Muc::default()),
+        Arc::new(bridge::Bridge::default()),
     ]
 }
 

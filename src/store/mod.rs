@@ -165,6 +165,55 @@ pub struct StoredRoom {
     pub affiliations: Vec<(String, String)>,
 }
 
+/// An application of the REST bridge: its name, its secret token, and how many chats it has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestApp {
+    pub id: i64,
+    pub name: String,
+    pub token: String,
+    pub chats_count: i64,
+}
+
+/// A chat of an application, numbered from 1 per application, and the room behind it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestChat {
+    pub app_id: i64,
+    pub number: i64,
+    pub messages_count: i64,
+    /// The chat's change counter: raised by every new or edited message.
+    pub revision: i64,
+    /// The name (localpart) of the group chat room that carries the chat.
+    pub room: String,
+}
+
+/// A message of a chat, numbered from 1 per chat with no gaps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestMessage {
+    pub number: i64,
+    pub body: String,
+    /// The application's name, or the occupant JID (room@service/nick) of an XMPP sender.
+    pub sender: String,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+    /// The chat's change counter at the message's last create or edit: the live feed's
+    /// event id.
+    pub revision: i64,
+    /// The `id` attribute the room's occupants saw the message with (for corrections).
+    pub xmpp_id: String,
+    /// Posted through the API (rather than written in the room).
+    pub via_api: bool,
+}
+
+/// What a new chat message is made of; the store gives it its number and revision.
+#[derive(Debug, Clone)]
+pub struct NewRestMessage<'a> {
+    pub body: &'a str,
+    pub sender: &'a str,
+    pub xmpp_id: &'a str,
+    pub via_api: bool,
+    pub now_ms: i64,
+}
+
 /// One archived message. `id` is its archive id (and XEP-0359 stanza id): strictly increasing
 /// in the order messages were archived.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -293,6 +342,74 @@ pub trait Store: Send + Sync {
     // vcard-temp (XEP-0054).
     async fn vcard(&self, user: &str) -> StoreResult<Option<String>>;
     async fn set_vcard(&self, user: &str, vcard: &str) -> StoreResult<()>;
+
+    // The REST bridge: applications, chats and messages. Numbers are given inside the same
+    // transaction that raises the parent's count, so they are unique and gapless under any
+    // concurrency and on any number of nodes.
+    async fn rest_create_app(&self, name: &str, token: &str) -> StoreResult<RestApp>;
+    /// One page of applications, oldest first, and how many there are in all.
+    async fn rest_apps(&self, offset: i64, limit: i64) -> StoreResult<(Vec<RestApp>, i64)>;
+    async fn rest_app(&self, token: &str) -> StoreResult<Option<RestApp>>;
+    async fn rest_rename_app(&self, token: &str, name: &str) -> StoreResult<Option<RestApp>>;
+    /// Creates the application's next chat, carried by the room `room`.
+    async fn rest_create_chat(&self, app_id: i64, room: &str) -> StoreResult<RestChat>;
+    /// One page of an application's chats by number.
+    async fn rest_chats(&self, app_id: i64, offset: i64, limit: i64) -> StoreResult<Vec<RestChat>>;
+    async fn rest_chat(&self, app_id: i64, number: i64) -> StoreResult<Option<RestChat>>;
+    async fn rest_chat_by_room(&self, room: &str) -> StoreResult<Option<RestChat>>;
+    /// Adds the chat's next message; None if there is no such chat.
+    async fn rest_add_message(
+        &self,
+        app_id: i64,
+        chat: i64,
+        msg: &NewRestMessage<'_>,
+    ) -> StoreResult<Option<RestMessage>>;
+    /// One page of the chat's messages with numbers above `after`, by number.
+    async fn rest_messages(
+        &self,
+        app_id: i64,
+        chat: i64,
+        after: i64,
+        offset: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<RestMessage>>;
+    async fn rest_message(
+        &self,
+        app_id: i64,
+        chat: i64,
+        number: i64,
+    ) -> StoreResult<Option<RestMessage>>;
+    /// Replaces a message's body, with a new revision; None if there is no such message.
+    async fn rest_edit_message(
+        &self,
+        app_id: i64,
+        chat: i64,
+        number: i64,
+        body: &str,
+        now_ms: i64,
+    ) -> StoreResult<Option<RestMessage>>;
+    /// Messages created or edited after `revision`, by revision (the live feed).
+    async fn rest_changes(
+        &self,
+        app_id: i64,
+        chat: i64,
+        revision: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<RestMessage>>;
+    /// Messages with any of the words of `text`, best matches first (then newest first).
+    async fn rest_search(
+        &self,
+        app_id: i64,
+        chat: i64,
+        text: &str,
+        limit: i64,
+    ) -> StoreResult<Vec<RestMessage>>;
+    /// The bare JIDs that may join the chat's room, sorted.
+    async fn rest_members(&self, app_id: i64, chat: i64) -> StoreResult<Vec<String>>;
+    /// Adds a member; false if it already was one.
+    async fn rest_add_member(&self, app_id: i64, chat: i64, jid: &str) -> StoreResult<bool>;
+    /// Removes a member; false if it was none.
+    async fn rest_remove_member(&self, app_id: i64, chat: i64, jid: &str) -> StoreResult<bool>;
 }
 
 /// Opens the store the URL names and brings its schema up to date.

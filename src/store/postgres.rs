@@ -10,9 +10,27 @@ use sqlx::{Postgres, Row, Transaction};
 
 use super::{
     ArchivePage, ArchivePrefs, ArchiveQuery, ArchivedMessage, Credentials, NewArchived,
-    OfflineMessage, Roster, RosterItem, ScramKeys, Store, StoreError, StoreResult, StoredRoom,
-    Subscription, SubscriptionRequest, archive_sql,
+    NewRestMessage, OfflineMessage, RestApp, RestChat, RestMessage, Roster, RosterItem, ScramKeys,
+    Store, StoreError, StoreResult, StoredRoom, Subscription, SubscriptionRequest, archive_sql,
+    search_words,
 };
+
+// The columns each REST row is read from, as literals so that queries stay `&'static str`.
+macro_rules! rest_app_columns {
+    () => {
+        "id, name, token, chats_count"
+    };
+}
+macro_rules! rest_chat_columns {
+    () => {
+        "app_id, number, messages_count, revision, room"
+    };
+}
+macro_rules! rest_message_columns {
+    () => {
+        "number, body, sender, created_ms, updated_ms, revision, xmpp_id, via_api"
+    };
+}
 
 pub struct PgStore {
     pool: PgPool,
@@ -602,6 +620,382 @@ impl Store for PgStore {
         .await?;
         Ok(())
     }
+
+    async fn rest_create_app(&self, name: &str, token: &str) -> StoreResult<RestApp> {
+        let row = sqlx::query(concat!(
+            "INSERT INTO rest_apps (name, token, created_ms) VALUES ($1, $2, $3) RETURNING ",
+            rest_app_columns!()
+        ))
+        .bind(name)
+        .bind(token)
+        .bind(chrono::Utc::now().timestamp_millis())
+        .fetch_one(&self.pool)
+        .await?;
+        app_from_row(&row)
+    }
+
+    async fn rest_apps(&self, offset: i64, limit: i64) -> StoreResult<(Vec<RestApp>, i64)> {
+        // Negative bounds read as 0 on both engines (PostgreSQL refuses them, SQLite reads a
+        // negative LIMIT as none); the same holds for every page below.
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            rest_app_columns!(),
+            " FROM rest_apps ORDER BY id LIMIT $1 OFFSET $2"
+        ))
+        .bind(limit.max(0))
+        .bind(offset.max(0))
+        .fetch_all(&self.pool)
+        .await?;
+        let total: i64 = sqlx::query("SELECT COUNT(*) FROM rest_apps")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)?;
+        let apps = rows.iter().map(app_from_row).collect::<StoreResult<_>>()?;
+        Ok((apps, total))
+    }
+
+    async fn rest_app(&self, token: &str) -> StoreResult<Option<RestApp>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            rest_app_columns!(),
+            " FROM rest_apps WHERE token = $1"
+        ))
+        .bind(token)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(app_from_row).transpose()
+    }
+
+    async fn rest_rename_app(&self, token: &str, name: &str) -> StoreResult<Option<RestApp>> {
+        let row = sqlx::query(concat!(
+            "UPDATE rest_apps SET name = $1 WHERE token = $2 RETURNING ",
+            rest_app_columns!()
+        ))
+        .bind(name)
+        .bind(token)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(app_from_row).transpose()
+    }
+
+    async fn rest_create_chat(&self, app_id: i64, room: &str) -> StoreResult<RestChat> {
+        let mut tx = self.pool.begin().await?;
+        // The UPDATE's row lock, held to commit, queues every other chat creation of the
+        // application on any node: the number is the next one, and nobody else's.
+        // No such application: `RowNotFound`, and the transaction rolls back on drop.
+        let number: i64 = sqlx::query(
+            "UPDATE rest_apps SET chats_count = chats_count + 1 WHERE id = $1 \
+             RETURNING chats_count",
+        )
+        .bind(app_id)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get(0)?;
+        let row = sqlx::query(concat!(
+            "INSERT INTO rest_chats (app_id, number, room, created_ms) VALUES ($1, $2, $3, $4) \
+             RETURNING ",
+            rest_chat_columns!()
+        ))
+        .bind(app_id)
+        .bind(number)
+        .bind(room)
+        .bind(chrono::Utc::now().timestamp_millis())
+        .fetch_one(&mut *tx)
+        .await?;
+        let chat = chat_from_row(&row)?;
+        tx.commit().await?;
+        Ok(chat)
+    }
+
+    async fn rest_chats(&self, app_id: i64, offset: i64, limit: i64) -> StoreResult<Vec<RestChat>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            rest_chat_columns!(),
+            " FROM rest_chats WHERE app_id = $1 ORDER BY number LIMIT $2 OFFSET $3"
+        ))
+        .bind(app_id)
+        .bind(limit.max(0))
+        .bind(offset.max(0))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(chat_from_row).collect()
+    }
+
+    async fn rest_chat(&self, app_id: i64, number: i64) -> StoreResult<Option<RestChat>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            rest_chat_columns!(),
+            " FROM rest_chats WHERE app_id = $1 AND number = $2"
+        ))
+        .bind(app_id)
+        .bind(number)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(chat_from_row).transpose()
+    }
+
+    async fn rest_chat_by_room(&self, room: &str) -> StoreResult<Option<RestChat>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            rest_chat_columns!(),
+            " FROM rest_chats WHERE room = $1"
+        ))
+        .bind(room)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(chat_from_row).transpose()
+    }
+
+    async fn rest_add_message(
+        &self,
+        app_id: i64,
+        chat: i64,
+        msg: &NewRestMessage<'_>,
+    ) -> StoreResult<Option<RestMessage>> {
+        let mut tx = self.pool.begin().await?;
+        // The row lock taken here serialises the chat's writers until commit, so number and
+        // revision are gapless, and a reader that sees a revision sees every lower one.
+        let counters = sqlx::query(
+            "UPDATE rest_chats SET messages_count = messages_count + 1, revision = revision + 1 \
+             WHERE app_id = $1 AND number = $2 RETURNING messages_count, revision",
+        )
+        .bind(app_id)
+        .bind(chat)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(counters) = counters else {
+            return Ok(None);
+        };
+        let number: i64 = counters.try_get(0)?;
+        let revision: i64 = counters.try_get(1)?;
+        let row = sqlx::query(concat!(
+            "INSERT INTO rest_messages (app_id, chat, number, body, sender, created_ms, \
+             updated_ms, revision, xmpp_id, via_api) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+             RETURNING ",
+            rest_message_columns!()
+        ))
+        .bind(app_id)
+        .bind(chat)
+        .bind(number)
+        .bind(msg.body)
+        .bind(msg.sender)
+        .bind(msg.now_ms)
+        .bind(msg.now_ms)
+        .bind(revision)
+        .bind(msg.xmpp_id)
+        .bind(msg.via_api)
+        .fetch_one(&mut *tx)
+        .await?;
+        let message = message_from_row(&row)?;
+        tx.commit().await?;
+        Ok(Some(message))
+    }
+
+    async fn rest_messages(
+        &self,
+        app_id: i64,
+        chat: i64,
+        after: i64,
+        offset: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<RestMessage>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            rest_message_columns!(),
+            " FROM rest_messages WHERE app_id = $1 AND chat = $2 AND number > $3 \
+             ORDER BY number LIMIT $4 OFFSET $5"
+        ))
+        .bind(app_id)
+        .bind(chat)
+        .bind(after)
+        .bind(limit.max(0))
+        .bind(offset.max(0))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(message_from_row).collect()
+    }
+
+    async fn rest_message(
+        &self,
+        app_id: i64,
+        chat: i64,
+        number: i64,
+    ) -> StoreResult<Option<RestMessage>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            rest_message_columns!(),
+            " FROM rest_messages WHERE app_id = $1 AND chat = $2 AND number = $3"
+        ))
+        .bind(app_id)
+        .bind(chat)
+        .bind(number)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(message_from_row).transpose()
+    }
+
+    async fn rest_edit_message(
+        &self,
+        app_id: i64,
+        chat: i64,
+        number: i64,
+        body: &str,
+        now_ms: i64,
+    ) -> StoreResult<Option<RestMessage>> {
+        let mut tx = self.pool.begin().await?;
+        // The chat's row first, as `rest_add_message` locks it, so the two never deadlock; a
+        // missing message rolls the raise back when the transaction is dropped.
+        let revision = sqlx::query(
+            "UPDATE rest_chats SET revision = revision + 1 WHERE app_id = $1 AND number = $2 \
+             RETURNING revision",
+        )
+        .bind(app_id)
+        .bind(chat)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(revision) = revision else {
+            return Ok(None);
+        };
+        let revision: i64 = revision.try_get(0)?;
+        let row = sqlx::query(concat!(
+            "UPDATE rest_messages SET body = $1, updated_ms = $2, revision = $3 \
+             WHERE app_id = $4 AND chat = $5 AND number = $6 RETURNING ",
+            rest_message_columns!()
+        ))
+        .bind(body)
+        .bind(now_ms)
+        .bind(revision)
+        .bind(app_id)
+        .bind(chat)
+        .bind(number)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let message = message_from_row(&row)?;
+        tx.commit().await?;
+        Ok(Some(message))
+    }
+
+    async fn rest_changes(
+        &self,
+        app_id: i64,
+        chat: i64,
+        revision: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<RestMessage>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            rest_message_columns!(),
+            " FROM rest_messages WHERE app_id = $1 AND chat = $2 AND revision > $3 \
+             ORDER BY revision LIMIT $4"
+        ))
+        .bind(app_id)
+        .bind(chat)
+        .bind(revision)
+        .bind(limit.max(0))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(message_from_row).collect()
+    }
+
+    async fn rest_search(
+        &self,
+        app_id: i64,
+        chat: i64,
+        text: &str,
+        limit: i64,
+    ) -> StoreResult<Vec<RestMessage>> {
+        let words = search_words(text);
+        if words.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The words are letters and digits only, so joining them with `|` (any of them) makes
+        // a tsquery with no syntax of the caller's.
+        let rows = sqlx::query(
+            "SELECT number, body, sender, created_ms, updated_ms, revision, xmpp_id, via_api \
+             FROM rest_messages, to_tsquery('simple', $1) AS q \
+             WHERE app_id = $2 AND chat = $3 AND body_tsv @@ q \
+             ORDER BY ts_rank(body_tsv, q) DESC, number DESC LIMIT $4",
+        )
+        .bind(words.join(" | "))
+        .bind(app_id)
+        .bind(chat)
+        .bind(limit.max(0))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(message_from_row).collect()
+    }
+
+    async fn rest_members(&self, app_id: i64, chat: i64) -> StoreResult<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT jid FROM rest_members WHERE app_id = $1 AND chat = $2 ORDER BY jid",
+        )
+        .bind(app_id)
+        .bind(chat)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| r.try_get(0).map_err(Into::into))
+            .collect()
+    }
+
+    async fn rest_add_member(&self, app_id: i64, chat: i64, jid: &str) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "INSERT INTO rest_members (app_id, chat, jid) VALUES ($1, $2, $3) \
+             ON CONFLICT (app_id, chat, jid) DO NOTHING",
+        )
+        .bind(app_id)
+        .bind(chat)
+        .bind(jid)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn rest_remove_member(&self, app_id: i64, chat: i64, jid: &str) -> StoreResult<bool> {
+        let done =
+            sqlx::query("DELETE FROM rest_members WHERE app_id = $1 AND chat = $2 AND jid = $3")
+                .bind(app_id)
+                .bind(chat)
+                .bind(jid)
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected() > 0)
+    }
+}
+
+fn app_from_row(row: &sqlx::postgres::PgRow) -> StoreResult<RestApp> {
+    Ok(RestApp {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        token: row.try_get("token")?,
+        chats_count: row.try_get("chats_count")?,
+    })
+}
+
+fn chat_from_row(row: &sqlx::postgres::PgRow) -> StoreResult<RestChat> {
+    Ok(RestChat {
+        app_id: row.try_get("app_id")?,
+        number: row.try_get("number")?,
+        messages_count: row.try_get("messages_count")?,
+        revision: row.try_get("revision")?,
+        room: row.try_get("room")?,
+    })
+}
+
+fn message_from_row(row: &sqlx::postgres::PgRow) -> StoreResult<RestMessage> {
+    Ok(RestMessage {
+        number: row.try_get("number")?,
+        body: row.try_get("body")?,
+        sender: row.try_get("sender")?,
+        created_ms: row.try_get("created_ms")?,
+        updated_ms: row.try_get("updated_ms")?,
+        revision: row.try_get("revision")?,
+        xmpp_id: row.try_get("xmpp_id")?,
+        via_api: row.try_get("via_api")?,
+    })
 }
 
 fn item_from_row(row: &sqlx::postgres::PgRow) -> StoreResult<RosterItem> {

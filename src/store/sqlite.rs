@@ -12,9 +12,27 @@ use sqlx::{Row, Sqlite, Transaction};
 
 use super::{
     ArchivePage, ArchivePrefs, ArchiveQuery, ArchivedMessage, Credentials, NewArchived,
-    OfflineMessage, Roster, RosterItem, ScramKeys, Store, StoreError, StoreResult, StoredRoom,
-    Subscription, SubscriptionRequest, archive_sql,
+    NewRestMessage, OfflineMessage, RestApp, RestChat, RestMessage, Roster, RosterItem, ScramKeys,
+    Store, StoreError, StoreResult, StoredRoom, Subscription, SubscriptionRequest, archive_sql,
+    search_words,
 };
+
+// The columns each REST row is read from, as literals so that queries stay `&'static str`.
+macro_rules! rest_app_columns {
+    () => {
+        "id, name, token, chats_count"
+    };
+}
+macro_rules! rest_chat_columns {
+    () => {
+        "app_id, number, messages_count, revision, room"
+    };
+}
+macro_rules! rest_message_columns {
+    () => {
+        "number, body, sender, created_ms, updated_ms, revision, xmpp_id, via_api"
+    };
+}
 
 pub struct SqliteStore {
     /// Readers: WAL lets them run beside the writer.
@@ -620,6 +638,383 @@ impl Store for SqliteStore {
         .await?;
         Ok(())
     }
+
+    async fn rest_create_app(&self, name: &str, token: &str) -> StoreResult<RestApp> {
+        let row = sqlx::query(concat!(
+            "INSERT INTO rest_apps (name, token, created_ms) VALUES (?, ?, ?) RETURNING ",
+            rest_app_columns!()
+        ))
+        .bind(name)
+        .bind(token)
+        .bind(chrono::Utc::now().timestamp_millis())
+        .fetch_one(&self.writer)
+        .await?;
+        app_from_row(&row)
+    }
+
+    async fn rest_apps(&self, offset: i64, limit: i64) -> StoreResult<(Vec<RestApp>, i64)> {
+        // Negative bounds read as 0 on both engines (PostgreSQL refuses them, SQLite reads a
+        // negative LIMIT as none); the same holds for every page below.
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            rest_app_columns!(),
+            " FROM rest_apps ORDER BY id LIMIT ? OFFSET ?"
+        ))
+        .bind(limit.max(0))
+        .bind(offset.max(0))
+        .fetch_all(&self.pool)
+        .await?;
+        let total: i64 = sqlx::query("SELECT COUNT(*) FROM rest_apps")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)?;
+        let apps = rows.iter().map(app_from_row).collect::<StoreResult<_>>()?;
+        Ok((apps, total))
+    }
+
+    async fn rest_app(&self, token: &str) -> StoreResult<Option<RestApp>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            rest_app_columns!(),
+            " FROM rest_apps WHERE token = ?"
+        ))
+        .bind(token)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(app_from_row).transpose()
+    }
+
+    async fn rest_rename_app(&self, token: &str, name: &str) -> StoreResult<Option<RestApp>> {
+        let row = sqlx::query(concat!(
+            "UPDATE rest_apps SET name = ? WHERE token = ? RETURNING ",
+            rest_app_columns!()
+        ))
+        .bind(name)
+        .bind(token)
+        .fetch_optional(&self.writer)
+        .await?;
+        row.as_ref().map(app_from_row).transpose()
+    }
+
+    async fn rest_create_chat(&self, app_id: i64, room: &str) -> StoreResult<RestChat> {
+        let mut tx = self.writer.begin().await?;
+        // No such application: `RowNotFound`, and the transaction rolls back on drop.
+        let number: i64 = sqlx::query(
+            "UPDATE rest_apps SET chats_count = chats_count + 1 WHERE id = ? \
+             RETURNING chats_count",
+        )
+        .bind(app_id)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get(0)?;
+        let row = sqlx::query(concat!(
+            "INSERT INTO rest_chats (app_id, number, room, created_ms) VALUES (?, ?, ?, ?) \
+             RETURNING ",
+            rest_chat_columns!()
+        ))
+        .bind(app_id)
+        .bind(number)
+        .bind(room)
+        .bind(chrono::Utc::now().timestamp_millis())
+        .fetch_one(&mut *tx)
+        .await?;
+        let chat = chat_from_row(&row)?;
+        tx.commit().await?;
+        Ok(chat)
+    }
+
+    async fn rest_chats(&self, app_id: i64, offset: i64, limit: i64) -> StoreResult<Vec<RestChat>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            rest_chat_columns!(),
+            " FROM rest_chats WHERE app_id = ? ORDER BY number LIMIT ? OFFSET ?"
+        ))
+        .bind(app_id)
+        .bind(limit.max(0))
+        .bind(offset.max(0))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(chat_from_row).collect()
+    }
+
+    async fn rest_chat(&self, app_id: i64, number: i64) -> StoreResult<Option<RestChat>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            rest_chat_columns!(),
+            " FROM rest_chats WHERE app_id = ? AND number = ?"
+        ))
+        .bind(app_id)
+        .bind(number)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(chat_from_row).transpose()
+    }
+
+    async fn rest_chat_by_room(&self, room: &str) -> StoreResult<Option<RestChat>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            rest_chat_columns!(),
+            " FROM rest_chats WHERE room = ?"
+        ))
+        .bind(room)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(chat_from_row).transpose()
+    }
+
+    async fn rest_add_message(
+        &self,
+        app_id: i64,
+        chat: i64,
+        msg: &NewRestMessage<'_>,
+    ) -> StoreResult<Option<RestMessage>> {
+        let mut tx = self.writer.begin().await?;
+        // The one writing connection: no other writer runs between this UPDATE and commit.
+        let counters = sqlx::query(
+            "UPDATE rest_chats SET messages_count = messages_count + 1, revision = revision + 1 \
+             WHERE app_id = ? AND number = ? RETURNING messages_count, revision",
+        )
+        .bind(app_id)
+        .bind(chat)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(counters) = counters else {
+            return Ok(None);
+        };
+        let number: i64 = counters.try_get(0)?;
+        let revision: i64 = counters.try_get(1)?;
+        let row = sqlx::query(concat!(
+            "INSERT INTO rest_messages (app_id, chat, number, body, sender, created_ms, \
+             updated_ms, revision, xmpp_id, via_api) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             RETURNING ",
+            rest_message_columns!()
+        ))
+        .bind(app_id)
+        .bind(chat)
+        .bind(number)
+        .bind(msg.body)
+        .bind(msg.sender)
+        .bind(msg.now_ms)
+        .bind(msg.now_ms)
+        .bind(revision)
+        .bind(msg.xmpp_id)
+        .bind(msg.via_api)
+        .fetch_one(&mut *tx)
+        .await?;
+        let message = message_from_row(&row)?;
+        tx.commit().await?;
+        Ok(Some(message))
+    }
+
+    async fn rest_messages(
+        &self,
+        app_id: i64,
+        chat: i64,
+        after: i64,
+        offset: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<RestMessage>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            rest_message_columns!(),
+            " FROM rest_messages WHERE app_id = ? AND chat = ? AND number > ? \
+             ORDER BY number LIMIT ? OFFSET ?"
+        ))
+        .bind(app_id)
+        .bind(chat)
+        .bind(after)
+        .bind(limit.max(0))
+        .bind(offset.max(0))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(message_from_row).collect()
+    }
+
+    async fn rest_message(
+        &self,
+        app_id: i64,
+        chat: i64,
+        number: i64,
+    ) -> StoreResult<Option<RestMessage>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            rest_message_columns!(),
+            " FROM rest_messages WHERE app_id = ? AND chat = ? AND number = ?"
+        ))
+        .bind(app_id)
+        .bind(chat)
+        .bind(number)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(message_from_row).transpose()
+    }
+
+    async fn rest_edit_message(
+        &self,
+        app_id: i64,
+        chat: i64,
+        number: i64,
+        body: &str,
+        now_ms: i64,
+    ) -> StoreResult<Option<RestMessage>> {
+        let mut tx = self.writer.begin().await?;
+        // The chat's counter first, as `rest_add_message` does; a missing message rolls the
+        // raise back when the transaction is dropped.
+        let revision = sqlx::query(
+            "UPDATE rest_chats SET revision = revision + 1 WHERE app_id = ? AND number = ? \
+             RETURNING revision",
+        )
+        .bind(app_id)
+        .bind(chat)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(revision) = revision else {
+            return Ok(None);
+        };
+        let revision: i64 = revision.try_get(0)?;
+        let row = sqlx::query(concat!(
+            "UPDATE rest_messages SET body = ?, updated_ms = ?, revision = ? \
+             WHERE app_id = ? AND chat = ? AND number = ? RETURNING ",
+            rest_message_columns!()
+        ))
+        .bind(body)
+        .bind(now_ms)
+        .bind(revision)
+        .bind(app_id)
+        .bind(chat)
+        .bind(number)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let message = message_from_row(&row)?;
+        tx.commit().await?;
+        Ok(Some(message))
+    }
+
+    async fn rest_changes(
+        &self,
+        app_id: i64,
+        chat: i64,
+        revision: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<RestMessage>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            rest_message_columns!(),
+            " FROM rest_messages WHERE app_id = ? AND chat = ? AND revision > ? \
+             ORDER BY revision LIMIT ?"
+        ))
+        .bind(app_id)
+        .bind(chat)
+        .bind(revision)
+        .bind(limit.max(0))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(message_from_row).collect()
+    }
+
+    async fn rest_search(
+        &self,
+        app_id: i64,
+        chat: i64,
+        text: &str,
+        limit: i64,
+    ) -> StoreResult<Vec<RestMessage>> {
+        let words = search_words(text);
+        if words.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Each word quoted, so FTS5 reads none of them as syntax; OR: any of them matches.
+        let expr = words
+            .iter()
+            .map(|w| format!("\"{}\"", w.replace('"', "\"\"")))
+            .collect::<Vec<_>>()
+            .join(" OR ");
+        let rows = sqlx::query(
+            "SELECT m.number, m.body, m.sender, m.created_ms, m.updated_ms, m.revision, \
+             m.xmpp_id, m.via_api FROM rest_messages_fts JOIN rest_messages m \
+             ON m.id = rest_messages_fts.rowid \
+             WHERE rest_messages_fts MATCH ? AND m.app_id = ? AND m.chat = ? \
+             ORDER BY rest_messages_fts.rank, m.number DESC LIMIT ?",
+        )
+        .bind(expr)
+        .bind(app_id)
+        .bind(chat)
+        .bind(limit.max(0))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(message_from_row).collect()
+    }
+
+    async fn rest_members(&self, app_id: i64, chat: i64) -> StoreResult<Vec<String>> {
+        let rows =
+            sqlx::query("SELECT jid FROM rest_members WHERE app_id = ? AND chat = ? ORDER BY jid")
+                .bind(app_id)
+                .bind(chat)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| r.try_get(0).map_err(Into::into))
+            .collect()
+    }
+
+    async fn rest_add_member(&self, app_id: i64, chat: i64, jid: &str) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "INSERT INTO rest_members (app_id, chat, jid) VALUES (?, ?, ?) \
+             ON CONFLICT (app_id, chat, jid) DO NOTHING",
+        )
+        .bind(app_id)
+        .bind(chat)
+        .bind(jid)
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn rest_remove_member(&self, app_id: i64, chat: i64, jid: &str) -> StoreResult<bool> {
+        let done =
+            sqlx::query("DELETE FROM rest_members WHERE app_id = ? AND chat = ? AND jid = ?")
+                .bind(app_id)
+                .bind(chat)
+                .bind(jid)
+                .execute(&self.writer)
+                .await?;
+        Ok(done.rows_affected() > 0)
+    }
+}
+
+fn app_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<RestApp> {
+    Ok(RestApp {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        token: row.try_get("token")?,
+        chats_count: row.try_get("chats_count")?,
+    })
+}
+
+fn chat_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<RestChat> {
+    Ok(RestChat {
+        app_id: row.try_get("app_id")?,
+        number: row.try_get("number")?,
+        messages_count: row.try_get("messages_count")?,
+        revision: row.try_get("revision")?,
+        room: row.try_get("room")?,
+    })
+}
+
+fn message_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<RestMessage> {
+    Ok(RestMessage {
+        number: row.try_get("number")?,
+        body: row.try_get("body")?,
+        sender: row.try_get("sender")?,
+        created_ms: row.try_get("created_ms")?,
+        updated_ms: row.try_get("updated_ms")?,
+        revision: row.try_get("revision")?,
+        xmpp_id: row.try_get("xmpp_id")?,
+        via_api: row.try_get("via_api")?,
+    })
 }
 
 fn item_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<RosterItem> {

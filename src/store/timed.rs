@@ -7,8 +7,9 @@ use std::time::Instant;
 use async_trait::async_trait;
 
 use super::{
-    ArchivePage, ArchivePrefs, ArchiveQuery, Credentials, NewArchived, OfflineMessage, Roster,
-    RosterItem, Store, StoreResult, StoredRoom, SubscriptionRequest,
+    ArchivePage, ArchivePrefs, ArchiveQuery, Credentials, NewArchived, NewRestMessage,
+    OfflineMessage, RestApp, RestChat, RestMessage, Roster, RosterItem, Store, StoreResult,
+    StoredRoom, SubscriptionRequest,
 };
 
 pub struct Timed(pub Arc<dyn Store>);
@@ -151,5 +152,107 @@ impl Store for Timed {
     }
     async fn set_vcard(&self, user: &str, vcard: &str) -> StoreResult<()> {
         timed!("set_vcard", self.0.set_vcard(user, vcard))
+    }
+    async fn rest_create_app(&self, name: &str, token: &str) -> StoreResult<RestApp> {
+        timed!("rest_create_app", self.0.rest_create_app(name, token))
+    }
+    async fn rest_apps(&self, offset: i64, limit: i64) -> StoreResult<(Vec<RestApp>, i64)> {
+        timed!("rest_apps", self.0.rest_apps(offset, limit))
+    }
+    async fn rest_app(&self, token: &str) -> StoreResult<Option<RestApp>> {
+        timed!("rest_app", self.0.rest_app(token))
+    }
+    async fn rest_rename_app(&self, token: &str, name: &str) -> StoreResult<Option<RestApp>> {
+        timed!("rest_rename_app", self.0.rest_rename_app(token, name))
+    }
+    async fn rest_create_chat(&self, app_id: i64, room: &str) -> StoreResult<RestChat> {
+        timed!("rest_create_chat", self.0.rest_create_chat(app_id, room))
+    }
+    async fn rest_chats(&self, app_id: i64, offset: i64, limit: i64) -> StoreResult<Vec<RestChat>> {
+        timed!("rest_chats", self.0.rest_chats(app_id, offset, limit))
+    }
+    async fn rest_chat(&self, app_id: i64, number: i64) -> StoreResult<Option<RestChat>> {
+        timed!("rest_chat", self.0.rest_chat(app_id, number))
+    }
+    async fn rest_chat_by_room(&self, room: &str) -> StoreResult<Option<RestChat>> {
+        timed!("rest_chat_by_room", self.0.rest_chat_by_room(room))
+    }
+    async fn rest_add_message(
+        &self,
+        app_id: i64,
+        chat: i64,
+        msg: &NewRestMessage<'_>,
+    ) -> StoreResult<Option<RestMessage>> {
+        timed!(
+            "rest_add_message",
+            self.0.rest_add_message(app_id, chat, msg)
+        )
+    }
+    async fn rest_messages(
+        &self,
+        app_id: i64,
+        chat: i64,
+        after: i64,
+        offset: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<RestMessage>> {
+        timed!(
+            "rest_messages",
+            self.0.rest_messages(app_id, chat, after, offset, limit)
+        )
+    }
+    async fn rest_message(
+        &self,
+        app_id: i64,
+        chat: i64,
+        number: i64,
+    ) -> StoreResult<Option<RestMessage>> {
+        timed!("rest_message", self.0.rest_message(app_id, chat, number))
+    }
+    async fn rest_edit_message(
+        &self,
+        app_id: i64,
+        chat: i64,
+        number: i64,
+        body: &str,
+        now_ms: i64,
+    ) -> StoreResult<Option<RestMessage>> {
+        timed!(
+            "rest_edit_message",
+            self.0.rest_edit_message(app_id, chat, number, body, now_ms)
+        )
+    }
+    async fn rest_changes(
+        &self,
+        app_id: i64,
+        chat: i64,
+        revision: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<RestMessage>> {
+        timed!(
+            "rest_changes",
+            self.0.rest_changes(app_id, chat, revision, limit)
+        )
+    }
+    async fn rest_search(
+        &self,
+        app_id: i64,
+        chat: i64,
+        text: &str,
+        limit: i64,
+    ) -> StoreResult<Vec<RestMessage>> {
+        timed!("rest_search", self.0.rest_search(app_id, chat, text, limit))
+    }
+    async fn rest_members(&self, app_id: i64, chat: i64) -> StoreResult<Vec<String>> {
+        timed!("rest_members", self.0.rest_members(app_id, chat))
+    }
+    async fn rest_add_member(&self, app_id: i64, chat: i64, jid: &str) -> StoreResult<bool> {
+        timed!("rest_add_member", self.0.rest_add_member(app_id, chat, jid))
+    }
+    async fn rest_remove_member(&self, app_id: i64, chat: i64, jid: &str) -> StoreResult<bool> {
+        timed!(
+            "rest_remove_member",
+            self.0.rest_remove_member(app_id, chat, jid)
+        )
     }
 }

@@ -106,6 +106,14 @@ pub async fn route_here(server: &Server, stanza: Element) {
         }
         return;
     }
+    if from.node().is_none() && from.resource().is_none() && from.domain().as_str() == server.domain
+    {
+        // Only the server itself sends from its bare domain: the REST bridge.
+        if let Some(room) = to.node() {
+            m.bridge(server, room.as_str(), stanza).await;
+        }
+        return;
+    }
     let Ok(from) = from.try_into_full() else {
         return;
     };
@@ -330,7 +338,7 @@ impl Muc {
             };
             (result, archived)
         };
-        let (mut fx, reply) = match result {
+        let (fx, reply) = match result {
             Ok(v) => v,
             Err(e) => {
                 if created {
@@ -339,6 +347,37 @@ impl Muc {
                 return Err(e);
             }
         };
+        let bridged = room
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .config
+            .bridged;
+        let said = fx
+            .broadcast
+            .as_ref()
+            .filter(|_| bridged)
+            .and_then(|(m, _)| Some((m.attr("from")?.to_owned(), m.clone())));
+        let mut out = self.deliver(server, name, &room, fx, archived).await;
+        if let Some((sender, m)) = said
+            && let Some(body) = m.get_child("body", crate::stream::ns::CLIENT)
+        {
+            let id = m.attr("id").unwrap_or_default();
+            super::bridge::from_room(server, name, &sender, &body.text(), id).await;
+        }
+        out.extend(reply);
+        Ok(out)
+    }
+
+    /// The common end of a room operation: stamps the archive id, stores the room if it
+    /// changed, and sends the broadcast; what is left to route one by one.
+    async fn deliver(
+        &self,
+        server: &Server,
+        name: &str,
+        room: &Arc<Mutex<Room>>,
+        mut fx: Effects,
+        archived: Option<tokio::sync::oneshot::Receiver<Option<i64>>>,
+    ) -> Vec<Element> {
         if let Some(id) = archived
             && let Ok(Some(id)) = id.await
         {
@@ -350,13 +389,66 @@ impl Muc {
                 stanza::set_attr(sid, "id", &id);
             }
         }
-        self.settle(server, name, &room, &fx).await;
+        self.settle(server, name, room, &fx).await;
         if let Some((message, to)) = fx.broadcast.take() {
             router::fan_out(server, message, to).await;
         }
-        let mut out = fx.out;
-        out.extend(reply);
-        Ok(out)
+        fx.out
+    }
+
+    /// An operation of the REST bridge on a room it carries: a message posted (or corrected)
+    /// by an application, or a membership change.
+    async fn bridge(&self, server: &Server, name: &str, mut stanza: Element) {
+        let room = match self.room(server, name).await {
+            Ok(Some(r)) => r,
+            _ => {
+                warn!(
+                    room = name,
+                    "the REST bridge names a room that does not exist"
+                );
+                return;
+            }
+        };
+        let now = chrono::Utc::now().timestamp_millis();
+        let (result, archived) = {
+            let mut r = room.lock().unwrap_or_else(|e| e.into_inner());
+            let result = match stanza.name() {
+                "message" => {
+                    let nick = stanza
+                        .get_child("bridge", super::bridge::NS)
+                        .and_then(|b| b.attr("nick"))
+                        .unwrap_or("api")
+                        .to_owned();
+                    stanza.remove_child("bridge", super::bridge::NS);
+                    r.publish(&nick, &stanza, now, Effects::default())
+                }
+                _ => match stanza.get_child("member", super::bridge::NS) {
+                    Some(m) => {
+                        let jid = m.attr("jid").unwrap_or_default().to_owned();
+                        r.bridge_membership(&jid, m.attr("remove").is_none())
+                    }
+                    None => Ok(Effects::default()),
+                },
+            };
+            let archived = match &result {
+                Ok(Effects {
+                    archive: Some(m), ..
+                }) => {
+                    let sender = m.attr("from").unwrap_or_default().to_owned();
+                    super::mam::queue_room_message(server, name, &sender, m)
+                }
+                _ => None,
+            };
+            (result, archived)
+        };
+        match result {
+            Ok(fx) => {
+                for s in self.deliver(server, name, &room, fx, archived).await {
+                    router::route(server, s).await;
+                }
+            }
+            Err(e) => warn!(room = name, error = ?e, "the REST bridge's room operation failed"),
+        }
     }
 
     fn forget(&self, name: &str) {

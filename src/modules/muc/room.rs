@@ -117,6 +117,8 @@ pub struct RoomConfig {
     pub allow_pm: bool,
     /// Messages are archived and served by MAM (muc#roomconfig_enablelogging).
     pub logging: bool,
+    /// The room carries a chat of the REST bridge: occupants' messages are numbered into it.
+    pub bridged: bool,
 }
 
 impl Default for RoomConfig {
@@ -134,6 +136,7 @@ impl Default for RoomConfig {
             change_subject: false,
             allow_pm: true,
             logging: true,
+            bridged: false,
         }
     }
 }
@@ -547,9 +550,23 @@ impl Room {
             self.subject = Some((sender.nick.clone(), subject.text()));
             fx.save = self.config.persistent;
         }
+        self.publish(&sender.nick, msg, now_ms, fx)
+    }
+
+    /// Sends a groupchat message to every occupant from `nick` (an occupant, or the REST
+    /// bridge's application), with the room's stanza id, into history and the archive.
+    pub fn publish(
+        &mut self,
+        nick: &str,
+        msg: &Element,
+        now_ms: i64,
+        mut fx: Effects,
+    ) -> Result<Effects, StanzaError> {
+        let subject = msg.get_child("subject", crate::stream::ns::CLIENT);
+        let has_body = msg.has_child("body", crate::stream::ns::CLIENT);
         let mut out = msg.clone();
         stanza::remove_attr(&mut out, "to");
-        stanza::set_attr(&mut out, "from", &self.occupant_jid(&sender.nick));
+        stanza::set_attr(&mut out, "from", &self.occupant_jid(nick));
         // Stanza ids are the room's to give.
         for node in out.take_nodes() {
             if !node.as_element().is_some_and(|c| c.is("stanza-id", SID)) {
@@ -697,6 +714,22 @@ impl Room {
         let mut x = el("x", USER, &[]);
         x.append_child(item_el);
         (p, x)
+    }
+
+    /// The REST bridge grants or withdraws membership (`member` or `none`) with an owner's
+    /// rights; in a members-only room a withdrawn member leaves (321).
+    pub fn bridge_membership(&mut self, jid: &str, member: bool) -> Result<Effects, StanzaError> {
+        let mut fx = Effects::default();
+        let aff = if member {
+            Affiliation::Member
+        } else {
+            Affiliation::None
+        };
+        if self.affiliation(jid) == aff {
+            return Ok(fx);
+        }
+        self.set_affiliation(Affiliation::Owner, jid, aff, "", &mut fx)?;
+        Ok(fx)
     }
 
     /// A visitor asks for voice (§7.13): every moderator gets the approval form (§8.6).
