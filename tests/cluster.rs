@@ -838,3 +838,98 @@ async fn carbons_and_the_archive_give_devices_on_two_nodes_the_same_history() {
         "the live stanza id is the archive id"
     );
 }
+
+#[tokio::test]
+async fn rest_posts_on_two_nodes_share_one_numbering_and_reach_the_room() {
+    let (_redis, n1, n2) = two_nodes().await;
+    let http = reqwest::Client::new();
+    let base1 = format!("http://{}/api/v1", n1.http);
+    let base2 = format!("http://{}/api/v1", n2.http);
+    let app: serde_json::Value = http
+        .post(format!("{base1}/applications"))
+        .json(&serde_json::json!({"name": "bridge"}))
+        .send()
+        .await
+        .expect("create")
+        .json()
+        .await
+        .expect("json");
+    let token = app["token"].as_str().expect("token").to_owned();
+    let chat: serde_json::Value = http
+        .post(format!("{base2}/applications/{token}/chats"))
+        .send()
+        .await
+        .expect("chat")
+        .json()
+        .await
+        .expect("json");
+    let room = chat["jid"].as_str().expect("jid").to_owned();
+    let status = http
+        .post(format!("{base1}/applications/{token}/chats/1/members"))
+        .json(&serde_json::json!({"jid": "carol@localhost"}))
+        .send()
+        .await
+        .expect("member")
+        .status();
+    assert_eq!(status, reqwest::StatusCode::CREATED);
+    // An occupant on node 2 sees what is posted on either node.
+    let mut carol = XmppClient::connect(&n2, "carol@localhost/c", "pw").await;
+    carol
+        .send(&format!(
+            "<presence to='{room}/carol'><x xmlns='http://jabber.org/protocol/muc'/></presence>"
+        ))
+        .await;
+    let joined = carol
+        .expect("the join", |e| {
+            e.name() == "presence" && e.attr("from") == Some(format!("{room}/carol").as_str())
+        })
+        .await;
+    assert_eq!(joined.attr("type"), None, "{}", String::from(&joined));
+
+    let posts = (0..200).map(|i| {
+        let http = http.clone();
+        let base = if i % 2 == 0 { &base1 } else { &base2 };
+        let url = format!("{base}/applications/{token}/chats/1/messages");
+        tokio::spawn(async move {
+            let resp = http
+                .post(url)
+                .json(&serde_json::json!({"body": format!("post {i}")}))
+                .send()
+                .await
+                .expect("post");
+            assert_eq!(resp.status(), reqwest::StatusCode::CREATED);
+            resp.json::<serde_json::Value>().await.expect("json")["number"]
+                .as_i64()
+                .expect("number")
+        })
+    });
+    let mut numbers: Vec<i64> = futures::future::join_all(posts)
+        .await
+        .into_iter()
+        .map(|r| r.expect("task"))
+        .collect();
+    numbers.sort();
+    assert_eq!(numbers, (1..=200).collect::<Vec<_>>());
+    for base in [&base1, &base2] {
+        let chat: serde_json::Value = http
+            .get(format!("{base}/applications/{token}/chats/1"))
+            .send()
+            .await
+            .expect("chat")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(chat["messages_count"], 200);
+    }
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < 200 {
+        let m = carol
+            .expect("the posts", |e| {
+                e.name() == "message" && e.attr("type") == Some("groupchat")
+            })
+            .await;
+        if let Some(b) = child(&m, "body") {
+            seen.insert(b.text());
+        }
+    }
+}
