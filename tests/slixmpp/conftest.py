@@ -37,6 +37,7 @@ class Server:
         self.data = tmp / "data"
         self.c2s = free_port()
         self.c2s_tls = free_port()
+        self.http = free_port()
         self.config = tmp / "rookery.toml"
         self.config.write_text(
             f'domain = "localhost"\n'
@@ -45,7 +46,7 @@ class Server:
             f'c2s = "127.0.0.1:{self.c2s}"\n'
             f'c2s_tls = "127.0.0.1:{self.c2s_tls}"\n'
             f's2s = "127.0.0.1:{free_port()}"\n'
-            f'http = "127.0.0.1:{free_port()}"\n'
+            f'http = "127.0.0.1:{self.http}"\n'
             f"[registration]\n"
             f"open = {'true' if registration_open else 'false'}\n"
             f"{extra}"
