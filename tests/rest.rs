@@ -219,6 +219,23 @@ async fn applications_chats_and_messages_live_with_the_room() {
     assert_eq!(live.attr("from"), Some(format!("{room}/Helpdesk").as_str()));
     assert_eq!(live.attr("type"), Some("groupchat"));
     let live_id = live.attr("id").expect("an id").to_owned();
+    // It is in the room's archive too.
+    alice
+        .send(&format!(
+            "<iq type='set' id='mam' to='{room}'><query xmlns='urn:xmpp:mam:2' queryid='m'/></iq>"
+        ))
+        .await;
+    let archived = alice
+        .expect("the archived copy", |e| {
+            e.name() == "message" && child(e, "result").is_some()
+        })
+        .await;
+    assert!(String::from(&archived).contains("hello from the app"));
+    alice
+        .expect("the archive query's end", |e| {
+            e.name() == "iq" && e.attr("id") == Some("mam")
+        })
+        .await;
 
     // The live feed from the start: message 1, then what comes.
     let resp = api
