@@ -335,6 +335,20 @@ async fn applications_chats_and_messages_live_with_the_room() {
         .collect();
     assert_eq!(resumed, [2, 1], "message 2, then the edit of 1");
 
+    // An occupant's correction of its own message is an edit of that message.
+    alice
+        .send(&format!(
+            "<message to='{room}' type='groupchat' id='a2'><body>a mango question</body>\
+             <replace xmlns='urn:xmpp:message-correct:0' id='a1'/></message>"
+        ))
+        .await;
+    let corrected = read_events(&mut sse, &mut buffer, 1).await;
+    assert_eq!(corrected[0].1["number"], 2);
+    assert_eq!(corrected[0].1["event"], "edited");
+    assert_eq!(corrected[0].1["body"], "a mango question");
+    let (_, chat) = api.call("GET", &format!("{chats}/1"), None).await;
+    assert_eq!(chat["messages_count"], 2, "a correction is no new message");
+
     // Paging with a Link header.
     let resp = api
         .http

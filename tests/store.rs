@@ -496,6 +496,19 @@ async fn rest_contract(store: &dyn Store) {
         (second.number, second.revision, second.via_api),
         (2, 2, false)
     );
+    let by_id = store
+        .rest_message_by_xmpp_id(one.id, 1, "abc")
+        .await
+        .unwrap();
+    assert_eq!(by_id, Some(second.clone()));
+    assert_eq!(
+        store
+            .rest_message_by_xmpp_id(one.id, 2, "abc")
+            .await
+            .unwrap(),
+        None,
+        "ids are looked up within their chat"
+    );
     for (i, body) in ["goodbye world", "peace now", "peace now"]
         .iter()
         .enumerate()

@@ -154,8 +154,13 @@ async fn to_room(server: &Server, chat: &RestChat, mut stanza: Element) {
     super::muc::route(server, stanza).await;
 }
 
-/// A message an occupant wrote in a bridged room: it becomes the chat's next message.
-pub async fn from_room(server: &Server, room: &str, sender: &str, body: &str, xmpp_id: &str) {
+/// A message an occupant wrote in a bridged room: it becomes the chat's next message, or,
+/// when it corrects (XEP-0308) an earlier message of the same occupant, an edit of that one.
+pub async fn from_room(server: &Server, room: &str, sender: &str, msg: &Element) {
+    let Some(body) = msg.get_child("body", crate::stream::ns::CLIENT) else {
+        return;
+    };
+    let body = body.text();
     let chat = match server.store.rest_chat_by_room(room).await {
         Ok(Some(c)) => c,
         Ok(None) => return,
@@ -164,20 +169,63 @@ pub async fn from_room(server: &Server, room: &str, sender: &str, body: &str, xm
             return;
         }
     };
-    let new = NewRestMessage {
-        body,
-        sender,
-        xmpp_id,
-        via_api: false,
-        now_ms: chrono::Utc::now().timestamp_millis(),
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let replaces = msg.get_child("replace", CORRECT).and_then(|r| r.attr("id"));
+    let result = match replaces {
+        Some(original) => correct_from_room(server, &chat, sender, original, &body, now_ms).await,
+        None => Ok(None),
     };
-    match server
-        .store
-        .rest_add_message(chat.app_id, chat.number, &new)
-        .await
-    {
-        Ok(Some(_)) => changed(server, chat.app_id, chat.number),
-        Ok(None) => {}
+    let done = match result {
+        Ok(Some(())) => Ok(()),
+        // Not a correction, or one of nothing this occupant wrote: a message of its own.
+        Ok(None) => {
+            let new = NewRestMessage {
+                body: &body,
+                sender,
+                xmpp_id: msg.attr("id").unwrap_or_default(),
+                via_api: false,
+                now_ms,
+            };
+            server
+                .store
+                .rest_add_message(chat.app_id, chat.number, &new)
+                .await
+                .map(|_| ())
+        }
+        Err(e) => Err(e),
+    };
+    match done {
+        Ok(()) => changed(server, chat.app_id, chat.number),
         Err(e) => warn!(error = %e, room, "cannot number a room message into its chat"),
     }
+}
+
+/// Applies an occupant's correction to the message it replaces; None if there is no such
+/// message of that occupant.
+async fn correct_from_room(
+    server: &Server,
+    chat: &RestChat,
+    sender: &str,
+    original: &str,
+    body: &str,
+    now_ms: i64,
+) -> Result<Option<()>, StoreError> {
+    if original.is_empty() {
+        return Ok(None);
+    }
+    let Some(old) = server
+        .store
+        .rest_message_by_xmpp_id(chat.app_id, chat.number, original)
+        .await?
+        .filter(|m| !m.via_api && m.sender == sender)
+    else {
+        return Ok(None);
+    };
+    // Later than the creation even within the same millisecond: that is what marks an edit.
+    let now_ms = now_ms.max(old.created_ms + 1);
+    Ok(server
+        .store
+        .rest_edit_message(chat.app_id, chat.number, old.number, body, now_ms)
+        .await?
+        .map(|_| ()))
 }

@@ -379,6 +379,14 @@ pub trait Store: Send + Sync {
         chat: i64,
         number: i64,
     ) -> StoreResult<Option<RestMessage>>;
+    /// The message the room's occupants saw with this `id` attribute (the newest, should an
+    /// id repeat).
+    async fn rest_message_by_xmpp_id(
+        &self,
+        app_id: i64,
+        chat: i64,
+        xmpp_id: &str,
+    ) -> StoreResult<Option<RestMessage>>;
     /// Replaces a message's body, with a new revision; None if there is no such message.
     async fn rest_edit_message(
         &self,

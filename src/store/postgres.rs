@@ -834,6 +834,26 @@ impl Store for PgStore {
         row.as_ref().map(message_from_row).transpose()
     }
 
+    async fn rest_message_by_xmpp_id(
+        &self,
+        app_id: i64,
+        chat: i64,
+        xmpp_id: &str,
+    ) -> StoreResult<Option<RestMessage>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            rest_message_columns!(),
+            " FROM rest_messages WHERE app_id = $1 AND chat = $2 AND xmpp_id = $3 \
+             ORDER BY number DESC LIMIT 1"
+        ))
+        .bind(app_id)
+        .bind(chat)
+        .bind(xmpp_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(message_from_row).transpose()
+    }
+
     async fn rest_edit_message(
         &self,
         app_id: i64,

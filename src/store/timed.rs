@@ -209,6 +209,17 @@ impl Store for Timed {
     ) -> StoreResult<Option<RestMessage>> {
         timed!("rest_message", self.0.rest_message(app_id, chat, number))
     }
+    async fn rest_message_by_xmpp_id(
+        &self,
+        app_id: i64,
+        chat: i64,
+        xmpp_id: &str,
+    ) -> StoreResult<Option<RestMessage>> {
+        timed!(
+            "rest_message_by_xmpp_id",
+            self.0.rest_message_by_xmpp_id(app_id, chat, xmpp_id)
+        )
+    }
     async fn rest_edit_message(
         &self,
         app_id: i64,

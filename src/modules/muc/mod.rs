@@ -358,11 +358,8 @@ impl Muc {
             .filter(|_| bridged)
             .and_then(|(m, _)| Some((m.attr("from")?.to_owned(), m.clone())));
         let mut out = self.deliver(server, name, &room, fx, archived).await;
-        if let Some((sender, m)) = said
-            && let Some(body) = m.get_child("body", crate::stream::ns::CLIENT)
-        {
-            let id = m.attr("id").unwrap_or_default();
-            super::bridge::from_room(server, name, &sender, &body.text(), id).await;
+        if let Some((sender, m)) = said {
+            super::bridge::from_room(server, name, &sender, &m).await;
         }
         out.extend(reply);
         Ok(out)
