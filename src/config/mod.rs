@@ -70,11 +70,25 @@ pub struct Registration {
     pub open: bool,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Muc {
     /// The group chat service's domain; empty means `conference.<domain>`.
     pub domain: String,
+    /// Messages per second each occupant may send to a room; 0 means no limit.
+    pub message_rate: f64,
+    /// How many messages an occupant may send at once after a quiet spell.
+    pub message_burst: f64,
+}
+
+impl Default for Muc {
+    fn default() -> Self {
+        Muc {
+            domain: String::new(),
+            message_rate: 5.0,
+            message_burst: 20.0,
+        }
+    }
 }
 
 /// The REST bridge (`/api/v1` on `listen.http`).
@@ -272,6 +286,18 @@ impl Config {
                 message: "must be greater than 0".into(),
             });
         }
+        if !self.muc.message_rate.is_finite() || self.muc.message_rate < 0.0 {
+            return Err(ConfigError::Invalid {
+                key: "muc.message_rate",
+                message: "must be a number of messages per second, 0 for no limit".into(),
+            });
+        }
+        if !self.muc.message_burst.is_finite() || self.muc.message_burst < 1.0 {
+            return Err(ConfigError::Invalid {
+                key: "muc.message_burst",
+                message: "must be at least 1".into(),
+            });
+        }
         if self.limits.max_body_chars == 0 {
             return Err(ConfigError::Invalid {
                 key: "limits.max_body_chars",
@@ -391,5 +417,17 @@ mod tests {
         assert!(err.to_string().contains("max_stanza_bytes"), "{err}");
         let err = Config::from_toml("domain = \"bad domain\"\n").unwrap_err();
         assert!(err.to_string().contains("domain"), "{err}");
+    }
+
+    #[test]
+    fn muc_limits_are_checked() {
+        let c = Config::from_toml("[muc]\nmessage_rate = 0\nmessage_burst = 50\n").unwrap();
+        assert_eq!((c.muc.message_rate, c.muc.message_burst), (0.0, 50.0));
+        let err = Config::from_toml("[muc]\nmessage_rate = -1\n").unwrap_err();
+        assert!(err.to_string().contains("muc.message_rate"), "{err}");
+        let err = Config::from_toml("[muc]\nmessage_burst = 0.5\n").unwrap_err();
+        assert!(err.to_string().contains("muc.message_burst"), "{err}");
+        let c = Config::from_toml("[api]\nadmin_key = \"k\"\n").unwrap();
+        assert_eq!(c.api.admin_key, "k");
     }
 }

@@ -2,7 +2,8 @@
 //! from /proc. Every run is bounded in count and time and talks only to loopback.
 //!
 //! Scenarios: `idle` (connect and hold), `chat` (1:1 messages at a fixed aggregate rate),
-//! `login` (connect-authenticate-bind-disconnect loops). `relay` runs the reference TLS relay,
+//! `muc` (group chat rooms of `--room-size` occupants, messages at a fixed aggregate rate,
+//! every occupant's copy counted), `login` (connect-authenticate-bind-disconnect loops). `relay` runs the reference TLS relay,
 //! `provision` creates the benchmark accounts for rookery and Prosody.
 
 mod client;
@@ -31,6 +32,7 @@ struct Cli {
 pub enum Scenario {
     Idle,
     Chat,
+    Muc,
     Login,
 }
 
@@ -92,9 +94,15 @@ pub struct RunArgs {
     /// New connections per second while connecting.
     #[arg(long, default_value_t = 500)]
     pub login_rate: u32,
-    /// chat: aggregate messages per second.
+    /// chat, muc: aggregate messages sent per second.
     #[arg(long, default_value_t = 1000)]
     pub rate: u32,
+    /// muc: occupants per room (the users are split into rooms of this size).
+    #[arg(long, default_value_t = 100)]
+    pub room_size: usize,
+    /// muc: the group chat service; empty → conference.<domain>.
+    #[arg(long, default_value = "")]
+    pub muc_domain: String,
     /// Seconds the measured phase lasts (at most 600).
     #[arg(long, default_value_t = 10)]
     pub duration: u64,

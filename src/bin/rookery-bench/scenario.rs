@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_rustls::client::TlsStream;
 
 use crate::client::{self, ClientError, Conn, Target};
@@ -15,6 +15,8 @@ use crate::{RunArgs, Scenario};
 
 /// How long in-flight messages may take to arrive after sending stops.
 const DRAIN: Duration = Duration::from_secs(5);
+/// How long joining a room may take.
+const JOIN_WAIT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Default)]
 pub struct Report {
@@ -26,6 +28,8 @@ pub struct Report {
     pub connect_seconds: f64,
     pub rate: u32,
     pub sent: u64,
+    /// Copies that should arrive: one per chat message, one per occupant per room message.
+    pub expected: u64,
     pub delivered: u64,
     pub errors: u64,
     pub window_seconds: f64,
@@ -69,7 +73,7 @@ impl Report {
         format!(
             "{{\"label\":\"{}\",\"scenario\":\"{}\",\"users\":{},\"connected\":{},\
              \"connect_errors\":{},\"connect_seconds\":{:.3},\"rate\":{},\"sent\":{},\
-             \"delivered\":{},\"lost\":{},\"errors\":{},\"window_seconds\":{:.3},\
+             \"expected\":{},\"delivered\":{},\"lost\":{},\"errors\":{},\"window_seconds\":{:.3},\
              \"delivered_per_second\":{:.1},\"p50_ms\":{p50:.3},\"p90_ms\":{p90:.3},\
              \"p99_ms\":{p99:.3},\"max_ms\":{max:.3},\"logins\":{},\"logins_per_second\":{:.1},\
              \"rss_before_kb\":{},\"rss_after_kb\":{},\"rss_per_connection_kb\":{:.2},\
@@ -82,8 +86,9 @@ impl Report {
             self.connect_seconds,
             self.rate,
             self.sent,
+            self.expected,
             self.delivered,
-            self.sent.saturating_sub(self.delivered),
+            self.expected.saturating_sub(self.delivered),
             self.errors,
             self.window_seconds,
             self.per_second(self.delivered),
@@ -104,13 +109,13 @@ impl Report {
             self.connected, self.users, self.connect_seconds, self.connect_errors
         );
         match self.scenario.as_str() {
-            "chat" => {
+            "chat" | "muc" => {
                 let [p50, p90, p99, max] = self.latency_ms;
                 println!(
-                    "  sent {} delivered {} lost {} errors {} at {:.0} msg/s (target {})",
+                    "  sent {} delivered {} lost {} errors {} at {:.0} deliveries/s (sending {}/s)",
                     self.sent,
                     self.delivered,
-                    self.sent.saturating_sub(self.delivered),
+                    self.expected.saturating_sub(self.delivered),
                     self.errors,
                     self.per_second(self.delivered),
                     self.rate
@@ -242,6 +247,7 @@ pub async fn run(args: &RunArgs) -> Report {
     report.rss_before_kb = before.rss_kb;
     match args.scenario {
         Scenario::Idle => idle(args, conns, &mut report).await,
+        Scenario::Muc => muc(args, conns, &mut report).await,
         _ => chat(args, conns, &mut report).await,
     }
     report
@@ -261,6 +267,7 @@ async fn idle(args: &RunArgs, conns: Vec<Option<Connection>>, report: &mut Repor
 #[derive(Default)]
 struct ChatStats {
     sent: AtomicU64,
+    expected: AtomicU64,
     delivered: AtomicU64,
     errors: AtomicU64,
     latencies_us: Mutex<Vec<u32>>,
@@ -272,17 +279,41 @@ enum Wake {
     Stop,
 }
 
+/// What one connection sends: `kind` messages to `targets[index]` for each index it is handed,
+/// each expected to arrive `fanout` times; a room to join first, if any.
+struct Sending {
+    targets: Arc<Vec<String>>,
+    kind: &'static str,
+    fanout: u64,
+    join: Option<Join>,
+}
+
+/// A room to join as `occupant` (room@service/nick); whether it worked goes to `ready`.
+struct Join {
+    occupant: String,
+    ready: oneshot::Sender<bool>,
+}
+
 async fn conn_task(
     mut conn: Connection,
     mut rx: mpsc::Receiver<usize>,
     mut stop: watch::Receiver<bool>,
     stats: Arc<ChatStats>,
-    jids: Arc<Vec<String>>,
+    mut sending: Sending,
     epoch: Instant,
 ) {
     let mut stanzas = Vec::new();
     if conn.send("<presence/>").await.is_err() {
         return;
+    }
+    if let Some(join) = sending.join.take() {
+        let joined = tokio::time::timeout(JOIN_WAIT, join_room(&mut conn, &join.occupant))
+            .await
+            .unwrap_or(false);
+        let _ = join.ready.send(joined);
+        if !joined {
+            return;
+        }
     }
     loop {
         stanzas.clear();
@@ -320,17 +351,65 @@ async fn conn_task(
             Wake::Send(Some(j)) => {
                 let stamp = epoch.elapsed().as_micros();
                 let msg = format!(
-                    "<message to='{}' type='chat'><body>b:{stamp}</body></message>",
-                    jids[j]
+                    "<message to='{}' type='{}'><body>b:{stamp}</body></message>",
+                    sending.targets[j], sending.kind
                 );
                 if conn.send(&msg).await.is_err() {
                     break;
                 }
                 stats.sent.fetch_add(1, Ordering::Relaxed);
+                stats.expected.fetch_add(sending.fanout, Ordering::Relaxed);
             }
         }
     }
     conn.close().await;
+}
+
+/// Joins a room without history; the first occupant also accepts the default configuration
+/// (an instant room, XEP-0045 §10.1.2), which unlocks the room on every server.
+async fn join_room(conn: &mut Connection, occupant: &str) -> bool {
+    let room = occupant.split('/').next().unwrap_or_default().to_owned();
+    let presence = format!(
+        "<presence to='{occupant}'><x xmlns='http://jabber.org/protocol/muc'>\
+         <history maxstanzas='0'/></x></presence>"
+    );
+    if conn.send(&presence).await.is_err() {
+        return false;
+    }
+    let mut stanzas = Vec::new();
+    loop {
+        stanzas.clear();
+        if conn.read_stanzas(&mut stanzas).await.is_err() {
+            return false;
+        }
+        for el in &stanzas {
+            if el.name() == "iq" && el.attr("id") == Some("bench-cfg") {
+                return el.attr("type") == Some("result");
+            }
+            if el.name() != "presence" || el.attr("from") != Some(occupant) {
+                continue;
+            }
+            if el.attr("type") == Some("error") {
+                return false;
+            }
+            let created = el
+                .children()
+                .filter(|x| x.name() == "x")
+                .flat_map(|x| x.children())
+                .any(|c| c.name() == "status" && c.attr("code") == Some("201"));
+            if !created {
+                return true;
+            }
+            let instant = format!(
+                "<iq type='set' id='bench-cfg' to='{room}'>\
+                 <query xmlns='http://jabber.org/protocol/muc#owner'>\
+                 <x xmlns='jabber:x:data' type='submit'/></query></iq>"
+            );
+            if conn.send(&instant).await.is_err() {
+                return false;
+            }
+        }
+    }
 }
 
 fn percentile(sorted: &[u32], p: f64) -> f64 {
@@ -341,33 +420,161 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)] as f64 / 1000.0
 }
 
+/// The connections' tasks, their queues, and what they count.
+struct Load {
+    senders: Vec<mpsc::Sender<usize>>,
+    live: Vec<tokio::task::JoinHandle<()>>,
+    stats: Arc<ChatStats>,
+    stop: watch::Sender<bool>,
+    epoch: Instant,
+}
+
+impl Load {
+    fn new() -> Load {
+        Load {
+            senders: Vec::new(),
+            live: Vec::new(),
+            stats: Arc::new(ChatStats::default()),
+            stop: watch::channel(false).0,
+            epoch: Instant::now(),
+        }
+    }
+
+    fn spawn(&mut self, conn: Connection, sending: Sending) {
+        let (tx, rx) = mpsc::channel(1024);
+        self.senders.push(tx);
+        self.live.push(tokio::spawn(conn_task(
+            conn,
+            rx,
+            self.stop.subscribe(),
+            self.stats.clone(),
+            sending,
+            self.epoch,
+        )));
+    }
+}
+
 async fn chat(args: &RunArgs, conns: Vec<Option<Connection>>, report: &mut Report) {
-    let stats = Arc::new(ChatStats::default());
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let epoch = Instant::now();
-    let mut senders = Vec::new();
-    let mut live = Vec::new();
+    let mut load = Load::new();
     let jids: Vec<String> = conns.iter().flatten().map(|c| c.jid.clone()).collect();
     let jids = Arc::new(jids);
     for c in conns.into_iter().flatten() {
-        let (tx, rx) = mpsc::channel(1024);
-        senders.push(tx);
-        live.push(tokio::spawn(conn_task(
-            c,
-            rx,
-            stop_rx.clone(),
-            stats.clone(),
-            jids.clone(),
-            epoch,
-        )));
+        let sending = Sending {
+            targets: jids.clone(),
+            kind: "chat",
+            fanout: 1,
+            join: None,
+        };
+        load.spawn(c, sending);
     }
-    let n = senders.len();
+    let n = load.senders.len();
     if n < 2 {
         eprintln!("chat needs at least two connected users");
         return;
     }
     // Presence broadcasts settle before the measured window.
     tokio::time::sleep(Duration::from_millis(500)).await;
+    drive(args, load, report, |rng| {
+        let from = rng.below(n);
+        let mut to = rng.below(n - 1);
+        if to >= from {
+            to += 1;
+        }
+        (from, to)
+    })
+    .await;
+}
+
+/// Rooms of `room_size` occupants; each message goes to the sender's room and is counted at
+/// every occupant, the sender included.
+async fn muc(args: &RunArgs, conns: Vec<Option<Connection>>, report: &mut Report) {
+    let service = if args.muc_domain.is_empty() {
+        format!("conference.{}", args.domain)
+    } else {
+        args.muc_domain.clone()
+    };
+    let conns: Vec<Connection> = conns.into_iter().flatten().collect();
+    let size = args.room_size.max(2);
+    let rooms: Vec<String> = (0..conns.len().div_ceil(size))
+        .map(|r| format!("benchroom{r}@{service}"))
+        .collect();
+    let rooms = Arc::new(rooms);
+    let members = |r: usize| (conns.len() - r * size).min(size) as u64;
+    let fanouts: Vec<u64> = (0..rooms.len()).map(members).collect();
+    let mut load = Load::new();
+    let mut readies = Vec::new();
+    // Each room's creator first, so that the others join a room that exists and is unlocked.
+    let mut creators = Vec::new();
+    let mut others = Vec::new();
+    for (i, c) in conns.into_iter().enumerate() {
+        if i % size == 0 {
+            creators.push((i, c));
+        } else {
+            others.push((i, c));
+        }
+    }
+    let mut occupant_rooms = Vec::new();
+    for batch in [creators, others] {
+        let mut waiting = Vec::new();
+        for (i, c) in batch {
+            let r = i / size;
+            let (tx, rx) = oneshot::channel();
+            let nick = c.jid.split('@').next().unwrap_or("occupant").to_owned();
+            let sending = Sending {
+                targets: rooms.clone(),
+                kind: "groupchat",
+                fanout: fanouts[r],
+                join: Some(Join {
+                    occupant: format!("{}/{nick}", rooms[r]),
+                    ready: tx,
+                }),
+            };
+            load.spawn(c, sending);
+            occupant_rooms.push(r);
+            waiting.push(rx);
+        }
+        for rx in waiting {
+            readies.push(rx.await.unwrap_or(false));
+        }
+    }
+    let joined = readies.iter().filter(|ok| **ok).count();
+    report.connect_errors += readies.len() - joined;
+    if joined < readies.len() {
+        eprintln!(
+            "{} of {} occupants could not join",
+            readies.len() - joined,
+            readies.len()
+        );
+    }
+    let speakers: Vec<usize> = (0..readies.len()).filter(|&i| readies[i]).collect();
+    if speakers.is_empty() {
+        eprintln!("muc needs occupants");
+        return;
+    }
+    // Join presences settle before the measured window.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    drive(args, load, report, |rng| {
+        let who = speakers[rng.below(speakers.len())];
+        (who, occupant_rooms[who])
+    })
+    .await;
+}
+
+/// Sends `args.rate` messages a second for `args.duration` seconds, each from and to what
+/// `pick` says (connection, target index), lets the last ones arrive, and fills the report.
+async fn drive(
+    args: &RunArgs,
+    load: Load,
+    report: &mut Report,
+    mut pick: impl FnMut(&mut Rng) -> (usize, usize),
+) {
+    let Load {
+        senders,
+        live,
+        stats,
+        stop,
+        ..
+    } = load;
     let cpu_before = procstat::sample(&args.pid).unwrap_or_default();
     let mut rng = Rng::new();
     let start = Instant::now();
@@ -378,11 +585,7 @@ async fn chat(args: &RunArgs, conns: Vec<Option<Connection>>, report: &mut Repor
         ticker.tick().await;
         let due = (args.rate as f64 * start.elapsed().as_secs_f64()) as u64;
         while scheduled < due {
-            let from = rng.below(n);
-            let mut to = rng.below(n - 1);
-            if to >= from {
-                to += 1;
-            }
+            let (from, to) = pick(&mut rng);
             // A full queue means this connection cannot keep up: the message is not sent,
             // so it counts neither as sent nor as lost.
             let _ = senders[from].try_send(to);
@@ -397,12 +600,12 @@ async fn chat(args: &RunArgs, conns: Vec<Option<Connection>>, report: &mut Repor
     }
     while Instant::now() < drain_until
         && stats.delivered.load(Ordering::Relaxed) + stats.errors.load(Ordering::Relaxed)
-            < stats.sent.load(Ordering::Relaxed)
+            < stats.expected.load(Ordering::Relaxed)
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let cpu_after = procstat::sample(&args.pid).unwrap_or_default();
-    let _ = stop_tx.send(true);
+    let _ = stop.send(true);
     for h in live {
         let _ = tokio::time::timeout(Duration::from_secs(5), h).await;
     }
@@ -413,6 +616,7 @@ async fn chat(args: &RunArgs, conns: Vec<Option<Connection>>, report: &mut Repor
         .unwrap_or_default();
     lat.sort_unstable();
     report.sent = stats.sent.load(Ordering::Relaxed);
+    report.expected = stats.expected.load(Ordering::Relaxed);
     report.delivered = stats.delivered.load(Ordering::Relaxed);
     report.errors = stats.errors.load(Ordering::Relaxed);
     report.window_seconds = window_seconds;

@@ -187,6 +187,7 @@ impl Muc {
         };
         let config: RoomConfig = serde_json::from_str(&stored.config).unwrap_or_default();
         let mut room = Room::new(jid, config);
+        room.rate = message_rate(server);
         room.subject = serde_json::from_str(&stored.subject).ok();
         for (j, a) in &stored.affiliations {
             if let Some(a) = Affiliation::parse(a) {
@@ -216,6 +217,7 @@ impl Muc {
             return Err(StanzaError::resource_constraint().with_text("too many rooms"));
         }
         let mut room = Room::new(jid, RoomConfig::default());
+        room.rate = message_rate(server);
         room.locked = true;
         room.affiliations
             .insert(owner.to_bare().to_string(), Affiliation::Owner);
@@ -739,6 +741,13 @@ fn iq(
             Ok((r.admin_set(from, &items)?, result(None)))
         }
         _ => Err(StanzaError::service_unavailable()),
+    }
+}
+
+fn message_rate(server: &Server) -> room::MessageRate {
+    room::MessageRate {
+        per_second: server.config.muc.message_rate,
+        burst: server.config.muc.message_burst,
     }
 }
 

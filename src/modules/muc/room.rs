@@ -148,21 +148,37 @@ pub struct Occupant {
     pub role: Role,
     /// The occupant's own presence payload (show, status, …), without MUC elements.
     pub presence: Element,
-    /// Messages the occupant may still send now (a token bucket, see [`MESSAGE_RATE`]).
+    /// Messages the occupant may still send now (a token bucket, see [`MessageRate`]).
     pub budget: f64,
     pub budget_at_ms: i64,
 }
 
 /// Messages per second an occupant may send to a room, and the burst it may save up: beyond
-/// this, messages are refused rather than flooding every other occupant.
-pub const MESSAGE_RATE: f64 = 5.0;
-pub const MESSAGE_BURST: f64 = 20.0;
+/// this, messages are refused rather than flooding every other occupant. A rate of 0 means
+/// no limit (`muc.message_rate`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MessageRate {
+    pub per_second: f64,
+    pub burst: f64,
+}
+
+impl Default for MessageRate {
+    fn default() -> Self {
+        MessageRate {
+            per_second: 5.0,
+            burst: 20.0,
+        }
+    }
+}
 
 impl Occupant {
     /// Takes one message from the budget; false when the occupant sends too fast.
-    fn spend(&mut self, now_ms: i64) -> bool {
+    fn spend(&mut self, rate: MessageRate, now_ms: i64) -> bool {
+        if rate.per_second <= 0.0 {
+            return true;
+        }
         let elapsed = (now_ms - self.budget_at_ms).max(0) as f64 / 1000.0;
-        self.budget = (self.budget + elapsed * MESSAGE_RATE).min(MESSAGE_BURST);
+        self.budget = (self.budget + elapsed * rate.per_second).min(rate.burst);
         self.budget_at_ms = now_ms;
         if self.budget < 1.0 {
             return false;
@@ -200,6 +216,8 @@ pub struct Room {
     history: VecDeque<HistoryEntry>,
     /// A new room stays locked until its owner configures it (or accepts the defaults).
     pub locked: bool,
+    /// The server's limit on each occupant's messages (not stored with the room).
+    pub rate: MessageRate,
 }
 
 /// The outcome of an operation: stanzas to route, and whether the stored room changed.
@@ -225,6 +243,7 @@ impl Room {
             subject: None,
             history: VecDeque::new(),
             locked: false,
+            rate: MessageRate::default(),
         }
     }
 
@@ -374,7 +393,7 @@ impl Room {
             jid: from.clone(),
             role: self.default_role(aff),
             presence: clean_presence(presence),
-            budget: MESSAGE_BURST,
+            budget: self.rate.burst,
             budget_at_ms: now_ms,
         };
         let mut fx = Effects::default();
@@ -532,9 +551,10 @@ impl Room {
         if self.occupants[i].role < Role::Participant {
             return Err(StanzaError::forbidden().with_text("visitors have no voice here"));
         }
-        if !self.occupants[i].spend(now_ms) {
+        if !self.occupants[i].spend(self.rate, now_ms) {
             return Err(StanzaError::resource_constraint().with_text(format!(
-                "slow down: at most {MESSAGE_RATE} messages a second here"
+                "slow down: at most {} messages a second here",
+                self.rate.per_second
             )));
         }
         let sender = self.occupants[i].clone();
