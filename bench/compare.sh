@@ -7,11 +7,12 @@
 #   SERVERS="rookery prosody" bench/compare.sh
 #   SERVERS="rookery rookery-pg rookery-cluster" bench/compare.sh   # the cluster shape
 #   SERVERS="rookery rookery-mam" bench/compare.sh   # message archiving off, then on
+#   SERVERS="rookery-mam prosody-mam ejabberd-mam" bench/compare.sh   # archiving on everywhere
 #
 # Each server runs on its own loopback address with the standard port, in a throwaway
 # directory, with TLS (STARTTLS required), SCRAM-SHA-1 accounts, rosters and offline storage,
-# message archiving off (rookery-mam: on, every message in both archives), and no traffic
-# shaping. Everything stops when the script ends.
+# message archiving off (rookery-mam: on, every message in both archives), a group chat service
+# on conference.localhost, and no traffic shaping or per-occupant message limits. Everything stops when the script ends.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +20,8 @@ USERS=${USERS:-1000}              # connected users in the chat scenario
 IDLE_USERS=${IDLE_USERS:-5000}    # connections held in the idle scenario
 DURATION=${DURATION:-10}          # seconds per measured run
 RATES=${RATES:-"1000 2000 5000 10000 20000 40000 60000"}
+ROOM_SIZE=${ROOM_SIZE:-100}       # occupants per room in the muc scenario
+MUC_RATES=${MUC_RATES:-"50 100 200 400 800 1600"}   # room messages sent per second (× ROOM_SIZE copies)
 SERVERS=${SERVERS:-"rookery prosody ejabberd relay"}
 WORK=$(mktemp -d /tmp/rookery-bench.XXXXXX)
 # The servers run as their own users and must reach their directories inside.
@@ -40,6 +43,7 @@ wanted=(openssl)
 for s in $SERVERS; do
   case "$s" in
     prosody|ejabberd) wanted+=("$s") ;;
+    prosody-mam|ejabberd-mam) wanted+=("${s%-mam}") ;;
     rookery-pg) wanted+=(postgresql) ;;
     rookery-cluster) wanted+=(postgresql redis-server) ;;
   esac
@@ -73,9 +77,9 @@ run() {  # label addr[:port][,addr:port…] pid[,pid…] scenario extra-args...
     --pid "$pid" --scenario "$scenario" --duration "$DURATION" "$@" | tee -a "$RESULTS"
 }
 
-measure() {  # label addr[,addr…] pid[,pid…]
+measure() {  # label addr[,addr…] pid[,pid…]; labels ending in -mam run the chat scenario only
   local label=$1 addr=$2 pid=$3
-  run "$label" "$addr" "$pid" idle --users "$IDLE_USERS" --login-rate 2000 || true
+  [[ "$label" == *-mam ]] || run "$label" "$addr" "$pid" idle --users "$IDLE_USERS" --login-rate 2000 || true
   for rate in $RATES; do
     out=$(run "$label" "$addr" "$pid" chat --users "$USERS" --rate "$rate" --login-rate 1000) || break
     # Stop raising the rate once the server no longer keeps up.
@@ -84,6 +88,20 @@ import json, sys
 r = json.loads(sys.argv[1])
 ok = r["sent"] > 0 and r["delivered"] >= 0.999 * r["sent"] and r["p99_ms"] < 1000 \
      and r["delivered_per_second"] >= 0.95 * r["rate"]
+sys.exit(0 if ok else 1)
+EOF
+  done
+  [[ "$label" == *-mam ]] && return 0
+  for rate in $MUC_RATES; do
+    # Occupants of the previous run leave their rooms before the next run joins them.
+    sleep 2
+    out=$(run "$label" "$addr" "$pid" muc --users "$USERS" --room-size "$ROOM_SIZE" \
+      --rate "$rate" --login-rate 1000) || break
+    python3 - "$out" <<'EOF' || break
+import json, sys
+r = json.loads(sys.argv[1])
+ok = r["sent"] > 0 and r["delivered"] >= 0.999 * r["expected"] and r["p99_ms"] < 1000 \
+     and r["connect_errors"] == 0
 sys.exit(0 if ok else 1)
 EOF
   done
@@ -102,6 +120,8 @@ c2s = "127.0.0.2:5222"
 c2s_tls = "127.0.0.2:5223"
 [archive]
 default = "$archive"
+[muc]
+message_rate = 0
 EOF
   "$BENCH" provision --kind rookery --target "sqlite://$dir/data/rookery.db" --users "$MAXUSERS"
   RUST_LOG=warn "$ROOKERY" serve --config "$dir/rookery.toml" 2> "$dir/log" &
@@ -142,7 +162,7 @@ redis_up() {
 rookery_node() {  # name addr extra-toml: starts a node in the background, pid in NODE_PID
   local dir="$WORK/$1"
   mkdir -p "$dir"
-  printf 'data_dir = "%s"\n[listen]\nc2s = "%s:5222"\nc2s_tls = "%s:5223"\nhttp = "%s:5280"\n[storage]\nurl = "%s"\n[archive]\ndefault = "never"\n%s\n' \
+  printf 'data_dir = "%s"\n[listen]\nc2s = "%s:5222"\nc2s_tls = "%s:5223"\nhttp = "%s:5280"\n[storage]\nurl = "%s"\n[archive]\ndefault = "never"\n[muc]\nmessage_rate = 0\n%s\n' \
     "$dir/data" "$2" "$2" "$2" "$PG_URL" "$3" > "$dir/rookery.toml"
   RUST_LOG=warn "$ROOKERY" serve --config "$dir/rookery.toml" 2> "$dir/log" &
   NODE_PID=$!
@@ -175,8 +195,10 @@ rookery_cluster() {
 }
 
 # --- Prosody -----------------------------------------------------------------------------------
-prosody_run() {
-  local dir="$WORK/prosody"
+prosody_run() {  # [label mam]: "prosody-mam 1" archives every message (mod_mam, its default store)
+  local label=${1:-prosody} mam=${2:-0} modules='"roster"; "saslauth"; "tls"; "disco"; "ping"; "offline"; "posix"'
+  local dir="$WORK/$label"
+  [ "$mam" = 1 ] && modules="$modules; \"mam\""
   mkdir -p "$dir/data"
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
     -subj /CN=localhost -addext "subjectAltName=DNS:localhost" \
@@ -191,13 +213,15 @@ s2s_ports = { }
 http_ports = { }
 https_ports = { }
 log = { warn = "$dir/prosody.log" }
-modules_enabled = { "roster"; "saslauth"; "tls"; "disco"; "ping"; "offline"; "posix" }
+modules_enabled = { $modules }
+default_archive_policy = true
 modules_disabled = { "s2s" }
 authentication = "internal_hashed"
 storage = "internal"
 c2s_require_encryption = true
 ssl = { key = "$dir/key.pem"; certificate = "$dir/cert.pem" }
 VirtualHost "localhost"
+Component "conference.localhost" "muc"
 EOF
   "$BENCH" provision --kind prosody --target "$dir/data" --domain localhost --users "$MAXUSERS"
   chown -R prosody:prosody "$dir"
@@ -208,7 +232,7 @@ EOF
   PIDS+=($!)
   local pid=$!
   wait_port 127.0.0.3 5222
-  measure prosody 127.0.0.3 "$pid"
+  measure "$label" 127.0.0.3 "$pid"
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }
 
@@ -224,8 +248,11 @@ ejabberd_ctl() {
 }
 ejabberd_stop() { [ -d "$WORK/ejabberd" ] && ejabberd_ctl stop; }
 
-ejabberd_run() {
+ejabberd_run() {  # [label mam]: "ejabberd-mam 1" archives every message (mod_mam on mnesia)
+  local label=${1:-ejabberd} mam=${2:-0} mam_module=""
   local dir="$WORK/ejabberd"
+  [ "$mam" = 1 ] && mam_module=$'  mod_mam:\n    default: always'
+  rm -rf "$dir"
   mkdir -p "$dir/logs" "$dir/spool"
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
     -subj /CN=localhost -addext "subjectAltName=DNS:localhost" \
@@ -271,6 +298,13 @@ modules:
   mod_ping: {}
   mod_offline: {}
   mod_http_api: {}
+  mod_muc:
+    host: "conference.localhost"
+    access: all
+    access_create: all
+    max_users: 1000
+    history_size: 0
+$mam_module
 EOF
   cat > "$dir/ejabberdctl.cfg" <<EOF
 ERLANG_NODE=$EJ_NODE
@@ -297,7 +331,7 @@ EOF
   wait_port 127.0.0.4 5222
   local pid
   pid=$(pgrep -f "beam.*$EJ_NODE" | head -n 1)
-  measure ejabberd 127.0.0.4 "$pid"
+  measure "$label" 127.0.0.4 "$pid"
   ejabberd_stop || true
 }
 
@@ -321,7 +355,9 @@ for s in $SERVERS; do
     rookery-pg) rookery_pg ;;
     rookery-cluster) rookery_cluster ;;
     prosody) prosody_run ;;
+    prosody-mam) prosody_run prosody-mam 1 ;;
     ejabberd) ejabberd_run || echo "ejabberd run failed; see $WORK/ejabberd/logs" >&2 ;;
+    ejabberd-mam) ejabberd_run ejabberd-mam 1 || echo "ejabberd run failed" >&2 ;;
     relay) relay_run ;;
     *) echo "unknown server $s" >&2; exit 2 ;;
   esac

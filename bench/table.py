@@ -17,13 +17,15 @@ def load(path):
     return runs
 
 
-def sustained(chat_runs):
+def sustained(runs):
     """The highest rate the server kept up with: everything delivered, p99 under a second."""
     ok = [
         r
-        for r in chat_runs
-        if r["sent"] and r["delivered"] >= 0.999 * r["sent"] and r["p99_ms"] < 1000
-        and r["delivered_per_second"] >= 0.95 * r["rate"]
+        for r in runs
+        if r["sent"] and r["delivered"] >= 0.999 * r.get("expected", r["sent"])
+        and r["p99_ms"] < 1000
+        and r["delivered_per_second"] >= 0.95 * r["rate"] * r.get("expected", r["sent"]) / r["sent"]
+        and r.get("connect_errors", 0) == 0
     ]
     return max(ok, key=lambda r: r["delivered_per_second"]) if ok else None
 
@@ -38,6 +40,13 @@ def figures(label, runs):
         f["lost at max rate"] = best["lost"]
     for r in chat:
         f[f"p99 ms @ {r['rate']}/s"] = r["p99_ms"]
+    muc = runs.get("muc", [])
+    best = sustained(muc)
+    if best:
+        f["muc deliveries/s (sustained)"] = best["delivered_per_second"]
+        f["muc CPU s per 10k deliveries"] = best["cpu_seconds_per_10k"]
+    for r in muc:
+        f[f"muc p99 ms @ {r['rate']}/s"] = r["p99_ms"]
     idle = runs.get("idle", [])
     if idle and idle[-1]["connected"]:
         f["kB per idle TLS conn"] = idle[-1]["rss_per_connection_kb"]
@@ -61,7 +70,12 @@ def main():
         for k in table[label]:
             if k not in keys:
                 keys.append(k)
-    base = table.get("rookery", {})
+    # Archiving runs compare with rookery archiving; the rest with rookery's raw routing.
+    def base_for(label):
+        if label.endswith("-mam") and "rookery-mam" in table:
+            return table["rookery-mam"]
+        return table.get("rookery", {})
+
     width = max(len(k) for k in keys) if keys else 10
     header = f"{'':{width}}  " + "  ".join(f"{l:>22}" for l in labels)
     print(header)
@@ -74,8 +88,8 @@ def main():
                 cells.append(f"{'—':>22}")
                 continue
             ratio = ""
-            b = base.get(k)
-            if label != "rookery" and b not in (None, 0) and v not in (0,):
+            b = base_for(label).get(k)
+            if base_for(label) is not table[label] and b not in (None, 0) and v not in (0,):
                 r = b / v if not any(t in k for t in LOWER_IS_BETTER) else v / b
                 ratio = f" (rookery {r:.1f}x)"
             cells.append(f"{v:>10.1f}{ratio:>12}" if isinstance(v, float) else f"{v:>10}{ratio:>12}")
