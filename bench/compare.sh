@@ -21,7 +21,8 @@ IDLE_USERS=${IDLE_USERS:-5000}    # connections held in the idle scenario
 DURATION=${DURATION:-10}          # seconds per measured run
 RATES=${RATES:-"1000 2000 5000 10000 20000 40000 60000"}
 ROOM_SIZE=${ROOM_SIZE:-100}       # occupants per room in the muc scenario
-MUC_RATES=${MUC_RATES:-"50 100 200 400 800 1600"}   # room messages sent per second (× ROOM_SIZE copies)
+MUC_RATES=${MUC_RATES:-"10 25 50 100 200 400 800 1600"}   # room messages sent per second (× ROOM_SIZE copies)
+REST_RATES=${REST_RATES:-"250 500 1000 2000 4000"}   # REST bridge message posts per second (rookery only)
 SERVERS=${SERVERS:-"rookery prosody ejabberd relay"}
 WORK=$(mktemp -d /tmp/rookery-bench.XXXXXX)
 # The servers run as their own users and must reach their directories inside.
@@ -106,6 +107,17 @@ sys.exit(0 if ok else 1)
 EOF
   done
   run "$label" "$addr" "$pid" login --users "$USERS" --concurrency 16 || true
+  [ -n "${HTTP_ADDR:-}" ] || return 0
+  for rate in $REST_RATES; do
+    out=$(run "$label" "$addr" "$pid" rest --http "$HTTP_ADDR" --rate "$rate" --concurrency 32) || break
+    python3 - "$out" <<'EOF' || break
+import json, sys
+r = json.loads(sys.argv[1])
+ok = r["sent"] > 0 and r["delivered"] >= 0.999 * r["sent"] and r["p99_ms"] < 1000 \
+     and r["delivered_per_second"] >= 0.95 * r["rate"]
+sys.exit(0 if ok else 1)
+EOF
+  done
 }
 
 # --- rookery ---------------------------------------------------------------------------------
@@ -118,6 +130,7 @@ data_dir = "$dir/data"
 [listen]
 c2s = "127.0.0.2:5222"
 c2s_tls = "127.0.0.2:5223"
+http = "127.0.0.2:5280"
 [archive]
 default = "$archive"
 [muc]
@@ -128,7 +141,7 @@ EOF
   PIDS+=($!)
   local pid=$!
   wait_port 127.0.0.2 5222
-  measure "$label" 127.0.0.2 "$pid"
+  HTTP_ADDR=127.0.0.2:5280 measure "$label" 127.0.0.2 "$pid"
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }
 
@@ -175,7 +188,7 @@ rookery_pg() {
   rookery_node rookery-pg 127.0.0.6 ""
   local pid=$NODE_PID
   wait_port 127.0.0.6 5222
-  measure rookery-pg 127.0.0.6 "$pid"
+  HTTP_ADDR=127.0.0.6:5280 measure rookery-pg 127.0.0.6 "$pid"
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }
 

@@ -47,6 +47,13 @@ def figures(label, runs):
         f["muc CPU s per 10k deliveries"] = best["cpu_seconds_per_10k"]
     for r in muc:
         f[f"muc p99 ms @ {r['rate']}/s"] = r["p99_ms"]
+    rest = runs.get("rest", [])
+    best = sustained(rest)
+    if best:
+        f["REST posts/s (sustained)"] = best["delivered_per_second"]
+        f["REST CPU s per 10k posts"] = best["cpu_seconds_per_10k"]
+    for r in rest:
+        f[f"REST p99 ms @ {r['rate']}/s"] = r["p99_ms"]
     idle = runs.get("idle", [])
     if idle and idle[-1]["connected"]:
         f["kB per idle TLS conn"] = idle[-1]["rss_per_connection_kb"]

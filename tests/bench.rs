@@ -195,3 +195,90 @@ fn refuses_targets_off_loopback() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("loopback"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn muc_run_counts_every_occupants_copy() {
+    let server = TestServer::start_with(|c| c.muc.message_rate = 0.0).await;
+    for i in 1..=12 {
+        server.add_user(&format!("occ{i}"), "pw").await;
+    }
+    let addr = server.c2s.to_string();
+    let pid = std::process::id().to_string();
+    let json = tokio::task::spawn_blocking(move || {
+        bench(&[
+            "run",
+            "--scenario",
+            "muc",
+            "--server",
+            &addr,
+            "--pid",
+            &pid,
+            "--users",
+            "12",
+            "--room-size",
+            "5",
+            "--prefix",
+            "occ",
+            "--password",
+            "pw",
+            "--rate",
+            "50",
+            "--duration",
+            "2",
+            "--json",
+        ])
+    })
+    .await
+    .expect("bench");
+    // Rooms of 5, 5 and 2: every message is expected once per occupant of its room.
+    let sent = field(&json, "sent");
+    let expected = field(&json, "expected");
+    assert!(sent >= 50.0, "{json}");
+    assert!(expected >= 2.0 * sent && expected <= 5.0 * sent, "{json}");
+    assert_eq!(field(&json, "delivered"), expected, "{json}");
+    assert_eq!(field(&json, "connect_errors"), 0.0, "{json}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_run_posts_messages_to_the_bridge() {
+    let server = TestServer::start().await;
+    let addr = server.c2s.to_string();
+    let http = server.http.to_string();
+    let pid = std::process::id().to_string();
+    let json = tokio::task::spawn_blocking(move || {
+        bench(&[
+            "run",
+            "--scenario",
+            "rest",
+            "--server",
+            &addr,
+            "--http",
+            &http,
+            "--pid",
+            &pid,
+            "--rate",
+            "100",
+            "--duration",
+            "2",
+            "--chats",
+            "3",
+            "--json",
+        ])
+    })
+    .await
+    .expect("bench");
+    let sent = field(&json, "sent");
+    assert!(sent >= 150.0, "{json}");
+    assert_eq!(field(&json, "delivered"), sent, "{json}");
+    assert_eq!(field(&json, "errors"), 0.0, "{json}");
+    // Every post is in the store: the three chats' counts add up.
+    let store = &server.running.as_ref().expect("running").server.store;
+    let (apps, _) = store.rest_apps(0, 10).await.expect("apps");
+    let mut total = 0;
+    for c in store.rest_chats(apps[0].id, 0, 10).await.expect("chats") {
+        total += c.messages_count;
+    }
+    assert_eq!(total as f64, sent);
+    server.shutdown().await;
+}

@@ -3,13 +3,15 @@
 //!
 //! Scenarios: `idle` (connect and hold), `chat` (1:1 messages at a fixed aggregate rate),
 //! `muc` (group chat rooms of `--room-size` occupants, messages at a fixed aggregate rate,
-//! every occupant's copy counted), `login` (connect-authenticate-bind-disconnect loops). `relay` runs the reference TLS relay,
+//! every occupant's copy counted), `login` (connect-authenticate-bind-disconnect loops),
+//! `rest` (message posts to the REST bridge at a fixed aggregate rate). `relay` runs the reference TLS relay,
 //! `provision` creates the benchmark accounts for rookery and Prosody.
 
 mod client;
 mod procstat;
 mod provision;
 mod relay;
+mod rest;
 mod scenario;
 
 use std::net::{IpAddr, SocketAddr};
@@ -34,6 +36,7 @@ pub enum Scenario {
     Chat,
     Muc,
     Login,
+    Rest,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -106,7 +109,13 @@ pub struct RunArgs {
     /// Seconds the measured phase lasts (at most 600).
     #[arg(long, default_value_t = 10)]
     pub duration: u64,
-    /// login: concurrent login loops.
+    /// rest: the server's HTTP listener (loopback).
+    #[arg(long)]
+    pub http: Option<SocketAddr>,
+    /// rest: chats the posts are spread over.
+    #[arg(long, default_value_t = 10)]
+    pub chats: usize,
+    /// login: concurrent login loops; rest: concurrent HTTP requests.
     #[arg(long, default_value_t = 8)]
     pub concurrency: usize,
     /// Source addresses in 127.0.0.0/8 to spread connections over.
@@ -122,6 +131,9 @@ pub struct RunArgs {
 
 fn loopback_only(args: &RunArgs) -> Result<(), String> {
     if let Some(bad) = args.server.iter().find(|s| !s.ip().is_loopback()) {
+        return Err(format!("{bad} is not a loopback address"));
+    }
+    if let Some(bad) = args.http.filter(|h| !h.ip().is_loopback()) {
         return Err(format!("{bad} is not a loopback address"));
     }
     if let Some(bad) = args.sources.iter().find(|s| !s.is_loopback()) {

@@ -109,7 +109,7 @@ impl Report {
             self.connected, self.users, self.connect_seconds, self.connect_errors
         );
         match self.scenario.as_str() {
-            "chat" | "muc" => {
+            "chat" | "muc" | "rest" => {
                 let [p50, p90, p99, max] = self.latency_ms;
                 println!(
                     "  sent {} delivered {} lost {} errors {} at {:.0} deliveries/s (sending {}/s)",
@@ -146,10 +146,10 @@ impl Report {
 }
 
 /// A small xorshift generator: the load only needs cheap, uncorrelated picks.
-struct Rng(u64);
+pub struct Rng(u64);
 
 impl Rng {
-    fn new() -> Rng {
+    pub fn new() -> Rng {
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -157,7 +157,7 @@ impl Rng {
         Rng(seed | 1)
     }
 
-    fn below(&mut self, n: usize) -> usize {
+    pub fn below(&mut self, n: usize) -> usize {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
@@ -237,6 +237,10 @@ pub async fn run(args: &RunArgs) -> Report {
     let target = target(args);
     if args.scenario == Scenario::Login {
         login_loops(args, &target, &mut report).await;
+        return report;
+    }
+    if args.scenario == Scenario::Rest {
+        crate::rest::run(args, &mut report).await;
         return report;
     }
     let before = procstat::sample(&args.pid).unwrap_or_default();
@@ -412,7 +416,7 @@ async fn join_room(conn: &mut Connection, occupant: &str) -> bool {
     }
 }
 
-fn percentile(sorted: &[u32], p: f64) -> f64 {
+pub fn percentile(sorted: &[u32], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }

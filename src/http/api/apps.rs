@@ -31,26 +31,35 @@ pub async fn create(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
-    if server.config.api.admin_key.is_empty() {
-        if !peer.ip().is_loopback() {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "with no api.admin_key set, applications are created from this machine only",
-            ));
-        }
-    } else if !super::is_admin(&server, &headers) {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "creating an application needs `Authorization: Bearer <api.admin_key>`",
-        ));
-    }
+    may_create(&server.config.api.admin_key, peer, &headers)?;
     let body = super::json_object(body).await?;
     let name = super::text_field(&body, "name", super::max_name_chars())?;
     let token = super::new_token()?;
     let app = server.store.rest_create_app(&name, &token).await?;
     Ok(json(StatusCode::CREATED, &AppView::from(app)))
+}
+
+/// Who may create an application: the holder of the admin key or, when no key is configured,
+/// a client on this machine.
+fn may_create(admin_key: &str, peer: SocketAddr, headers: &HeaderMap) -> Result<(), ApiError> {
+    if admin_key.is_empty() {
+        if peer.ip().is_loopback() {
+            return Ok(());
+        }
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "with no api.admin_key set, applications are created from this machine only",
+        ));
+    }
+    if super::is_admin(admin_key, headers) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "creating an application needs `Authorization: Bearer <api.admin_key>`",
+    ))
 }
 
 /// Every application, for the holder of the admin key.
@@ -72,7 +81,7 @@ pub async fn list(
             "listing applications needs api.admin_key to be set",
         ));
     }
-    if !super::is_admin(&server, &headers) {
+    if !super::is_admin(&server.config.api.admin_key, &headers) {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -114,4 +123,40 @@ pub async fn rename(
         .await?
         .ok_or_else(|| ApiError::not_found("no application has this token"))?;
     Ok(json(StatusCode::OK, &AppView::from(app)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn bearer(key: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if let Ok(v) = HeaderValue::from_str(&format!("Bearer {key}")) {
+            h.insert(axum::http::header::AUTHORIZATION, v);
+        }
+        h
+    }
+
+    #[test]
+    fn without_a_key_only_this_machine_creates_applications() {
+        let local: SocketAddr = ([127, 0, 0, 1], 4000).into();
+        let remote: SocketAddr = ([192, 0, 2, 7], 4000).into();
+        let v6_local: SocketAddr = (std::net::Ipv6Addr::LOCALHOST, 4000).into();
+        assert!(may_create("", local, &HeaderMap::new()).is_ok());
+        assert!(may_create("", v6_local, &HeaderMap::new()).is_ok());
+        let refused = may_create("", remote, &bearer("anything")).unwrap_err();
+        assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    }
+
+    #[test]
+    fn with_a_key_everyone_needs_it() {
+        let local: SocketAddr = ([127, 0, 0, 1], 4000).into();
+        let remote: SocketAddr = ([192, 0, 2, 7], 4000).into();
+        assert!(may_create("k3y", remote, &bearer("k3y")).is_ok());
+        for headers in [HeaderMap::new(), bearer("k3"), bearer("k3y2")] {
+            let refused = may_create("k3y", local, &headers).unwrap_err();
+            assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+        }
+    }
 }
