@@ -45,7 +45,9 @@ pub struct Mam {
 /// Messages waiting for the archive writer; a full queue makes senders wait (backpressure).
 const WRITE_QUEUE: usize = 4096;
 /// Messages per transaction at most.
-const WRITE_BATCH: usize = 256;
+const WRITE_BATCH: usize = 2048;
+/// How long the writer waits for more messages to join a batch.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// One message for the archive writer, and where its archive id goes.
 struct ArchiveJob {
@@ -65,6 +67,7 @@ struct ArchiveJob {
 async fn write_archive(store: Arc<dyn Store>, mut rx: mpsc::Receiver<ArchiveJob>) {
     let mut batch = Vec::with_capacity(WRITE_BATCH);
     while rx.recv_many(&mut batch, WRITE_BATCH).await > 0 {
+        gather(&mut rx, &mut batch).await;
         // Runs of the same kind, in queue order: ids follow the order messages were queued.
         let mut rest = std::mem::take(&mut batch);
         while !rest.is_empty() {
@@ -73,6 +76,20 @@ async fn write_archive(store: Arc<dyn Store>, mut rx: mpsc::Receiver<ArchiveJob>
             let tail = rest.split_off(n);
             write_run(store.as_ref(), room, rest).await;
             rest = tail;
+        }
+    }
+}
+
+/// Waits a moment for more messages before writing: each transaction costs far more than a
+/// row (the commit, and a new full-text index segment), so a batch of many is what makes
+/// archiving cheap under load. At low rates this adds at most [`GATHER`] to a delivery.
+async fn gather(rx: &mut mpsc::Receiver<ArchiveJob>, batch: &mut Vec<ArchiveJob>) {
+    let deadline = tokio::time::Instant::now() + GATHER;
+    while batch.len() < WRITE_BATCH {
+        let room = WRITE_BATCH - batch.len();
+        match tokio::time::timeout_at(deadline, rx.recv_many(batch, room)).await {
+            Ok(n) if n > 0 => {}
+            _ => break,
         }
     }
 }

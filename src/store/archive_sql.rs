@@ -36,6 +36,35 @@ impl Archive {
     }
 }
 
+/// Rows per multi-row INSERT: 6 values each stays far below SQLite's 32,766 bound parameters.
+pub const INSERT_CHUNK: usize = 1000;
+
+/// One INSERT of up to [`INSERT_CHUNK`] archived messages, `RETURNING id`. Neither engine
+/// promises the order of RETURNING rows, but each gives a statement's rows increasing ids in
+/// VALUES order (AUTOINCREMENT, a sequence), so the sorted ids are the rows' ids in order.
+pub fn insert<'a, DB>(archive: Archive, rows: &'a [super::NewArchived<'a>]) -> QueryBuilder<DB>
+where
+    DB: Database,
+    i64: for<'t> Encode<'t, DB> + Type<DB>,
+    &'a str: Encode<'a, DB> + Type<DB>,
+{
+    let mut qb = QueryBuilder::new(format!(
+        "INSERT INTO {} ({}, with_bare, with_full, stamp_ms, body, stanza) ",
+        archive.table(),
+        archive.owner()
+    ));
+    qb.push_values(rows, |mut b, m| {
+        b.push_bind(m.user)
+            .push_bind(m.with_bare)
+            .push_bind(m.with_full)
+            .push_bind(m.stamp_ms)
+            .push_bind(m.body)
+            .push_bind(m.stanza);
+    });
+    qb.push(" RETURNING id");
+    qb
+}
+
 /// `SELECT id, stamp_ms, stanza` for one page of `query` (one row more than the page, to tell
 /// whether the page is the last one).
 pub fn page<DB>(
