@@ -198,6 +198,20 @@ async fn applications_chats_and_messages_live_with_the_room() {
         })
         .await;
     assert_eq!(joined.attr("type"), None, "{}", String::from(&joined));
+    // No occupant may speak as the application.
+    alice
+        .send(&format!("<presence to='{room}/Helpdesk'/>"))
+        .await;
+    let refused = alice
+        .expect("the refused nickname", |e| {
+            e.name() == "presence" && e.attr("type") == Some("error")
+        })
+        .await;
+    assert!(
+        String::from(&refused).contains("conflict"),
+        "{}",
+        String::from(&refused)
+    );
 
     // REST → room.
     let messages = format!("{chats}/1/messages");

@@ -104,6 +104,7 @@ pub async fn create_room(
         members_only: true,
         logging: true,
         bridged: true,
+        reserved_nicks: vec![app.name.clone()],
         ..RoomConfig::default()
     };
     let stored = StoredRoom {

@@ -419,7 +419,11 @@ impl Muc {
                         .unwrap_or("api")
                         .to_owned();
                     stanza.remove_child("bridge", super::bridge::NS);
-                    r.publish(&nick, &stanza, now, Effects::default())
+                    let fx = Effects {
+                        save: r.reserve_nick(&nick) && r.config.persistent,
+                        ..Effects::default()
+                    };
+                    r.publish(&nick, &stanza, now, fx)
                 }
                 _ => match stanza.get_child("member", super::bridge::NS) {
                     Some(m) => {

@@ -119,6 +119,8 @@ pub struct RoomConfig {
     pub logging: bool,
     /// The room carries a chat of the REST bridge: occupants' messages are numbered into it.
     pub bridged: bool,
+    /// Nicknames the REST bridge speaks under, which no occupant may take.
+    pub reserved_nicks: Vec<String>,
 }
 
 impl Default for RoomConfig {
@@ -137,6 +139,7 @@ impl Default for RoomConfig {
             allow_pm: true,
             logging: true,
             bridged: false,
+            reserved_nicks: Vec::new(),
         }
     }
 }
@@ -266,6 +269,30 @@ impl Room {
         self.occupants.iter().find(|o| o.nick == nick)
     }
 
+    /// A nickname is free for `from` unless another user has it in the room, or the REST
+    /// bridge speaks under it (so that no occupant can pass for the application).
+    fn nick_free(&self, nick: &str, from: &FullJid) -> Result<(), StanzaError> {
+        if let Some(other) = self.by_nick(nick)
+            && other.jid.to_bare() != from.to_bare()
+        {
+            return Err(StanzaError::conflict().with_text("that nickname is in use"));
+        }
+        if self.config.reserved_nicks.iter().any(|r| r == nick) {
+            return Err(StanzaError::conflict().with_text("that nickname is the application's"));
+        }
+        Ok(())
+    }
+
+    /// Reserves a nickname the REST bridge speaks under; true if it is new (the room is then
+    /// stored again).
+    pub fn reserve_nick(&mut self, nick: &str) -> bool {
+        if self.config.reserved_nicks.iter().any(|r| r == nick) {
+            return false;
+        }
+        self.config.reserved_nicks.push(nick.to_owned());
+        true
+    }
+
     fn default_role(&self, aff: Affiliation) -> Role {
         match aff {
             Affiliation::Owner | Affiliation::Admin => Role::Moderator,
@@ -380,11 +407,7 @@ impl Room {
         {
             return Err(StanzaError::not_authorized().with_text("a password is required"));
         }
-        if let Some(other) = self.by_nick(nick)
-            && other.jid.to_bare() != from.to_bare()
-        {
-            return Err(StanzaError::conflict().with_text("that nickname is in use"));
-        }
+        self.nick_free(nick, from)?;
         if self.occupants.len() >= self.config.max_occupants && aff < Affiliation::Admin {
             return Err(StanzaError::service_unavailable().with_text("the room is full"));
         }
@@ -501,11 +524,7 @@ impl Room {
         };
         let mut fx = Effects::default();
         if self.occupants[i].nick != nick {
-            if let Some(other) = self.by_nick(nick)
-                && other.jid.to_bare() != from.to_bare()
-            {
-                return Err(StanzaError::conflict().with_text("that nickname is in use"));
-            }
+            self.nick_free(nick, from)?;
             let old = self.occupants[i].clone();
             fx.out
                 .extend(self.unavailable_of(&old, Some(nick), &["303"]));
