@@ -166,7 +166,7 @@ pub struct StoredRoom {
 }
 
 /// An application of the REST bridge: its name, its secret token, and how many chats it has.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct RestApp {
     pub id: i64,
     pub name: String,
@@ -175,7 +175,7 @@ pub struct RestApp {
 }
 
 /// A chat of an application, numbered from 1 per application, and the room behind it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct RestChat {
     pub app_id: i64,
     pub number: i64,
@@ -187,7 +187,7 @@ pub struct RestChat {
 }
 
 /// A message of a chat, numbered from 1 per chat with no gaps.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct RestMessage {
     pub number: i64,
     pub body: String,
@@ -266,6 +266,11 @@ pub fn search_words(text: &str) -> Vec<String> {
         .take(16)
         .map(str::to_lowercase)
         .collect()
+}
+
+/// Reads a row into one of the store's plain types, by column name (both engines).
+pub(crate) fn from_row<'r, R: sqlx::Row, T: sqlx::FromRow<'r, R>>(row: &'r R) -> StoreResult<T> {
+    Ok(T::from_row(row)?)
 }
 
 #[async_trait]

@@ -633,7 +633,7 @@ impl Store for PgStore {
         .bind(chrono::Utc::now().timestamp_millis())
         .fetch_one(&self.pool)
         .await?;
-        app_from_row(&row)
+        super::from_row(&row)
     }
 
     async fn rest_apps(&self, offset: i64, limit: i64) -> StoreResult<(Vec<RestApp>, i64)> {
@@ -652,7 +652,10 @@ impl Store for PgStore {
             .fetch_one(&self.pool)
             .await?
             .try_get(0)?;
-        let apps = rows.iter().map(app_from_row).collect::<StoreResult<_>>()?;
+        let apps = rows
+            .iter()
+            .map(super::from_row)
+            .collect::<StoreResult<_>>()?;
         Ok((apps, total))
     }
 
@@ -665,7 +668,7 @@ impl Store for PgStore {
         .bind(token)
         .fetch_optional(&self.pool)
         .await?;
-        row.as_ref().map(app_from_row).transpose()
+        row.as_ref().map(super::from_row).transpose()
     }
 
     async fn rest_rename_app(&self, token: &str, name: &str) -> StoreResult<Option<RestApp>> {
@@ -677,7 +680,7 @@ impl Store for PgStore {
         .bind(token)
         .fetch_optional(&self.pool)
         .await?;
-        row.as_ref().map(app_from_row).transpose()
+        row.as_ref().map(super::from_row).transpose()
     }
 
     async fn rest_create_chat(&self, app_id: i64, room: &str) -> StoreResult<RestChat> {
@@ -704,7 +707,7 @@ impl Store for PgStore {
         .bind(chrono::Utc::now().timestamp_millis())
         .fetch_one(&mut *tx)
         .await?;
-        let chat = chat_from_row(&row)?;
+        let chat = super::from_row(&row)?;
         tx.commit().await?;
         Ok(chat)
     }
@@ -720,7 +723,7 @@ impl Store for PgStore {
         .bind(offset.max(0))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(chat_from_row).collect()
+        rows.iter().map(super::from_row).collect()
     }
 
     async fn rest_chat(&self, app_id: i64, number: i64) -> StoreResult<Option<RestChat>> {
@@ -733,7 +736,7 @@ impl Store for PgStore {
         .bind(number)
         .fetch_optional(&self.pool)
         .await?;
-        row.as_ref().map(chat_from_row).transpose()
+        row.as_ref().map(super::from_row).transpose()
     }
 
     async fn rest_chat_by_room(&self, room: &str) -> StoreResult<Option<RestChat>> {
@@ -745,7 +748,7 @@ impl Store for PgStore {
         .bind(room)
         .fetch_optional(&self.pool)
         .await?;
-        row.as_ref().map(chat_from_row).transpose()
+        row.as_ref().map(super::from_row).transpose()
     }
 
     async fn rest_add_message(
@@ -776,7 +779,7 @@ impl Store for PgStore {
         .bind(msg.via_api)
         .fetch_optional(&self.pool)
         .await?;
-        row.as_ref().map(message_from_row).transpose()
+        row.as_ref().map(super::from_row).transpose()
     }
 
     async fn rest_messages(
@@ -800,7 +803,7 @@ impl Store for PgStore {
         .bind(offset.max(0))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(message_from_row).collect()
+        rows.iter().map(super::from_row).collect()
     }
 
     async fn rest_message(
@@ -819,7 +822,7 @@ impl Store for PgStore {
         .bind(number)
         .fetch_optional(&self.pool)
         .await?;
-        row.as_ref().map(message_from_row).transpose()
+        row.as_ref().map(super::from_row).transpose()
     }
 
     async fn rest_message_by_xmpp_id(
@@ -839,7 +842,7 @@ impl Store for PgStore {
         .bind(xmpp_id)
         .fetch_optional(&self.pool)
         .await?;
-        row.as_ref().map(message_from_row).transpose()
+        row.as_ref().map(super::from_row).transpose()
     }
 
     async fn rest_edit_message(
@@ -881,7 +884,7 @@ impl Store for PgStore {
         let Some(row) = row else {
             return Ok(None);
         };
-        let message = message_from_row(&row)?;
+        let message = super::from_row(&row)?;
         tx.commit().await?;
         Ok(Some(message))
     }
@@ -905,7 +908,7 @@ impl Store for PgStore {
         .bind(limit.max(0))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(message_from_row).collect()
+        rows.iter().map(super::from_row).collect()
     }
 
     async fn rest_search(
@@ -933,7 +936,7 @@ impl Store for PgStore {
         .bind(limit.max(0))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(message_from_row).collect()
+        rows.iter().map(super::from_row).collect()
     }
 
     async fn rest_members(&self, app_id: i64, chat: i64) -> StoreResult<Vec<String>> {
@@ -972,38 +975,6 @@ impl Store for PgStore {
                 .await?;
         Ok(done.rows_affected() > 0)
     }
-}
-
-fn app_from_row(row: &sqlx::postgres::PgRow) -> StoreResult<RestApp> {
-    Ok(RestApp {
-        id: row.try_get("id")?,
-        name: row.try_get("name")?,
-        token: row.try_get("token")?,
-        chats_count: row.try_get("chats_count")?,
-    })
-}
-
-fn chat_from_row(row: &sqlx::postgres::PgRow) -> StoreResult<RestChat> {
-    Ok(RestChat {
-        app_id: row.try_get("app_id")?,
-        number: row.try_get("number")?,
-        messages_count: row.try_get("messages_count")?,
-        revision: row.try_get("revision")?,
-        room: row.try_get("room")?,
-    })
-}
-
-fn message_from_row(row: &sqlx::postgres::PgRow) -> StoreResult<RestMessage> {
-    Ok(RestMessage {
-        number: row.try_get("number")?,
-        body: row.try_get("body")?,
-        sender: row.try_get("sender")?,
-        created_ms: row.try_get("created_ms")?,
-        updated_ms: row.try_get("updated_ms")?,
-        revision: row.try_get("revision")?,
-        xmpp_id: row.try_get("xmpp_id")?,
-        via_api: row.try_get("via_api")?,
-    })
 }
 
 fn item_from_row(row: &sqlx::postgres::PgRow) -> StoreResult<RosterItem> {

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 
 use crate::RunArgs;
 use crate::procstat;
-use crate::scenario::{Report, Rng, percentile};
+use crate::scenario::{Report, Rng, latency_summary};
 
 #[derive(Default)]
 struct Stats {
@@ -127,22 +127,11 @@ pub async fn run(args: &RunArgs, report: &mut Report) {
         let _ = tokio::time::timeout(Duration::from_secs(30), w).await;
     }
     let after = procstat::sample(&args.pid).unwrap_or_default();
-    let mut lat = stats
-        .latencies_us
-        .lock()
-        .map(|l| l.clone())
-        .unwrap_or_default();
-    lat.sort_unstable();
     report.sent = stats.sent.load(Ordering::Relaxed);
     report.expected = report.sent;
     report.delivered = stats.created.load(Ordering::Relaxed);
     report.errors = stats.errors.load(Ordering::Relaxed);
-    report.latency_ms = [
-        percentile(&lat, 0.50),
-        percentile(&lat, 0.90),
-        percentile(&lat, 0.99),
-        lat.last().map_or(0.0, |m| *m as f64 / 1000.0),
-    ];
+    report.latency_ms = latency_summary(&stats.latencies_us);
     report.cpu_seconds = (after.cpu_seconds - before.cpu_seconds).max(0.0);
     report.rss_before_kb = before.rss_kb;
     report.rss_after_kb = after.rss_kb;

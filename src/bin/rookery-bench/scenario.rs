@@ -416,7 +416,19 @@ async fn join_room(conn: &mut Connection, occupant: &str) -> bool {
     }
 }
 
-pub fn percentile(sorted: &[u32], p: f64) -> f64 {
+/// p50, p90, p99 and max in milliseconds of latencies recorded in microseconds.
+pub fn latency_summary(recorded: &Mutex<Vec<u32>>) -> [f64; 4] {
+    let mut lat = recorded.lock().map(|l| l.clone()).unwrap_or_default();
+    lat.sort_unstable();
+    [
+        percentile(&lat, 0.50),
+        percentile(&lat, 0.90),
+        percentile(&lat, 0.99),
+        lat.last().map_or(0.0, |m| *m as f64 / 1000.0),
+    ]
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
@@ -613,23 +625,12 @@ async fn drive(
     for h in live {
         let _ = tokio::time::timeout(Duration::from_secs(5), h).await;
     }
-    let mut lat = stats
-        .latencies_us
-        .lock()
-        .map(|l| l.clone())
-        .unwrap_or_default();
-    lat.sort_unstable();
     report.sent = stats.sent.load(Ordering::Relaxed);
     report.expected = stats.expected.load(Ordering::Relaxed);
     report.delivered = stats.delivered.load(Ordering::Relaxed);
     report.errors = stats.errors.load(Ordering::Relaxed);
     report.window_seconds = window_seconds;
-    report.latency_ms = [
-        percentile(&lat, 0.50),
-        percentile(&lat, 0.90),
-        percentile(&lat, 0.99),
-        lat.last().map_or(0.0, |m| *m as f64 / 1000.0),
-    ];
+    report.latency_ms = latency_summary(&stats.latencies_us);
     report.cpu_seconds = cpu_delta(cpu_before, cpu_after);
     report.rss_after_kb = cpu_after.rss_kb;
 }
