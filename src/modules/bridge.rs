@@ -157,8 +157,12 @@ async fn to_room(server: &Server, chat: &RestChat, mut stanza: Element) {
 
 /// A message an occupant wrote in a bridged room: it becomes the chat's next message, or,
 /// when it corrects (XEP-0308) an earlier message of the same occupant, an edit of that one.
-pub async fn from_room(server: &Server, room: &str, sender: &str, msg: &Element) {
-    let Some(body) = msg.get_child("body", crate::stream::ns::CLIENT) else {
+/// `msg` is the room's broadcast copy, from the occupant's room JID.
+pub async fn from_room(server: &Server, room: &str, msg: &Element) {
+    let (Some(sender), Some(body)) = (
+        msg.attr("from"),
+        msg.get_child("body", crate::stream::ns::CLIENT),
+    ) else {
         return;
     };
     let body = body.text();

@@ -322,23 +322,11 @@ impl Muc {
         {
             return archive_query(server, name, &room, from, stanza, q).await;
         }
-        let (result, archived) = {
+        let (result, archived, bridged) = {
             let mut r = room.lock().unwrap_or_else(|e| e.into_inner());
             let result = apply(&mut r, from, nick, stanza, created, now);
-            // Queued while the lock is held, so archive ids follow the room's order.
-            let archived = match &result {
-                Ok((
-                    Effects {
-                        archive: Some(m), ..
-                    },
-                    _,
-                )) => {
-                    let sender = m.attr("from").unwrap_or_default().to_owned();
-                    super::mam::queue_room_message(server, name, &sender, m)
-                }
-                _ => None,
-            };
-            (result, archived)
+            let archived = queue_archive(server, name, result.as_ref().ok().map(|(fx, _)| fx));
+            (result, archived, r.config.bridged)
         };
         let (fx, reply) = match result {
             Ok(v) => v,
@@ -349,19 +337,15 @@ impl Muc {
                 return Err(e);
             }
         };
-        let bridged = room
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .config
-            .bridged;
+        // What an occupant said in a bridged room also goes to the room's REST chat.
         let said = fx
             .broadcast
             .as_ref()
             .filter(|_| bridged)
-            .and_then(|(m, _)| Some((m.attr("from")?.to_owned(), m.clone())));
+            .map(|(m, _)| m.clone());
         let mut out = self.deliver(server, name, &room, fx, archived).await;
-        if let Some((sender, m)) = said {
-            super::bridge::from_room(server, name, &sender, &m).await;
+        if let Some(m) = said {
+            super::bridge::from_room(server, name, &m).await;
         }
         out.extend(reply);
         Ok(out)
@@ -433,15 +417,7 @@ impl Muc {
                     None => Ok(Effects::default()),
                 },
             };
-            let archived = match &result {
-                Ok(Effects {
-                    archive: Some(m), ..
-                }) => {
-                    let sender = m.attr("from").unwrap_or_default().to_owned();
-                    super::mam::queue_room_message(server, name, &sender, m)
-                }
-                _ => None,
-            };
+            let archived = queue_archive(server, name, result.as_ref().ok());
             (result, archived)
         };
         match result {
@@ -555,6 +531,18 @@ async fn archive_query(
         }
         _ => Err(StanzaError::bad_request()),
     }
+}
+
+/// Queues the groupchat message an operation archives, if any. Called while the room's lock
+/// is held, so that archive ids follow the room's order.
+fn queue_archive(
+    server: &Server,
+    name: &str,
+    fx: Option<&Effects>,
+) -> Option<tokio::sync::oneshot::Receiver<Option<i64>>> {
+    let m = fx?.archive.as_ref()?;
+    let sender = m.attr("from").unwrap_or_default();
+    super::mam::queue_room_message(server, name, sender, m)
 }
 
 fn room_destroyed(fx: &Effects) -> bool {
