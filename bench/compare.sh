@@ -84,13 +84,7 @@ measure() {  # label addr[,addr…] pid[,pid…]; labels ending in -mam run the 
   for rate in $RATES; do
     out=$(run "$label" "$addr" "$pid" chat --users "$USERS" --rate "$rate" --login-rate 1000) || break
     # Stop raising the rate once the server no longer keeps up.
-    python3 - "$out" <<'EOF' || break
-import json, sys
-r = json.loads(sys.argv[1])
-ok = r["sent"] > 0 and r["delivered"] >= 0.999 * r["sent"] and r["p99_ms"] < 1000 \
-     and r["delivered_per_second"] >= 0.95 * r["rate"]
-sys.exit(0 if ok else 1)
-EOF
+    python3 bench/table.py --kept-up "$out" || break
   done
   [[ "$label" == *-mam ]] && return 0
   for rate in $MUC_RATES; do
@@ -98,25 +92,13 @@ EOF
     sleep 2
     out=$(run "$label" "$addr" "$pid" muc --users "$USERS" --room-size "$ROOM_SIZE" \
       --rate "$rate" --login-rate 1000) || break
-    python3 - "$out" <<'EOF' || break
-import json, sys
-r = json.loads(sys.argv[1])
-ok = r["sent"] > 0 and r["delivered"] >= 0.999 * r["expected"] and r["p99_ms"] < 1000 \
-     and r["connect_errors"] == 0
-sys.exit(0 if ok else 1)
-EOF
+    python3 bench/table.py --kept-up "$out" || break
   done
   run "$label" "$addr" "$pid" login --users "$USERS" --concurrency 16 || true
   [ -n "${HTTP_ADDR:-}" ] || return 0
   for rate in $REST_RATES; do
     out=$(run "$label" "$addr" "$pid" rest --http "$HTTP_ADDR" --rate "$rate" --concurrency 32) || break
-    python3 - "$out" <<'EOF' || break
-import json, sys
-r = json.loads(sys.argv[1])
-ok = r["sent"] > 0 and r["delivered"] >= 0.999 * r["sent"] and r["p99_ms"] < 1000 \
-     and r["delivered_per_second"] >= 0.95 * r["rate"]
-sys.exit(0 if ok else 1)
-EOF
+    python3 bench/table.py --kept-up "$out" || break
   done
 }
 
@@ -356,7 +338,7 @@ relay_run() {
   wait_port 127.0.0.5 5222
   for rate in $RATES; do
     out=$(run relay 127.0.0.5 "$pid" chat --users "$USERS" --rate "$rate" --login-rate 1000) || break
-    python3 -c 'import json,sys; r=json.loads(sys.argv[1]); sys.exit(0 if r["sent"] and r["delivered"] >= 0.999*r["sent"] and r["p99_ms"] < 1000 and r["delivered_per_second"] >= 0.95*r["rate"] else 1)' "$out" || break
+    python3 bench/table.py --kept-up "$out" || break
   done
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }
