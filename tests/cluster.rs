@@ -932,4 +932,37 @@ async fn rest_posts_on_two_nodes_share_one_numbering_and_reach_the_room() {
             seen.insert(b.text());
         }
     }
+
+    // A live feed on node 1 hears a post on node 2 at once, through the cluster's events
+    // (well within the feed's 5 s safety re-read).
+    let feed = http
+        .get(format!(
+            "{base1}/applications/{token}/chats/1/messages/stream"
+        ))
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(feed.status(), reqwest::StatusCode::OK);
+    let mut feed = feed.bytes_stream();
+    let status = http
+        .post(format!("{base2}/applications/{token}/chats/1/messages"))
+        .json(&serde_json::json!({"body": "from the other node"}))
+        .send()
+        .await
+        .expect("post")
+        .status();
+    assert_eq!(status, reqwest::StatusCode::CREATED);
+    let mut text = String::new();
+    tokio::time::timeout(Duration::from_secs(2), async {
+        while !text.contains("from the other node") {
+            let chunk = futures::StreamExt::next(&mut feed)
+                .await
+                .expect("more of the feed")
+                .expect("chunk");
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await
+    .expect("the event within 2 s");
+    assert!(text.contains("\"number\":201"), "{text}");
 }
