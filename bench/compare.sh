@@ -112,6 +112,7 @@ data_dir = "$dir/data"
 [listen]
 c2s = "127.0.0.2:5222"
 c2s_tls = "127.0.0.2:5223"
+s2s = "127.0.0.2:5269"
 http = "127.0.0.2:5280"
 [archive]
 default = "$archive"
@@ -157,8 +158,8 @@ redis_up() {
 rookery_node() {  # name addr extra-toml: starts a node in the background, pid in NODE_PID
   local dir="$WORK/$1"
   mkdir -p "$dir"
-  printf 'data_dir = "%s"\n[listen]\nc2s = "%s:5222"\nc2s_tls = "%s:5223"\nhttp = "%s:5280"\n[storage]\nurl = "%s"\n[archive]\ndefault = "never"\n[muc]\nmessage_rate = 0\n%s\n' \
-    "$dir/data" "$2" "$2" "$2" "$PG_URL" "$3" > "$dir/rookery.toml"
+  printf 'data_dir = "%s"\n[listen]\nc2s = "%s:5222"\nc2s_tls = "%s:5223"\ns2s = "%s:5269"\nhttp = "%s:5280"\n[storage]\nurl = "%s"\n[archive]\ndefault = "never"\n[muc]\nmessage_rate = 0\n%s\n' \
+    "$dir/data" "$2" "$2" "$2" "$2" "$PG_URL" "$3" > "$dir/rookery.toml"
   RUST_LOG=warn "$ROOKERY" serve --config "$dir/rookery.toml" 2> "$dir/log" &
   NODE_PID=$!
   PIDS+=("$NODE_PID")

@@ -13,8 +13,10 @@ use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::router::table::{LocalTable, SessionTable};
 use crate::server::Server;
+use crate::session::s2s::{Federation, dialback};
 use crate::store::{self, StoreError};
 use crate::transport::listener::{self, ListenerKind};
+use crate::transport::peer_tls::PeerTls;
 use crate::transport::tls::{self, TlsError};
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +41,9 @@ pub struct Running {
     pub c2s_addr: SocketAddr,
     pub c2s_tls_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    pub s2s_addr: SocketAddr,
+    /// None when no component is configured.
+    pub component_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     listeners: Vec<JoinHandle<()>>,
     cluster: Option<(Arc<Cluster>, Vec<JoinHandle<()>>)>,
@@ -63,10 +68,21 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let c2s = bind("listen.c2s", config.listen.c2s).await?;
     let c2s_tls = bind("listen.c2s_tls", config.listen.c2s_tls).await?;
     let http = bind("listen.http", config.listen.http).await?;
+    let s2s = bind("listen.s2s", config.listen.s2s).await?;
+    // Components only where some are configured: the port stays free otherwise.
+    let component = if config.components.is_empty() {
+        None
+    } else {
+        Some(bind("listen.component", config.listen.component).await?)
+    };
     let local = |l: &TcpListener, fallback| l.local_addr().unwrap_or(fallback);
     let c2s_addr = local(&c2s, config.listen.c2s);
     let c2s_tls_addr = local(&c2s_tls, config.listen.c2s_tls);
     let http_addr = local(&http, config.listen.http);
+    let s2s_addr = local(&s2s, config.listen.s2s);
+    let component_addr = component
+        .as_ref()
+        .map(|c| local(c, config.listen.component));
     let (stop, stopped) = watch::channel(false);
     let cluster = if config.cluster.redis_url.is_empty() {
         None
@@ -77,15 +93,21 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         Some(c) => c.clone(),
         None => Arc::new(LocalTable::default()),
     };
+    let secret = dialback_secret(&config, cluster.as_deref()).await?;
+    let federation = Federation::new(PeerTls::new(&tls, &config.s2s.trust)?, secret);
     let server = Arc::new(Server::new(
         config,
         store,
         sessions,
         cluster.clone(),
         tls,
+        Some(federation),
         stopped,
     ));
-    let listeners = vec![
+    if let Some(f) = &server.federation {
+        f.attach(&server);
+    }
+    let mut listeners = vec![
         tokio::spawn(listener::accept_loop(
             server.clone(),
             c2s,
@@ -97,8 +119,20 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             ListenerKind::C2sDirectTls,
         )),
         tokio::spawn(crate::http::serve(server.clone(), http)),
+        tokio::spawn(listener::accept_loop(
+            server.clone(),
+            s2s,
+            ListenerKind::S2s,
+        )),
         tokio::spawn(crate::modules::mam::expire_loop(server.clone())),
     ];
+    if let Some(component) = component {
+        listeners.push(tokio::spawn(listener::accept_loop(
+            server.clone(),
+            component,
+            ListenerKind::Component,
+        )));
+    }
     let cluster = cluster.map(|c| {
         let tasks = c.start(server.clone());
         (c, tasks)
@@ -108,10 +142,28 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         c2s_addr,
         c2s_tls_addr,
         http_addr,
+        s2s_addr,
+        component_addr,
         stop,
         listeners,
         cluster,
     })
+}
+
+/// The dialback key secret (XEP-0185): configured, shared by the cluster, or random.
+async fn dialback_secret(
+    config: &Config,
+    cluster: Option<&Cluster>,
+) -> Result<dialback::Secret, StartError> {
+    if !config.s2s.dialback_secret.is_empty() {
+        return Ok(dialback::Secret::new(config.s2s.dialback_secret.as_bytes()));
+    }
+    match cluster {
+        Some(c) => Ok(dialback::Secret::new(
+            &c.shared_secret("s2s-dialback").await?,
+        )),
+        None => Ok(dialback::Secret::random()),
+    }
 }
 
 impl Running {

@@ -24,6 +24,8 @@ pub struct Server {
     /// This node's cluster membership, in the cluster shape.
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
     pub tls: TlsSetup,
+    /// Server-to-server streams; None in tests that build a server without them.
+    pub federation: Option<crate::session::s2s::Federation>,
     /// RFC 5929 tls-server-end-point channel-binding data of our certificate, computed once.
     pub tls_server_end_point: Vec<u8>,
     pub modules: Vec<Arc<dyn Module>>,
@@ -40,6 +42,7 @@ impl Server {
         sessions: Arc<dyn SessionTable>,
         cluster: Option<Arc<crate::cluster::Cluster>>,
         tls: TlsSetup,
+        federation: Option<crate::session::s2s::Federation>,
         shutdown: watch::Receiver<bool>,
     ) -> Server {
         let modules = modules::all();
@@ -58,6 +61,7 @@ impl Server {
             sessions,
             cluster,
             tls,
+            federation,
             modules,
             iq_handlers,
             next_conn_id: AtomicU64::new(first_conn_id()),

@@ -200,6 +200,27 @@ pub fn iq_payload(iq: &Element) -> Option<&Element> {
     Some(first)
 }
 
+/// Moves a stanza from one content namespace to another (`jabber:client` inside the server,
+/// `jabber:server` between servers, `jabber:component:accept` to components, RFC 6120 §4.8.3).
+/// Only elements in `from` change: payloads keep their own namespaces, and a forwarded
+/// stanza inside a payload stays in `jabber:client` as XEP-0297 wants.
+pub fn renamespace(mut el: Element, from: &str, to: &str) -> Element {
+    if el.ns() != from {
+        return el;
+    }
+    let mut out = Element::bare(el.name(), to);
+    *out.attrs_mut() = std::mem::take(el.attrs_mut());
+    for node in el.take_nodes() {
+        match node {
+            minidom::Node::Element(child) => {
+                out.append_child(renamespace(child, from, to));
+            }
+            minidom::Node::Text(text) => out.append_text_node(text),
+        }
+    }
+    out
+}
+
 pub fn now_stamp() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
@@ -228,5 +249,26 @@ mod tests {
         assert_eq!(err.attr("type"), Some("cancel"));
         assert!(err.has_child("service-unavailable", ns::STANZA_ERRORS));
         assert!(error_reply(&reply, &StanzaError::bad_request()).is_none());
+    }
+
+    #[test]
+    fn renamespace_moves_only_the_content_namespace() {
+        let msg: Element = "<message xmlns='jabber:server' to='b@x'><body>hi</body>\
+            <sent xmlns='urn:xmpp:carbons:2'><forwarded xmlns='urn:xmpp:forward:0'>\
+            <message xmlns='jabber:client'><body>inner</body></message></forwarded></sent>\
+            </message>"
+            .parse()
+            .unwrap();
+        let m = renamespace(msg, "jabber:server", ns::CLIENT);
+        assert_eq!(m.ns(), ns::CLIENT);
+        assert_eq!(m.attr("to"), Some("b@x"));
+        assert_eq!(m.get_child("body", ns::CLIENT).unwrap().text(), "hi");
+        let inner = m
+            .get_child("sent", "urn:xmpp:carbons:2")
+            .and_then(|s| s.get_child("forwarded", "urn:xmpp:forward:0"))
+            .and_then(|f| f.get_child("message", ns::CLIENT));
+        assert!(inner.is_some());
+        let back = renamespace(m, ns::CLIENT, "jabber:server");
+        assert!(back.has_child("body", "jabber:server"));
     }
 }

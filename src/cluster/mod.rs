@@ -255,6 +255,33 @@ impl Cluster {
         tasks
     }
 
+    /// A random secret every node of the cluster shares: the first node to ask makes it.
+    pub async fn shared_secret(&self, name: &str) -> Result<Vec<u8>, ClusterError> {
+        let key = format!("{}secret:{name}", self.prefix);
+        let mut fresh = [0u8; 32];
+        let _ = getrandom::fill(&mut fresh);
+        let fresh: String = fresh.iter().map(|b| format!("{b:02x}")).collect();
+        let mut conn = self.conn.clone();
+        let err = |source| ClusterError::Redis {
+            url: "cluster.redis_url".into(),
+            source,
+        };
+        let _: bool = redis::cmd("SET")
+            .arg(&key)
+            .arg(&fresh)
+            .arg("NX")
+            .query_async::<Option<String>>(&mut conn)
+            .await
+            .map(|r| r.is_some())
+            .map_err(err)?;
+        let secret: String = redis::cmd("GET")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .map_err(err)?;
+        Ok(secret.into_bytes())
+    }
+
     /// Leaves the cluster on a clean shutdown, after the local sessions have closed: removes
     /// this node's lease and bindings, and re-routes frames that arrived too late.
     pub async fn leave(&self, server: &Server) {

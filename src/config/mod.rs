@@ -35,6 +35,9 @@ pub struct Config {
     pub archive: Archive,
     pub muc: Muc,
     pub api: Api,
+    pub s2s: S2s,
+    /// External components (XEP-0114) by domain.
+    pub components: std::collections::BTreeMap<String, Component>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -46,6 +49,49 @@ pub struct Listen {
     pub c2s_tls: SocketAddr,
     pub s2s: SocketAddr,
     pub http: SocketAddr,
+    /// External components (XEP-0114).
+    pub component: SocketAddr,
+}
+
+/// Federation with other XMPP servers (RFC 6120 server-to-server streams).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct S2s {
+    /// Refuse peers that do not offer or accept STARTTLS.
+    pub require_tls: bool,
+    /// Authenticate peers by Server Dialback (XEP-0220) when their certificate cannot be
+    /// verified.
+    pub dialback: bool,
+    /// Extra CA files (PEM) to verify peer certificates with, besides the system's.
+    pub trust: Vec<PathBuf>,
+    /// Peer domain → address, used instead of DNS (closed networks, tests).
+    pub routes: std::collections::BTreeMap<String, String>,
+    /// An outgoing connection with no traffic for this long is closed.
+    pub idle_seconds: u64,
+    /// The secret dialback keys are made with (XEP-0185). Empty: a random one per start, or in
+    /// a cluster one shared through Redis, so that any node can verify another node's key.
+    pub dialback_secret: String,
+}
+
+impl Default for S2s {
+    fn default() -> Self {
+        S2s {
+            require_tls: true,
+            dialback: true,
+            trust: Vec::new(),
+            routes: Default::default(),
+            idle_seconds: 600,
+            dialback_secret: String::new(),
+        }
+    }
+}
+
+/// One external component (XEP-0114): it serves its domain through `listen.component`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Component {
+    /// The shared secret of the handshake.
+    pub secret: String,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -137,6 +183,14 @@ impl Archive {
     }
 }
 
+/// Splits `host:port` (a name, an IPv4 address, or `[v6]:port`).
+pub fn parse_host_port(text: &str) -> Option<(String, u16)> {
+    let (host, port) = text.rsplit_once(':')?;
+    let port = port.parse().ok()?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    (!host.is_empty()).then(|| (host.to_owned(), port))
+}
+
 /// `"90d"`, `"12h"`, `"30m"`, `"45s"`; empty means none.
 fn parse_duration(text: &str) -> Result<Option<std::time::Duration>, String> {
     let text = text.trim();
@@ -211,6 +265,8 @@ impl Default for Config {
             archive: Archive::default(),
             muc: Muc::default(),
             api: Api::default(),
+            s2s: S2s::default(),
+            components: Default::default(),
         }
     }
 }
@@ -222,6 +278,7 @@ impl Default for Listen {
             c2s_tls: ([127, 0, 0, 1], 5223).into(),
             s2s: ([127, 0, 0, 1], 5269).into(),
             http: ([127, 0, 0, 1], 5280).into(),
+            component: ([127, 0, 0, 1], 5347).into(),
         }
     }
 }
@@ -346,7 +403,56 @@ impl Config {
                 message: "must not contain spaces or ':'".into(),
             });
         }
+        self.validate_federation()?;
         Ok(self)
+    }
+
+    fn validate_federation(&mut self) -> Result<(), ConfigError> {
+        let mut routes = std::collections::BTreeMap::new();
+        for (domain, addr) in std::mem::take(&mut self.s2s.routes) {
+            let domain =
+                crate::jid::normalize_domain(&domain).map_err(|e| ConfigError::Invalid {
+                    key: "s2s.routes",
+                    message: format!("`{domain}`: {e}"),
+                })?;
+            if parse_host_port(&addr).is_none() {
+                return Err(ConfigError::Invalid {
+                    key: "s2s.routes",
+                    message: format!("`{addr}`: expected host:port"),
+                });
+            }
+            routes.insert(domain, addr);
+        }
+        self.s2s.routes = routes;
+        if self.s2s.idle_seconds == 0 {
+            return Err(ConfigError::Invalid {
+                key: "s2s.idle_seconds",
+                message: "must be greater than 0".into(),
+            });
+        }
+        let mut components = std::collections::BTreeMap::new();
+        for (domain, component) in std::mem::take(&mut self.components) {
+            let domain =
+                crate::jid::normalize_domain(&domain).map_err(|e| ConfigError::Invalid {
+                    key: "components",
+                    message: format!("`{domain}`: {e}"),
+                })?;
+            if domain == self.domain || domain == crate::modules::muc::service_domain(self) {
+                return Err(ConfigError::Invalid {
+                    key: "components",
+                    message: format!("`{domain}` is served by the server itself"),
+                });
+            }
+            if component.secret.is_empty() {
+                return Err(ConfigError::Invalid {
+                    key: "components.secret",
+                    message: format!("`{domain}` needs a secret"),
+                });
+            }
+            components.insert(domain, component);
+        }
+        self.components = components;
+        Ok(())
     }
 
     /// The database URL, with the embedded SQLite default filled in.
@@ -429,5 +535,28 @@ mod tests {
         assert!(err.to_string().contains("muc.message_burst"), "{err}");
         let c = Config::from_toml("[api]\nadmin_key = \"k\"\n").unwrap();
         assert_eq!(c.api.admin_key, "k");
+    }
+
+    #[test]
+    fn federation_keys_are_checked() {
+        let c = Config::from_toml(
+            "[s2s.routes]\n\"Peer.Test\" = \"127.0.0.3:5269\"\n\
+             [components.\"gw.localhost\"]\nsecret = \"s\"\n",
+        )
+        .unwrap();
+        assert!(c.s2s.require_tls && c.s2s.dialback);
+        assert_eq!(c.s2s.routes["peer.test"], "127.0.0.3:5269");
+        assert_eq!(c.components["gw.localhost"].secret, "s");
+        assert_eq!(c.listen.component.port(), 5347);
+        let err = Config::from_toml("[s2s.routes]\n\"p.test\" = \"nowhere\"\n").unwrap_err();
+        assert!(err.to_string().contains("s2s.routes"), "{err}");
+        let err = Config::from_toml("[components.\"gw.localhost\"]\n").unwrap_err();
+        assert!(err.to_string().contains("components.secret"), "{err}");
+        let err = Config::from_toml("[components.\"localhost\"]\nsecret = \"s\"\n").unwrap_err();
+        assert!(err.to_string().contains("components"), "{err}");
+        assert_eq!(
+            parse_host_port("[::1]:5269"),
+            Some(("::1".to_owned(), 5269))
+        );
     }
 }

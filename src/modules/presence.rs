@@ -212,7 +212,7 @@ async fn broadcast(
     let owner = from.to_bare();
     for item in roster_items(server, &owner).await {
         if item.subscription.has_from() && !blocks_contact(server, &owner, &item.jid).await {
-            route_presence_to(server, with_to(presence, &item.jid)).await;
+            router::route(server, with_to(presence, &item.jid)).await;
         }
     }
     for r in server.sessions.resources(&owner) {
@@ -225,20 +225,9 @@ async fn broadcast(
     }
 }
 
-/// Routes presence to a contact; presence for domains we cannot reach yet is dropped rather
-/// than bounced, since a presence error helps no one.
-async fn route_presence_to(server: &Server, presence: Element) {
-    let local = presence
-        .attr("to")
-        .and_then(|t| jid::parse(t).ok())
-        .is_some_and(|t| server.is_local_domain(t.domain().as_str()));
-    if local {
-        router::route(server, presence).await;
-    }
-}
-
-/// Answers the probes a new session's server sends for its contacts (RFC 6121 §4.3): for local
-/// contacts, their current presence goes straight to the new resource.
+/// Probes the contacts of a new session (RFC 6121 §4.3): for local contacts, their current
+/// presence goes straight to the new resource; a contact on another server gets a probe from
+/// the user's bare JID, which its server answers.
 async fn probe_contacts(server: &Server, to: &FullJid, to_self: &mut Vec<Element>) {
     let owner = to.to_bare();
     let to_str = to.to_string();
@@ -249,10 +238,19 @@ async fn probe_contacts(server: &Server, to: &FullJid, to_self: &mut Vec<Element
         let Ok(contact) = jid::parse_bare(&item.jid) else {
             continue;
         };
-        if !server.is_local_domain(contact.domain().as_str()) {
+        if blocked_either_way(server, &owner, &contact).await {
             continue;
         }
-        if blocked_either_way(server, &owner, &contact).await {
+        if !server.is_local_domain(contact.domain().as_str()) {
+            let probe = stanza::build(
+                "presence",
+                &[
+                    ("type", "probe"),
+                    ("from", &owner.to_string()),
+                    ("to", &item.jid),
+                ],
+            );
+            router::route(server, probe).await;
             continue;
         }
         for r in server.sessions.resources(&contact) {
@@ -303,7 +301,7 @@ pub async fn send_unavailable_to(server: &Server, owner: &BareJid, contact: &str
                     ("to", contact),
                 ],
             );
-            route_presence_to(server, p).await;
+            router::route(server, p).await;
         }
     }
 }
@@ -312,7 +310,7 @@ pub async fn send_unavailable_to(server: &Server, owner: &BareJid, contact: &str
 pub async fn send_current_to(server: &Server, owner: &BareJid, contact: &str) {
     for r in server.sessions.resources(owner) {
         if let Some(p) = &r.presence {
-            route_presence_to(server, with_to(p, contact)).await;
+            router::route(server, with_to(p, contact)).await;
         }
     }
 }

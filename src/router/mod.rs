@@ -16,6 +16,7 @@ use tracing::debug;
 use crate::jid::{self, BareJid, FullJid, Jid};
 use crate::modules::{self, blocking, carbons, mam, muc, offline, presence};
 use crate::server::Server;
+use crate::session::{component, s2s};
 use crate::stanza::{self, StanzaError};
 use table::{DeliveryError, Resource};
 
@@ -43,9 +44,12 @@ async fn route_now(server: &Server, stanza: Element) {
     if muc::is_service(server, &to) {
         return muc::route(server, stanza).await;
     }
-    if !server.is_local_domain(to.domain().as_str()) {
-        // Federation is not available yet: tell the sender instead of dropping.
-        return bounce(server, &stanza, StanzaError::remote_server_not_found()).await;
+    let domain = to.domain().as_str();
+    if component::is_component(server, domain) {
+        return component::deliver(server, domain, stanza).await;
+    }
+    if !server.is_local_domain(domain) {
+        return s2s::send(server, stanza).await;
     }
     if to.node().is_none() {
         return to_server(server, stanza).await;

@@ -173,7 +173,9 @@ fn channel_binding(server: &Server, conn: &XmlConn) -> scram::ChannelBindingData
             tls_exporter: crate::transport::tls::tls_exporter(tls.get_ref().1),
             tls_server_end_point: Some(server.tls_server_end_point.clone()),
         },
-        Socket::Plain(_) => scram::ChannelBindingData::default(),
+        Socket::Plain(_) | Socket::TlsClient(_) | Socket::Detached => {
+            scram::ChannelBindingData::default()
+        }
     }
 }
 

@@ -31,6 +31,26 @@ thread_local! {
 pub enum Socket {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
+    /// Our side of an outgoing server-to-server connection.
+    TlsClient(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// Taken away for a TLS upgrade; reads and writes fail.
+    Detached,
+}
+
+impl Socket {
+    /// The certificate chain the peer presented in the TLS handshake, if any.
+    pub fn peer_certificates(&self) -> &[rustls::pki_types::CertificateDer<'static>] {
+        match self {
+            Socket::Plain(_) => &[],
+            Socket::Tls(s) => s.get_ref().1.peer_certificates().unwrap_or_default(),
+            Socket::TlsClient(s) => s.get_ref().1.peer_certificates().unwrap_or_default(),
+            Socket::Detached => &[],
+        }
+    }
+}
+
+fn detached() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "socket detached for TLS")
 }
 
 impl AsyncRead for Socket {
@@ -42,6 +62,8 @@ impl AsyncRead for Socket {
         match self.get_mut() {
             Socket::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Socket::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Socket::TlsClient(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Socket::Detached => Poll::Ready(Err(detached())),
         }
     }
 }
@@ -55,6 +77,8 @@ impl AsyncWrite for Socket {
         match self.get_mut() {
             Socket::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Socket::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Socket::TlsClient(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Socket::Detached => Poll::Ready(Err(detached())),
         }
     }
 
@@ -62,6 +86,8 @@ impl AsyncWrite for Socket {
         match self.get_mut() {
             Socket::Plain(s) => Pin::new(s).poll_flush(cx),
             Socket::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Socket::TlsClient(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Socket::Detached => Poll::Ready(Err(detached())),
         }
     }
 
@@ -69,6 +95,8 @@ impl AsyncWrite for Socket {
         match self.get_mut() {
             Socket::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Socket::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Socket::TlsClient(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Socket::Detached => Poll::Ready(Ok(())),
         }
     }
 }
@@ -135,7 +163,18 @@ impl XmlConn {
     }
 
     pub fn is_tls(&self) -> bool {
-        matches!(self.socket, Socket::Tls(_))
+        matches!(self.socket, Socket::Tls(_) | Socket::TlsClient(_))
+    }
+
+    /// Takes the plain TCP socket for a TLS upgrade; None if TLS is already on.
+    pub fn take_plain(&mut self) -> Option<TcpStream> {
+        match std::mem::replace(&mut self.socket, Socket::Detached) {
+            Socket::Plain(tcp) => Some(tcp),
+            other => {
+                self.socket = other;
+                None
+            }
+        }
     }
 
     /// Starts a new stream on the same connection (after STARTTLS or SASL, RFC 6120 §4.3.3).

@@ -1,4 +1,6 @@
 //! Sessions: one task per connection, owning its socket.
 
 pub mod c2s;
+pub mod component;
 pub mod conn;
+pub mod s2s;

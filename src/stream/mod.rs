@@ -7,6 +7,11 @@ pub mod writer;
 pub mod ns {
     pub const STREAM: &str = "http://etherx.jabber.org/streams";
     pub const CLIENT: &str = "jabber:client";
+    pub const SERVER: &str = "jabber:server";
+    pub const COMPONENT: &str = "jabber:component:accept";
+    pub const DIALBACK: &str = "jabber:server:dialback";
+    /// The stream feature that says dialback is offered (XEP-0220 §2.4).
+    pub const DIALBACK_FEATURE: &str = "urn:xmpp:features:dialback";
     pub const STREAM_ERRORS: &str = "urn:ietf:params:xml:ns:xmpp-streams";
     pub const STANZA_ERRORS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
     pub const TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";

@@ -37,6 +37,35 @@ pub fn stream_header(from: &str, to: Option<&str>, id: &str, content_ns: &str) -
     )
 }
 
+/// A server-to-server stream header (RFC 6120 §4.7) with the dialback namespace declared
+/// (XEP-0220 §2.1); `id` only on the responding side.
+pub fn server_stream_header(from: &str, to: &str, id: Option<&str>) -> String {
+    let id = id
+        .map(|i| format!(" id='{}'", escape(i)))
+        .unwrap_or_default();
+    format!(
+        "<?xml version='1.0'?><stream:stream xmlns='{}' xmlns:stream='{}' xmlns:db='{}' \
+         from='{}' to='{}'{id} version='1.0' xml:lang='en'>",
+        ns::SERVER,
+        ns::STREAM,
+        ns::DIALBACK,
+        escape(from),
+        escape(to),
+    )
+}
+
+/// The header answering an external component (XEP-0114 §3): no version, since the
+/// handshake comes instead of stream features.
+pub fn component_stream_header(from: &str, id: &str) -> String {
+    format!(
+        "<?xml version='1.0'?><stream:stream xmlns='{}' xmlns:stream='{}' from='{}' id='{}'>",
+        ns::COMPONENT,
+        ns::STREAM,
+        escape(from),
+        escape(id),
+    )
+}
+
 /// Serialises an element; `minidom` declares the namespaces it needs.
 pub fn element(el: &Element) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);

@@ -7,7 +7,7 @@ use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use crate::server::Server;
-use crate::session::c2s;
+use crate::session::{c2s, component, s2s};
 
 /// Which protocol an accepted connection speaks first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,6 +16,10 @@ pub enum ListenerKind {
     C2sStartTls,
     /// TLS from the first byte (XEP-0368).
     C2sDirectTls,
+    /// Server-to-server streams (RFC 6120), STARTTLS.
+    S2s,
+    /// External components (XEP-0114).
+    Component,
 }
 
 /// Binds a listener; a bind failure is a start-up error.
@@ -34,8 +38,20 @@ pub async fn accept_loop(server: Arc<Server>, listener: TcpListener, kind: Liste
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
                     let server = server.clone();
-                    let direct_tls = kind == ListenerKind::C2sDirectTls;
-                    tokio::spawn(c2s::serve(server, tcp, peer, direct_tls));
+                    match kind {
+                        ListenerKind::C2sStartTls => {
+                            tokio::spawn(c2s::serve(server, tcp, peer, false));
+                        }
+                        ListenerKind::C2sDirectTls => {
+                            tokio::spawn(c2s::serve(server, tcp, peer, true));
+                        }
+                        ListenerKind::S2s => {
+                            tokio::spawn(s2s::incoming::serve(server, tcp, peer));
+                        }
+                        ListenerKind::Component => {
+                            tokio::spawn(component::serve(server, tcp, peer));
+                        }
+                    }
                 }
                 // Running out of file descriptors is transient; back off instead of spinning.
                 Err(e) => {

@@ -1,3 +1,4 @@
 //! Transports: TCP listeners and TLS.
 pub mod listener;
+pub mod peer_tls;
 pub mod tls;

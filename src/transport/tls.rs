@@ -36,6 +36,9 @@ pub enum TlsError {
 pub struct TlsSetup {
     pub config: Arc<ServerConfig>,
     pub leaf_der: Vec<u8>,
+    /// Our certificate chain and key, for the server-to-server configurations.
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: Arc<PrivateKeyDer<'static>>,
 }
 
 /// Loads the configured certificate, or the embedded default's self-signed one from
@@ -59,12 +62,14 @@ pub fn server_config(
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
-        .with_single_cert(chain, key)?;
+        .with_single_cert(chain.clone(), key.clone_key())?;
     // XEP-0368 clients send ALPN "xmpp-client"; clients that send no ALPN are still accepted.
     config.alpn_protocols = vec![b"xmpp-client".to_vec()];
     Ok(TlsSetup {
         config: Arc::new(config),
         leaf_der,
+        chain,
+        key: Arc::new(key),
     })
 }
 
@@ -117,7 +122,7 @@ fn open(path: &Path) -> Result<BufReader<std::fs::File>, TlsError> {
         })
 }
 
-fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs: Vec<_> = rustls_pemfile::certs(&mut open(path)?)
         .collect::<Result<_, _>>()
         .map_err(|source| TlsError::Read {

@@ -61,6 +61,7 @@ impl TestServer {
         config.listen.c2s = "127.0.0.1:0".parse().expect("addr");
         config.listen.c2s_tls = "127.0.0.1:0".parse().expect("addr");
         config.listen.http = "127.0.0.1:0".parse().expect("addr");
+        config.listen.s2s = "127.0.0.1:0".parse().expect("addr");
         if std::env::var("ROOKERY_TEST_STORE").as_deref() == Ok("postgres") {
             config.storage.url = services::Postgres::shared().fresh_database().await;
         }
@@ -104,15 +105,30 @@ impl TestServer {
             .expect("account created");
     }
 
-    /// A client configuration that trusts exactly this server's generated certificate.
+    /// A client configuration that trusts exactly this server's certificate: the one it
+    /// generated, or for a configured one the test CA in certs/test.
     pub fn tls(&self) -> Arc<ClientConfig> {
-        trust(self.dir.path())
+        if self.config.tls.cert.is_empty() {
+            trust(self.dir.path())
+        } else {
+            trust_file(&test_certs().join("ca.pem"))
+        }
     }
+}
+
+/// The test-only CA and certificates (certs/make-test-certs.sh).
+pub fn test_certs() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("certs/test")
 }
 
 /// A client configuration that trusts exactly the certificate a server generated into `dir`.
 pub fn trust(dir: &std::path::Path) -> Arc<ClientConfig> {
-    let pem = std::fs::read(dir.join("cert.pem")).expect("cert.pem");
+    trust_file(&dir.join("cert.pem"))
+}
+
+/// A client configuration that trusts the certificates in one PEM file.
+pub fn trust_file(path: &std::path::Path) -> Arc<ClientConfig> {
+    let pem = std::fs::read(path).expect("PEM file");
     let mut roots = RootCertStore::empty();
     for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
         roots.add(cert.expect("pem")).expect("add root");

@@ -1,6 +1,7 @@
 """Harness for the slixmpp suite: starts the `rookery` binary on free loopback ports in a
 temporary directory, creates accounts with its CLI, and connects slixmpp clients that trust the
-certificate the server generated."""
+certificate the server generated (or the test CA in certs/test/ when the server is given one of
+its certificates). prosody.py has the same interface for a real Prosody (federation tests)."""
 
 import asyncio
 import os
@@ -15,7 +16,10 @@ import pytest
 import slixmpp
 
 REPO = Path(__file__).resolve().parents[2]
+CERTS = REPO / "certs" / "test"
 TIMEOUT = 10
+# The standard ports, for servers on addresses of their own (federation tests: 127.0.0.2).
+STANDARD_PORTS = {"c2s": 5222, "c2s_tls": 5223, "s2s": 5269, "http": 5280, "component": 5347}
 
 
 def binary() -> str:
@@ -32,22 +36,49 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, tmp: Path, registration_open=False, extra=""):
+    """A `rookery serve` in tmp. ports: None → free ports, or a dict like STANDARD_PORTS.
+    component: also listen for XEP-0114 components (`listen.component`). cert/key: paths of a
+    certificate and its key (for example CERTS / "rookery.test.pem"); without them the server
+    generates a self-signed one. extra: TOML appended after the [registration] table."""
+
+    def __init__(
+        self,
+        tmp: Path,
+        registration_open=False,
+        extra="",
+        domain="localhost",
+        address="127.0.0.1",
+        ports=None,
+        component=False,
+        cert=None,
+        key=None,
+    ):
         self.dir = tmp
         self.data = tmp / "data"
-        self.c2s = free_port()
-        self.c2s_tls = free_port()
-        self.http = free_port()
+        self.domain = domain
+        self.address = address
+        ports = dict(ports) if ports else {}
+        for name in ("c2s", "c2s_tls", "s2s", "http", "component"):
+            ports.setdefault(name, free_port())
+        self.c2s = ports["c2s"]
+        self.c2s_tls = ports["c2s_tls"]
+        self.s2s = ports["s2s"]
+        self.http = ports["http"]
+        self.component = ports["component"] if component else None
+        assert (cert is None) == (key is None), "set both cert and key, or neither"
+        self.cert = cert
         self.config = tmp / "rookery.toml"
         self.config.write_text(
-            f'domain = "localhost"\n'
+            f'domain = "{domain}"\n'
             f'data_dir = "{self.data}"\n'
             f"[listen]\n"
-            f'c2s = "127.0.0.1:{self.c2s}"\n'
-            f'c2s_tls = "127.0.0.1:{self.c2s_tls}"\n'
-            f's2s = "127.0.0.1:{free_port()}"\n'
-            f'http = "127.0.0.1:{self.http}"\n'
-            f"[registration]\n"
+            f'c2s = "{address}:{self.c2s}"\n'
+            f'c2s_tls = "{address}:{self.c2s_tls}"\n'
+            f's2s = "{address}:{self.s2s}"\n'
+            f'http = "{address}:{self.http}"\n'
+            + (f'component = "{address}:{self.component}"\n' if component else "")
+            + (f'[tls]\ncert = "{cert}"\nkey = "{key}"\n' if cert else "")
+            + f"[registration]\n"
             f"open = {'true' if registration_open else 'false'}\n"
             f"{extra}"
         )
@@ -78,7 +109,7 @@ class Server:
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, self.log.read_text()
             try:
-                socket.create_connection(("127.0.0.1", self.c2s), timeout=0.2).close()
+                socket.create_connection((self.address, self.c2s), timeout=0.2).close()
                 return self
             except OSError:
                 time.sleep(0.05)
@@ -96,6 +127,8 @@ class Server:
             raise AssertionError("server did not stop on SIGTERM")
 
     def ssl_context(self):
+        if self.cert:
+            return ssl.create_default_context(cafile=str(CERTS / "ca.pem"))
         ctx = ssl.create_default_context(cafile=str(self.data / "cert.pem"))
         return ctx
 
@@ -107,7 +140,7 @@ def server(tmp_path, request):
     kwargs = marker.kwargs if marker else {}
     s = Server(tmp_path, **kwargs)
     for u in ("alice", "bob", "carol"):
-        s.add_user(f"{u}@localhost", u)
+        s.add_user(f"{u}@{s.domain}", u)
     s.start()
     yield s
     code = s.stop()
@@ -128,7 +161,8 @@ def pytest_configure(config):
 
 
 class Client(slixmpp.ClientXMPP):
-    """A slixmpp client whose events can be awaited."""
+    """A slixmpp client whose events can be awaited. server: a Server or a prosody.Prosody
+    (what it uses: address, c2s, c2s_tls, ssl_context())."""
 
     def __init__(self, server, jid, password, plugins=()):
         super().__init__(jid, password)
@@ -149,7 +183,7 @@ class Client(slixmpp.ClientXMPP):
 
     async def login(self, direct_tls=False):
         port = self.rookery.c2s_tls if direct_tls else self.rookery.c2s
-        self.connect(("127.0.0.1", port), use_ssl=direct_tls)
+        self.connect((self.rookery.address, port), use_ssl=direct_tls)
         done, _ = await asyncio.wait(
             [asyncio.ensure_future(self.started.wait()), asyncio.ensure_future(self.failed.wait())],
             timeout=TIMEOUT,

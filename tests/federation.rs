@@ -1,0 +1,471 @@
+//! Federation between two rookery servers on loopback (rookery.test and other.test, with the
+//! test certificates from certs/test), driven by tokio-xmpp clients on each side; and raw peers
+//! that try what a peer must not. Interoperability with Prosody is in tests/slixmpp.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::services::free_port;
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::rustls::{self, pki_types::ServerName};
+use tokio_xmpp::minidom::Element;
+
+const MAM: &str = "urn:xmpp:mam:2";
+
+/// How a test server authenticates its peers.
+#[derive(Clone, Copy)]
+struct Trust {
+    /// Peer certificates from the test CA verify.
+    ca: bool,
+    dialback: bool,
+}
+
+/// A server for `domain` whose s2s listener is on `port`, with a static route to its peer.
+async fn server(domain: &str, port: u16, peer: (&str, u16), trust: Trust) -> TestServer {
+    let certs = test_certs();
+    let (domain, peer_domain, peer_port) = (domain.to_owned(), peer.0.to_owned(), peer.1);
+    TestServer::start_with(move |c| {
+        c.tls.cert = certs.join(format!("{domain}.pem")).display().to_string();
+        c.tls.key = certs.join(format!("{domain}.key")).display().to_string();
+        c.domain = domain;
+        c.listen.s2s = format!("127.0.0.1:{port}").parse().expect("addr");
+        if trust.ca {
+            c.s2s.trust = vec![certs.join("ca.pem")];
+        }
+        c.s2s.dialback = trust.dialback;
+        for d in [peer_domain.clone(), format!("conference.{peer_domain}")] {
+            c.s2s.routes.insert(d, format!("127.0.0.1:{peer_port}"));
+        }
+    })
+    .await
+}
+
+/// rookery.test and other.test, routed to each other, with alice on the first and bob and
+/// carol on the second (password "pw").
+async fn two_servers(trust: Trust) -> (TestServer, TestServer) {
+    let (pa, pb) = (free_port(), free_port());
+    let a = server("rookery.test", pa, ("other.test", pb), trust).await;
+    let b = server("other.test", pb, ("rookery.test", pa), trust).await;
+    a.add_user("alice", "pw").await;
+    for u in ["bob", "carol"] {
+        b.add_user(u, "pw").await;
+    }
+    (a, b)
+}
+
+fn is_presence(from: &'static str, kind: Option<&'static str>) -> impl Fn(&Element) -> bool {
+    move |e| {
+        e.name() == "presence"
+            && e.attr("from").is_some_and(|f| f.starts_with(from))
+            && e.attr("type") == kind
+    }
+}
+
+/// alice and bob chat both ways; the stanzas keep their senders' full JIDs.
+async fn chat_both_ways(alice: &mut XmppClient, bob: &mut XmppClient) {
+    // Available, so that a message to the bare JID is delivered rather than kept offline.
+    alice.send("<presence/>").await;
+    bob.send("<presence/>").await;
+    alice
+        .send("<message to='bob@other.test' type='chat'><body>hi bob</body></message>")
+        .await;
+    let m = bob
+        .expect("alice's message", is_message_with_body("hi bob"))
+        .await;
+    assert_eq!(m.attr("from"), Some("alice@rookery.test/a"));
+    bob.send("<message to='alice@rookery.test/a' type='chat'><body>hi alice</body></message>")
+        .await;
+    let m = alice
+        .expect("bob's message", is_message_with_body("hi alice"))
+        .await;
+    assert_eq!(m.attr("from"), Some("bob@other.test/b"));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn users_on_two_servers_subscribe_see_presence_chat_and_keep_history() {
+    // Dialback off: both directions must authenticate by certificate (SASL EXTERNAL).
+    let (a, b) = two_servers(Trust {
+        ca: true,
+        dialback: false,
+    })
+    .await;
+    let mut alice = XmppClient::connect(&a, "alice@rookery.test/a", "pw").await;
+    let mut bob = XmppClient::connect(&b, "bob@other.test/b", "pw").await;
+    alice.send("<presence/>").await;
+    bob.send("<presence/>").await;
+
+    // RFC 6121 §3: the subscription handshake, both ways, across the servers.
+    alice
+        .send("<presence to='bob@other.test' type='subscribe'/>")
+        .await;
+    bob.expect(
+        "alice's request",
+        is_presence("alice@rookery.test", Some("subscribe")),
+    )
+    .await;
+    bob.send("<presence to='alice@rookery.test' type='subscribed'/>")
+        .await;
+    alice
+        .expect("bob's presence", is_presence("bob@other.test/b", None))
+        .await;
+    bob.send("<presence to='alice@rookery.test' type='subscribe'/>")
+        .await;
+    alice
+        .expect(
+            "bob's request",
+            is_presence("bob@other.test", Some("subscribe")),
+        )
+        .await;
+    alice
+        .send("<presence to='bob@other.test' type='subscribed'/>")
+        .await;
+    bob.expect(
+        "alice's presence",
+        is_presence("alice@rookery.test/a", None),
+    )
+    .await;
+    let roster = alice
+        .iq(
+            "r1",
+            "<iq type='get' id='r1'><query xmlns='jabber:iq:roster'/></iq>",
+        )
+        .await;
+    let item = child(&roster, "query").and_then(|q| child(q, "item"));
+    assert_eq!(
+        item.and_then(|i| i.attr("subscription")),
+        Some("both"),
+        "{}",
+        String::from(&roster)
+    );
+
+    chat_both_ways(&mut alice, &mut bob).await;
+
+    // Disco of a remote entity: the iq goes over federation and back.
+    let info = alice
+        .iq(
+            "d1",
+            "<iq type='get' id='d1' to='other.test'>\
+             <query xmlns='http://jabber.org/protocol/disco#info'/></iq>",
+        )
+        .await;
+    assert_eq!(info.attr("type"), Some("result"), "{}", String::from(&info));
+    assert_eq!(info.attr("from"), Some("other.test"));
+
+    // A federated sender's message to someone offline is kept for them.
+    alice
+        .send(
+            "<message to='carol@other.test' type='chat'><body>while you were out</body></message>",
+        )
+        .await;
+    let store = &b.running.as_ref().expect("running").server.store;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while store.offline_count("carol").await.expect("count") == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "not stored offline");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut carol = XmppClient::connect(&b, "carol@other.test/c", "pw").await;
+    carol.send("<presence/>").await;
+    let m = carol
+        .expect(
+            "the offline message",
+            is_message_with_body("while you were out"),
+        )
+        .await;
+    assert_eq!(m.attr("from"), Some("alice@rookery.test/a"));
+    assert!(child(&m, "delay").is_some(), "{}", String::from(&m));
+
+    // Both directions of the federated conversation are in alice's archive.
+    alice
+        .send(&format!(
+            "<iq type='set' id='q1'><query xmlns='{MAM}' queryid='q1'>\
+             <x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'>\
+             <value>{MAM}</value></field><field var='with'><value>bob@other.test</value>\
+             </field></x></query></iq>"
+        ))
+        .await;
+    let mut bodies = Vec::new();
+    loop {
+        let e = alice
+            .expect("archive results", |e| {
+                (e.name() == "iq" && e.attr("id") == Some("q1"))
+                    || (e.name() == "message" && e.children().any(|c| c.is("result", MAM)))
+            })
+            .await;
+        if e.name() == "iq" {
+            assert_eq!(e.attr("type"), Some("result"), "{}", String::from(&e));
+            break;
+        }
+        let forwarded = child(&e, "result").and_then(|r| child(r, "forwarded"));
+        let body = forwarded
+            .and_then(|f| child(f, "message"))
+            .and_then(|m| child(m, "body"))
+            .map(|b| b.text());
+        bodies.extend(body);
+    }
+    assert_eq!(bodies, ["hi bob", "hi alice"]);
+
+    // bob going offline reaches alice.
+    bob.close().await;
+    alice
+        .expect(
+            "bob's unavailable presence",
+            is_presence("bob@other.test/b", Some("unavailable")),
+        )
+        .await;
+    alice.close().await;
+    carol.close().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn untrusted_certificates_fall_back_to_dialback_or_are_refused() {
+    // Neither side trusts the test CA: only dialback can authenticate.
+    let no_ca = Trust {
+        ca: false,
+        dialback: true,
+    };
+    let (a, b) = two_servers(no_ca).await;
+    let mut alice = XmppClient::connect(&a, "alice@rookery.test/a", "pw").await;
+    let mut bob = XmppClient::connect(&b, "bob@other.test/b", "pw").await;
+    chat_both_ways(&mut alice, &mut bob).await;
+    alice.close().await;
+    bob.close().await;
+
+    // Without dialback and without a verifiable certificate nothing crosses: the sender gets
+    // an error instead.
+    let (a, _b) = two_servers(Trust {
+        ca: false,
+        dialback: false,
+    })
+    .await;
+    let mut alice = XmppClient::connect(&a, "alice@rookery.test/a", "pw").await;
+    alice
+        .send("<message to='bob@other.test' type='chat' id='x1'><body>hello?</body></message>")
+        .await;
+    let e = alice
+        .expect("the bounce", |e| {
+            e.name() == "message" && e.attr("type") == Some("error") && e.attr("id") == Some("x1")
+        })
+        .await;
+    let error = child(&e, "error").expect("error");
+    assert!(
+        child(error, "remote-server-not-found").is_some(),
+        "{}",
+        String::from(&e)
+    );
+    // While the peer is backing off, the next message is bounced at once.
+    let started = tokio::time::Instant::now();
+    alice
+        .send("<message to='bob@other.test' type='chat' id='x2'><body>again?</body></message>")
+        .await;
+    alice
+        .expect("the second bounce", |e| {
+            e.attr("type") == Some("error") && e.attr("id") == Some("x2")
+        })
+        .await;
+    assert!(started.elapsed() < Duration::from_secs(1));
+    alice.close().await;
+}
+
+/// A raw peer that opens a stream as `from` and authenticates with the other.test
+/// certificate by SASL EXTERNAL.
+struct RawPeer {
+    tls: tokio_rustls::client::TlsStream<TcpStream>,
+    buf: String,
+}
+
+impl RawPeer {
+    async fn connect(server: &TestServer, from: &str) -> RawPeer {
+        let addr = server.running.as_ref().expect("running").s2s_addr;
+        let mut tcp = TcpStream::connect(addr).await.expect("connect");
+        let header = peer_header(from);
+        tcp.write_all(header.as_bytes()).await.expect("write");
+        let mut plain = String::new();
+        while !plain.contains("</stream:features>") {
+            let mut b = [0u8; 4096];
+            let n = tcp.read(&mut b).await.expect("read");
+            assert!(n > 0, "closed: {plain}");
+            plain.push_str(&String::from_utf8_lossy(&b[..n]));
+        }
+        assert!(plain.contains("<required/>"), "STARTTLS required: {plain}");
+        tcp.write_all(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+            .await
+            .expect("write");
+        let mut b = [0u8; 4096];
+        let n = tcp.read(&mut b).await.expect("read");
+        assert!(String::from_utf8_lossy(&b[..n]).contains("<proceed"));
+        let certs = test_certs();
+        let chain: Vec<_> = rustls_pemfile::certs(
+            &mut std::fs::read(certs.join("other.test.pem"))
+                .expect("pem")
+                .as_slice(),
+        )
+        .map(|c| c.expect("cert"))
+        .collect();
+        let key = rustls_pemfile::private_key(
+            &mut std::fs::read(certs.join("other.test.key"))
+                .expect("key")
+                .as_slice(),
+        )
+        .expect("key")
+        .expect("a key");
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(ca_roots())
+        .with_client_auth_cert(chain, key)
+        .expect("client cert");
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(ServerName::try_from("rookery.test").expect("name"), tcp)
+            .await
+            .expect("TLS");
+        let mut peer = RawPeer {
+            tls,
+            buf: String::new(),
+        };
+        peer.send(&header).await;
+        peer.read_until("</stream:features>").await;
+        peer
+    }
+
+    async fn send(&mut self, s: &str) {
+        self.tls.write_all(s.as_bytes()).await.expect("write");
+        self.tls.flush().await.expect("flush");
+    }
+
+    /// Reads until `needle` arrives, or panics on timeout; returns what was read.
+    async fn read_until(&mut self, needle: &str) -> String {
+        let read = async {
+            while !self.buf.contains(needle) {
+                let mut b = [0u8; 4096];
+                match self.tls.read(&mut b).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => self.buf.push_str(&String::from_utf8_lossy(&b[..n])),
+                }
+            }
+        };
+        let _ = tokio::time::timeout(WAIT, read).await;
+        assert!(self.buf.contains(needle), "no {needle} in {}", self.buf);
+        std::mem::take(&mut self.buf)
+    }
+
+    /// SASL EXTERNAL, then the restarted stream's features.
+    async fn authenticate(&mut self, from: &str) -> bool {
+        self.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>")
+            .await;
+        let answer = self.read_until("xmpp-sasl").await;
+        let answer = if answer.contains("<success") || answer.contains("<failure") {
+            answer
+        } else {
+            answer + &self.read_until(">").await
+        };
+        if !answer.contains("<success") {
+            return false;
+        }
+        self.send(&peer_header(from)).await;
+        self.read_until("</stream:features>").await;
+        true
+    }
+}
+
+fn peer_header(from: &str) -> String {
+    format!(
+        "<?xml version='1.0'?><stream:stream xmlns='jabber:server' \
+         xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' \
+         from='{from}' to='rookery.test' version='1.0'>"
+    )
+}
+
+fn ca_roots() -> rustls::RootCertStore {
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(test_certs().join("ca.pem")).expect("ca");
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        roots.add(cert.expect("pem")).expect("root");
+    }
+    roots
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_peer_may_only_send_from_its_authenticated_domains_to_ours() {
+    let port = free_port();
+    let a = server(
+        "rookery.test",
+        port,
+        ("other.test", free_port()),
+        Trust {
+            ca: true,
+            dialback: true,
+        },
+    )
+    .await;
+    a.add_user("alice", "pw").await;
+    let mut alice = XmppClient::connect(&a, "alice@rookery.test/a", "pw").await;
+    alice.send("<presence/>").await;
+
+    // Authenticated as other.test: its stanzas are routed.
+    let mut peer = RawPeer::connect(&a, "other.test").await;
+    assert!(peer.authenticate("other.test").await);
+    peer.send(
+        "<message from='bob@other.test/b' to='alice@rookery.test' type='chat'>\
+         <body>genuine</body></message>",
+    )
+    .await;
+    let m = alice
+        .expect("the peer's message", is_message_with_body("genuine"))
+        .await;
+    assert_eq!(m.attr("from"), Some("bob@other.test/b"));
+    // A domain it did not authenticate: invalid-from, and nothing is routed.
+    peer.send(
+        "<message from='mallory@elsewhere.test' to='alice@rookery.test' type='chat'>\
+         <body>spoofed</body></message>",
+    )
+    .await;
+    let closed = peer.read_until("</stream:stream>").await;
+    assert!(closed.contains("<invalid-from"), "{closed}");
+
+    // A domain we do not serve: host-unknown.
+    let mut peer = RawPeer::connect(&a, "other.test").await;
+    assert!(peer.authenticate("other.test").await);
+    peer.send(
+        "<message from='bob@other.test' to='someone@third.test' type='chat'>\
+         <body>relay this</body></message>",
+    )
+    .await;
+    let closed = peer.read_until("</stream:stream>").await;
+    assert!(closed.contains("<host-unknown"), "{closed}");
+
+    // A certificate for other.test does not authenticate third.test.
+    let mut peer = RawPeer::connect(&a, "third.test").await;
+    assert!(!peer.authenticate("third.test").await);
+    peer.send(
+        "<message from='eve@third.test' to='alice@rookery.test' type='chat'>\
+         <body>unauthenticated</body></message>",
+    )
+    .await;
+    let closed = peer.read_until("</stream:stream>").await;
+    assert!(closed.contains("<not-authorized"), "{closed}");
+
+    // A dialback key nobody made is refused by the authoritative server (here: us).
+    let mut peer = RawPeer::connect(&a, "other.test").await;
+    peer.send("<db:verify from='other.test' to='rookery.test' id='forged'>0123abcd</db:verify>")
+        .await;
+    let answer = peer.read_until("/>").await;
+    assert!(
+        answer.contains("type='invalid'") || answer.contains("type=\"invalid\""),
+        "{answer}"
+    );
+
+    alice
+        .expect_none("a spoofed message", Duration::from_millis(500), |e| {
+            e.name() == "message"
+                && e.children()
+                    .any(|c| c.name() == "body" && c.text() != "genuine")
+        })
+        .await;
+    alice.close().await;
+}
