@@ -407,8 +407,11 @@ async fn a_peer_may_only_send_from_its_authenticated_domains_to_ours() {
     let mut alice = XmppClient::connect(&a, "alice@rookery.test/a", "pw").await;
     alice.send("<presence/>").await;
 
-    // Authenticated as other.test: its stanzas are routed.
+    // Authenticated as other.test: its stanzas are routed. It asks for one stream both ways
+    // (XEP-0288), so what we send to other.test comes back over this stream (the static route
+    // to other.test leads nowhere).
     let mut peer = RawPeer::connect(&a, "other.test").await;
+    peer.send("<bidi xmlns='urn:xmpp:bidi'/>").await;
     assert!(peer.authenticate("other.test").await);
     peer.send(
         "<message from='bob@other.test/b' to='alice@rookery.test' type='chat'>\
@@ -419,6 +422,17 @@ async fn a_peer_may_only_send_from_its_authenticated_domains_to_ours() {
         .expect("the peer's message", is_message_with_body("genuine"))
         .await;
     assert_eq!(m.attr("from"), Some("bob@other.test/b"));
+    alice
+        .send("<message to='bob@other.test' type='chat'><body>both ways</body></message>")
+        .await;
+    let back = peer.read_until("</message>").await;
+    assert!(
+        back.contains("both ways")
+            && (back.contains("from='alice@rookery.test/a'")
+                || back.contains("from=\"alice@rookery.test/a\"")),
+        "{back}"
+    );
+    assert!(back.contains("jabber:server"), "{back}");
     // A domain it did not authenticate: invalid-from, and nothing is routed.
     peer.send(
         "<message from='mallory@elsewhere.test' to='alice@rookery.test' type='chat'>\

@@ -12,6 +12,9 @@ pub mod ns {
     pub const DIALBACK: &str = "jabber:server:dialback";
     /// The stream feature that says dialback is offered (XEP-0220 §2.4).
     pub const DIALBACK_FEATURE: &str = "urn:xmpp:features:dialback";
+    /// Bidirectional server-to-server streams (XEP-0288): the feature, and the request.
+    pub const BIDI_FEATURE: &str = "urn:xmpp:features:bidi";
+    pub const BIDI: &str = "urn:xmpp:bidi";
     pub const STREAM_ERRORS: &str = "urn:ietf:params:xml:ns:xmpp-streams";
     pub const STANZA_ERRORS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
     pub const TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";

@@ -38,12 +38,14 @@ class Prosody:
         secure_auth=True,
         hosts=None,
         trust_ca=True,
+        modules=(),
         extra="",
     ):
         """cert names a pair of files in certs/test/ (`<cert>.pem`, `<cert>.key`). trust_ca:
         verify peers with the test CA (else Prosody knows no CA that signed a test certificate,
         so it can authenticate peers by dialback only). hosts maps an address to the names it
-        resolves to for Prosody (its only name resolution). extra: Lua for the global section."""
+        resolves to for Prosody (its only name resolution). modules: more modules to enable (such as
+        "s2s_bidi"). extra: Lua for the global section."""
         self.tmp_path = Path(tmp_path)
         self.domain = domain
         self.muc = f"conference.{domain}"
@@ -89,6 +91,7 @@ use_ipv6 = false
 modules_enabled = {{
     "roster"; "saslauth"; "tls"; "dialback"; "disco"; "ping"; "presence";
     "mam"; "carbons"; "time"; "version";
+    {"".join(f'"{m}"; ' for m in modules)}
 }}
 modules_disabled = {{ "http"; "admin_telnet"; "admin_shell"; "admin_socket" }}
 authentication = "internal_plain"

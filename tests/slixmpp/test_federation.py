@@ -10,6 +10,7 @@ import re
 import socket
 import ssl
 import time
+import urllib.request
 
 import pytest
 from slixmpp import JID
@@ -357,3 +358,28 @@ def test_spoofing_peer_gets_nothing_routed(servers):
         await alice.close()
 
     run(go())
+
+
+def test_one_bidirectional_stream_carries_both_directions(servers):
+    # XEP-0288 with Prosody's mod_s2s_bidi: whichever server connects first, its stream carries
+    # the other server's traffic too, so exactly one s2s connection is open between them.
+    rookery = servers.rookery()
+    prosody = servers.prosody(modules=("s2s_bidi",))
+
+    async def go():
+        alice = await connected(rookery, f"alice@{ROOKERY}/a", "alice")
+        bob = await connected(prosody, f"bob@{PROSODY}/b", "bob")
+        await chat_both_ways(alice, bob)
+        await alice.close()
+        await bob.close()
+
+    run(go())
+    log = prosody.log_text()
+    assert "bidirectional stream" in log, "no bidirectional stream was negotiated"
+    metrics = urllib.request.urlopen(f"http://127.0.0.2:{STANDARD_PORTS['http']}/metrics").read()
+    open_streams = sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.decode().splitlines()
+        if line.startswith("rookery_connections{") and 'kind="s2s_' in line
+    )
+    assert open_streams == 1, metrics.decode()

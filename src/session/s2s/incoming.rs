@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span};
 
-use super::{Pair, hosts};
+use super::{Pair, Pending, hosts, outgoing};
 use crate::jid;
 use crate::router;
 use crate::server::Server;
@@ -49,8 +49,15 @@ struct Incoming<'a> {
     /// Peer domains allowed as `from`.
     authenticated: HashSet<String>,
     sasl_done: bool,
-    pending: usize,
+    /// Dialback verifications we are waiting for on the peer's behalf.
+    verifying: usize,
     verdicts: (mpsc::Sender<Verdict>, mpsc::Receiver<Verdict>),
+    /// The peer asked to use this stream both ways (XEP-0288).
+    bidi: bool,
+    /// With `bidi`: this stream is our link to the peer, and these its queues.
+    link: Option<(Pair, u64, outgoing::Queues)>,
+    /// Verifications we sent over this stream as a link.
+    pending: Pending,
 }
 
 /// Serves one accepted connection on `listen.s2s` until it ends.
@@ -75,8 +82,11 @@ pub async fn serve(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr) {
             local: server.domain.clone(),
             authenticated: HashSet::new(),
             sasl_done: false,
-            pending: 0,
+            verifying: 0,
             verdicts: mpsc::channel(MAX_PENDING),
+            bidi: false,
+            link: None,
+            pending: Pending::default(),
         };
         let result = match session.open().await {
             Ok(()) => session.run().await,
@@ -158,6 +168,7 @@ impl Incoming<'_> {
         if self.sasl_done {
             return features;
         }
+        features.push(Element::bare("bidi", ns::BIDI_FEATURE));
         if self.peer_certificate_ok() {
             let mut mechanisms = Element::bare("mechanisms", ns::SASL);
             mechanisms.append_child(crate::modules::text_el("mechanism", ns::SASL, "EXTERNAL"));
@@ -212,6 +223,19 @@ impl Incoming<'_> {
                     self.on_verdict(verdict);
                     Ok(())
                 }
+                Some(out) = for_peer(&mut self.link) => {
+                    match out {
+                        ForPeer::Stanza(s) => {
+                            self.conn.queue(&stanza::renamespace(*s, ns::CLIENT, ns::SERVER));
+                        }
+                        ForPeer::Verify(request) => {
+                            if let Some((pair, _, _)) = &self.link {
+                                self.pending.send(&mut self.conn, pair, request);
+                            }
+                        }
+                    }
+                    Ok(())
+                }
                 _ = shutdown.changed() => Err(Failure::stream("system-shutdown", "the server is shutting down")),
                 _ = tokio::time::sleep_until(deadline) => Err(Failure::stream("connection-timeout", "idle")),
             };
@@ -248,7 +272,17 @@ impl Incoming<'_> {
             return self.dialback_result(&el);
         }
         if el.is("verify", ns::DIALBACK) {
-            self.dialback_verify(&el);
+            // With a type it answers a request we made over this stream as a link.
+            if el.attr("type").is_some() {
+                self.pending.answer(&el);
+            } else {
+                self.conn.queue(&super::verify_answer(self.server, &el));
+            }
+            return Ok(());
+        }
+        if el.is("bidi", ns::BIDI) {
+            debug!("the peer uses this stream both ways");
+            self.bidi = true;
             return Ok(());
         }
         if el.is("error", ns::STREAM) {
@@ -314,8 +348,7 @@ impl Incoming<'_> {
         };
         self.conn.send(&Element::bare("success", ns::SASL)).await?;
         info!(%domain, "peer authenticated by certificate");
-        tracing::Span::current().record("remote", tracing::field::display(&domain));
-        self.authenticated.insert(domain);
+        self.authenticated_as(self.local.clone(), domain);
         self.sasl_done = true;
         self.conn.restart();
         self.open().await
@@ -349,7 +382,7 @@ impl Incoming<'_> {
             });
             return Ok(());
         }
-        if !s2s.dialback || self.pending >= MAX_PENDING {
+        if !s2s.dialback || self.verifying >= MAX_PENDING {
             self.dialback_error(&local, &remote, StanzaError::not_acceptable());
             return Ok(());
         }
@@ -364,7 +397,7 @@ impl Incoming<'_> {
             self.dialback_error(&local, &remote, StanzaError::internal());
             return Ok(());
         };
-        self.pending += 1;
+        self.verifying += 1;
         tokio::spawn(async move {
             let valid = match &server.federation {
                 Some(f) => f.verify(&pair, &stream_id, &key).await,
@@ -382,7 +415,7 @@ impl Incoming<'_> {
     }
 
     fn on_verdict(&mut self, verdict: Verdict) {
-        self.pending = self.pending.saturating_sub(1);
+        self.verifying = self.verifying.saturating_sub(1);
         let mut result = Element::bare("result", ns::DIALBACK);
         stanza::set_attr(&mut result, "from", &verdict.local);
         stanza::set_attr(&mut result, "to", &verdict.remote);
@@ -394,8 +427,7 @@ impl Incoming<'_> {
         self.conn.queue(&result);
         if verdict.valid {
             info!(remote = %verdict.remote, "peer authenticated by dialback");
-            tracing::Span::current().record("remote", tracing::field::display(&verdict.remote));
-            self.authenticated.insert(verdict.remote);
+            self.authenticated_as(verdict.local, verdict.remote);
         } else {
             info!(remote = %verdict.remote, "dialback key not confirmed");
         }
@@ -411,72 +443,49 @@ impl Incoming<'_> {
         self.conn.queue(&result);
     }
 
-    /// XEP-0220 §2.1.3: as the authoritative server, say whether we made this key.
-    fn dialback_verify(&mut self, el: &Element) {
-        let receiving = el.attr("from").unwrap_or_default();
-        let originating = el.attr("to").unwrap_or_default();
-        let id = el.attr("id").unwrap_or_default();
-        let valid = hosts(self.server, originating)
-            && self
-                .federation()
-                .secret
-                .verify(receiving, originating, id, &el.text());
-        let mut answer = Element::bare("verify", ns::DIALBACK);
-        stanza::set_attr(&mut answer, "from", originating);
-        stanza::set_attr(&mut answer, "to", receiving);
-        stanza::set_attr(&mut answer, "id", id);
-        stanza::set_attr(&mut answer, "type", if valid { "valid" } else { "invalid" });
-        self.conn.queue(&answer);
-    }
-
     /// RFC 6120 §4.9.3, §8.1.1: only authenticated senders, only to our domains.
     async fn on_stanza(&mut self, el: Element) -> Result<(), Failure> {
-        crate::metrics::stanza_in(el.name());
         if self.authenticated.is_empty() {
             return Err(Failure::stream(
                 "not-authorized",
                 "authenticate before sending stanzas",
             ));
         }
-        if el.ns() != ns::SERVER {
-            return Err(Failure::stream(
-                "invalid-namespace",
-                "stanzas must be in jabber:server",
-            ));
-        }
-        let (Some(from), Some(to)) = (el.attr("from"), el.attr("to")) else {
-            return Err(Failure::stream(
-                "improper-addressing",
-                "stanzas need from and to",
-            ));
+        let authenticated = &self.authenticated;
+        super::receive(self.server, |d| authenticated.contains(d), el).await
+    }
+
+    /// Stops being a link; what was queued for the peer goes through the router again.
+    async fn release_link(&mut self) {
+        let Some((pair, id, mut queues)) = self.link.take() else {
+            return;
         };
-        let from_ok =
-            jid::parse(from).is_ok_and(|f| self.authenticated.contains(f.domain().as_str()));
-        if !from_ok {
-            return Err(Failure::stream(
-                "invalid-from",
-                "not a domain this stream authenticated",
-            ));
+        self.federation().remove_link(&pair, id);
+        queues.stanzas.close();
+        while let Ok(s) = queues.stanzas.try_recv() {
+            router::route(self.server, *s).await;
         }
-        let to = match jid::parse(to) {
-            Ok(to) => to,
-            Err(_) => {
-                let el = stanza::renamespace(el, ns::SERVER, ns::CLIENT);
-                router::bounce(self.server, &el, StanzaError::jid_malformed()).await;
-                return Ok(());
+    }
+
+    /// A peer domain is authenticated on this stream; with XEP-0288 the stream becomes our
+    /// link to it, unless we already have one.
+    fn authenticated_as(&mut self, local: String, remote: String) {
+        tracing::Span::current().record("remote", tracing::field::display(&remote));
+        if self.bidi && self.link.is_none() {
+            let pair = Pair {
+                local,
+                remote: remote.clone(),
+            };
+            if let Some((id, queues)) = self.federation().adopt(&pair) {
+                debug!("this stream is now our link to the peer too");
+                self.link = Some((pair, id, queues));
             }
-        };
-        if !hosts(self.server, to.domain().as_str()) {
-            return Err(Failure::stream(
-                "host-unknown",
-                "this server does not serve that domain",
-            ));
         }
-        router::route(self.server, stanza::renamespace(el, ns::SERVER, ns::CLIENT)).await;
-        Ok(())
+        self.authenticated.insert(remote);
     }
 
     async fn finish(&mut self, failure: Failure) {
+        self.release_link().await;
         match failure {
             Failure::Stream { condition, text } => {
                 if !self.conn.header_sent {
@@ -494,5 +503,23 @@ impl Incoming<'_> {
             Failure::Closed => self.conn.close().await,
             other => debug!(reason = %other, "connection ended"),
         }
+    }
+}
+
+/// What a stream that is also our link has to write.
+enum ForPeer {
+    Stanza(Box<Element>),
+    Verify(super::VerifyRequest),
+}
+
+/// The next thing to write to the peer when the stream is a link; never, otherwise.
+async fn for_peer(link: &mut Option<(Pair, u64, outgoing::Queues)>) -> Option<ForPeer> {
+    let Some((_, _, queues)) = link else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        Some(s) = queues.stanzas.recv() => Some(ForPeer::Stanza(s)),
+        Some(v) = queues.verify.recv() => Some(ForPeer::Verify(v)),
+        else => None,
     }
 }

@@ -27,7 +27,9 @@ use tokio::sync::{mpsc, oneshot};
 use crate::jid;
 use crate::router;
 use crate::server::Server;
+use crate::session::conn::{Failure, XmlConn};
 use crate::stanza::{self, StanzaError};
+use crate::stream::ns;
 use crate::transport::peer_tls::PeerTls;
 
 /// Stanzas waiting for a link to be set up (or written): beyond this the sender gets
@@ -115,11 +117,20 @@ impl Federation {
             return Some(h.clone());
         }
         let server = self.server.get()?.upgrade()?;
+        let (handle, queues) = self.new_link(&mut links, pair);
+        tokio::spawn(outgoing::run(server, pair.clone(), handle.id, queues));
+        Some(handle)
+    }
+
+    fn new_link(
+        &self,
+        links: &mut HashMap<Pair, LinkHandle>,
+        pair: &Pair,
+    ) -> (LinkHandle, outgoing::Queues) {
         let (stanzas, stanza_rx) = mpsc::channel(LINK_QUEUE);
         let (verify, verify_rx) = mpsc::channel(MAX_VERIFICATIONS);
-        let id = self.next_link.fetch_add(1, Ordering::Relaxed);
         let handle = LinkHandle {
-            id,
+            id: self.next_link.fetch_add(1, Ordering::Relaxed),
             stanzas,
             verify,
         };
@@ -128,12 +139,22 @@ impl Federation {
             stanzas: stanza_rx,
             verify: verify_rx,
         };
-        tokio::spawn(outgoing::run(server, pair.clone(), id, queues));
-        Some(handle)
+        (handle, queues)
+    }
+
+    /// Makes an incoming stream the link for `pair` (XEP-0288 bidirectional streams), unless a
+    /// link is already up; the stream's task then serves the returned queues.
+    pub(crate) fn adopt(&self, pair: &Pair) -> Option<(u64, outgoing::Queues)> {
+        let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        if links.get(pair).is_some_and(|h| !h.stanzas.is_closed()) {
+            return None;
+        }
+        let (handle, queues) = self.new_link(&mut links, pair);
+        Some((handle.id, queues))
     }
 
     /// Forgets a link whose task is ending (unless a newer one took its place).
-    fn remove_link(&self, pair: &Pair, id: u64) {
+    pub(crate) fn remove_link(&self, pair: &Pair, id: u64) {
         let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
         if links.get(pair).is_some_and(|h| h.id == id) {
             links.remove(pair);
@@ -188,6 +209,102 @@ impl Federation {
             .await
             .is_ok_and(|r| r.unwrap_or(false))
     }
+}
+
+/// Dialback verifications sent to the peer and not answered yet, by stream id.
+#[derive(Default)]
+pub(crate) struct Pending(HashMap<String, Vec<oneshot::Sender<bool>>>);
+
+impl Pending {
+    /// Writes a verification request (XEP-0220 §2.1.3) and remembers who waits for it.
+    pub(crate) fn send(&mut self, conn: &mut XmlConn, pair: &Pair, request: VerifyRequest) {
+        let mut verify = Element::bare("verify", ns::DIALBACK);
+        stanza::set_attr(&mut verify, "from", &pair.local);
+        stanza::set_attr(&mut verify, "to", &pair.remote);
+        stanza::set_attr(&mut verify, "id", &request.stream_id);
+        verify.append_text(request.key);
+        conn.queue(&verify);
+        self.0
+            .entry(request.stream_id)
+            .or_default()
+            .push(request.reply);
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The peer's answer to one of our requests.
+    pub(crate) fn answer(&mut self, el: &Element) {
+        let valid = stanza::stanza_type(el) == "valid";
+        let id = el.attr("id").unwrap_or_default();
+        for reply in self.0.remove(id).unwrap_or_default() {
+            let _ = reply.send(valid);
+        }
+    }
+}
+
+/// XEP-0220 §2.1.3: as the authoritative server, says whether we made the key in a
+/// `<db:verify/>` request.
+pub(crate) fn verify_answer(server: &Server, request: &Element) -> Element {
+    let receiving = request.attr("from").unwrap_or_default();
+    let originating = request.attr("to").unwrap_or_default();
+    let id = request.attr("id").unwrap_or_default();
+    let valid = hosts(server, originating)
+        && server
+            .federation
+            .as_ref()
+            .is_some_and(|f| f.secret.verify(receiving, originating, id, &request.text()));
+    let mut answer = Element::bare("verify", ns::DIALBACK);
+    stanza::set_attr(&mut answer, "from", originating);
+    stanza::set_attr(&mut answer, "to", receiving);
+    stanza::set_attr(&mut answer, "id", id);
+    stanza::set_attr(&mut answer, "type", if valid { "valid" } else { "invalid" });
+    answer
+}
+
+/// Routes a stanza a peer sent (RFC 6120 §4.9.3, §8.1.1): only from a domain the stream
+/// authenticated, only to a domain we serve; anything else ends the stream.
+pub(crate) async fn receive(
+    server: &Server,
+    authenticated: impl Fn(&str) -> bool,
+    el: Element,
+) -> Result<(), Failure> {
+    crate::metrics::stanza_in(el.name());
+    if el.ns() != ns::SERVER {
+        return Err(Failure::stream(
+            "invalid-namespace",
+            "stanzas must be in jabber:server",
+        ));
+    }
+    let (Some(from), Some(to)) = (el.attr("from"), el.attr("to")) else {
+        return Err(Failure::stream(
+            "improper-addressing",
+            "stanzas need from and to",
+        ));
+    };
+    if !jid::parse(from).is_ok_and(|f| authenticated(f.domain().as_str())) {
+        return Err(Failure::stream(
+            "invalid-from",
+            "not a domain this stream authenticated",
+        ));
+    }
+    let to = match jid::parse(to) {
+        Ok(to) => to,
+        Err(_) => {
+            let el = stanza::renamespace(el, ns::SERVER, ns::CLIENT);
+            router::bounce(server, &el, StanzaError::jid_malformed()).await;
+            return Ok(());
+        }
+    };
+    if !hosts(server, to.domain().as_str()) {
+        return Err(Failure::stream(
+            "host-unknown",
+            "this server does not serve that domain",
+        ));
+    }
+    router::route(server, stanza::renamespace(el, ns::SERVER, ns::CLIENT)).await;
+    Ok(())
 }
 
 /// The domains this server answers for: its own, the group chat service's and its components'.

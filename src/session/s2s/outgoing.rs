@@ -2,17 +2,16 @@
 //! our domain (SASL EXTERNAL when the peer accepts our certificate, else Server Dialback), then
 //! writing the stanzas routed to the peer until the link is idle.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use minidom::Element;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span};
 
-use super::{Pair, VerifyRequest, resolve};
+use super::{Pair, Pending, VerifyRequest, resolve};
 use crate::router;
 use crate::server::Server;
 use crate::session::conn::{Failure, Socket, XmlConn};
@@ -63,39 +62,12 @@ pub struct Queues {
     pub verify: mpsc::Receiver<VerifyRequest>,
 }
 
-/// Dialback verifications sent to the peer and not answered yet, by stream id.
-#[derive(Default)]
-struct Pending(HashMap<String, Vec<oneshot::Sender<bool>>>);
-
-impl Pending {
-    /// Writes a verification request (XEP-0220 §2.1.3) and remembers who waits for it.
-    fn send(&mut self, conn: &mut XmlConn, pair: &Pair, request: VerifyRequest) {
-        let mut verify = Element::bare("verify", ns::DIALBACK);
-        stanza::set_attr(&mut verify, "from", &pair.local);
-        stanza::set_attr(&mut verify, "to", &pair.remote);
-        stanza::set_attr(&mut verify, "id", &request.stream_id);
-        verify.append_text(request.key);
-        conn.queue(&verify);
-        self.0
-            .entry(request.stream_id)
-            .or_default()
-            .push(request.reply);
-    }
-
-    /// The peer's answer to one of our requests.
-    fn answer(&mut self, el: &Element) {
-        let valid = stanza::stanza_type(el) == "valid";
-        let id = el.attr("id").unwrap_or_default();
-        for reply in self.0.remove(id).unwrap_or_default() {
-            let _ = reply.send(valid);
-        }
-    }
-}
-
 /// An authenticated stream to the peer.
 struct Link {
     conn: XmlConn,
     pending: Pending,
+    /// The peer may send to us over it too (XEP-0288).
+    bidi: bool,
 }
 
 /// Why an established link ended.
@@ -254,6 +226,7 @@ async fn negotiate(
         XmlConn::new(Socket::Plain(tcp), limits(server))
     };
     let mut authenticated = false;
+    let mut bidi = false;
     loop {
         let header = writer::server_stream_header(&pair.local, &pair.remote, None);
         conn.send_bytes(header.as_bytes()).await?;
@@ -271,6 +244,7 @@ async fn negotiate(
             return Ok(Link {
                 conn,
                 pending: Pending::default(),
+                bidi,
             });
         }
         if !conn.is_tls() {
@@ -297,6 +271,11 @@ async fn negotiate(
         if !certificate_ok && !s2s.dialback {
             return Err(LinkError::Untrusted);
         }
+        if !bidi && features.has_child("bidi", ns::BIDI_FEATURE) {
+            // XEP-0288: one stream for both directions, asked for before authentication.
+            conn.queue(&Element::bare("bidi", ns::BIDI));
+            bidi = true;
+        }
         if offers_external(&features) {
             let mut auth = Element::bare("auth", ns::SASL);
             stanza::set_attr(&mut auth, "mechanism", "EXTERNAL");
@@ -317,7 +296,11 @@ async fn negotiate(
             return Err(LinkError::Refused("SASL EXTERNAL failed".into()));
         }
         let pending = dialback(server, pair, &mut conn, &stream_id, verify).await?;
-        return Ok(Link { conn, pending });
+        return Ok(Link {
+            conn,
+            pending,
+            bidi,
+        });
     }
 }
 
@@ -401,6 +384,7 @@ async fn established(server: &Server, pair: &Pair, link: Link, queues: &mut Queu
     let Link {
         mut conn,
         mut pending,
+        bidi,
     } = link;
     let idle = Duration::from_secs(server.config.s2s.idle_seconds);
     let mut shutdown = server.shutdown_signal();
@@ -430,7 +414,25 @@ async fn established(server: &Server, pair: &Pair, link: Link, queues: &mut Queu
                 last_activity = Instant::now();
                 while let Some(ev) = conn.take_event() {
                     match ev {
-                        StreamEvent::Stanza(el) if el.is("verify", ns::DIALBACK) => pending.answer(&el),
+                        StreamEvent::Stanza(el) if el.is("verify", ns::DIALBACK) => {
+                            if el.attr("type").is_some() {
+                                pending.answer(&el);
+                            } else {
+                                conn.queue(&super::verify_answer(server, &el));
+                            }
+                        }
+                        StreamEvent::Stanza(el)
+                            if bidi && matches!(el.name(), "message" | "presence" | "iq") =>
+                        {
+                            // The peer's stanzas over our stream: only from the domain we
+                            // connected to and authenticated.
+                            if let Err(f) = super::receive(server, |d| d == pair.remote, el).await {
+                                if let Failure::Stream { condition, text } = &f {
+                                    conn.close_with_error(condition, text.as_deref()).await;
+                                }
+                                return Ended::Lost(f.to_string());
+                            }
+                        }
                         StreamEvent::Stanza(el) if el.is("error", ns::STREAM) => {
                             let condition = el.children().next().map(|c| c.name().to_owned());
                             return Ended::Lost(format!("stream error {}", condition.unwrap_or_default()));
@@ -454,7 +456,7 @@ async fn established(server: &Server, pair: &Pair, link: Link, queues: &mut Queu
                 return Ended::Shutdown;
             }
             _ = tokio::time::sleep_until(last_activity + idle) => {
-                if pending.0.is_empty() {
+                if pending.is_empty() {
                     conn.close().await;
                     return Ended::Idle;
                 }
