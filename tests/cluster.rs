@@ -966,3 +966,64 @@ async fn rest_posts_on_two_nodes_share_one_numbering_and_reach_the_room() {
     .expect("the event within 2 s");
     assert!(text.contains("\"number\":201"), "{text}");
 }
+
+/// A server for `domain` with the test certificate, its s2s listener on `port`, trusting no
+/// peer certificate (so peers authenticate by dialback) and routing `peer` to `peer_port`.
+fn federated(c: &mut rookery::config::Config, domain: &str, port: u16, peer: &str, peer_port: u16) {
+    let certs = test_certs();
+    c.domain = domain.into();
+    c.tls.cert = certs.join(format!("{domain}.pem")).display().to_string();
+    c.tls.key = certs.join(format!("{domain}.key")).display().to_string();
+    c.listen.s2s = format!("127.0.0.1:{port}").parse().expect("addr");
+    c.s2s
+        .routes
+        .insert(peer.into(), format!("127.0.0.1:{peer_port}"));
+}
+
+#[tokio::test]
+async fn a_peer_server_reaches_users_on_any_node_by_dialback_with_a_shared_secret() {
+    // Two nodes of rookery.test and a separate other.test that only knows node 1's address.
+    // alice is on node 2, so node 2 opens the link to other.test; other.test checks node 2's
+    // dialback key by asking node 1, which can only confirm it with the cluster's shared
+    // secret; bob's answer arrives on node 1 and crosses the cluster bus to alice.
+    let redis = Redis::start();
+    let db = Postgres::shared().fresh_database().await;
+    let (p1, p2, pb) = (free_port(), free_port(), free_port());
+    let cluster_node = |name: &'static str, port: u16| {
+        let (db, redis) = (db.clone(), redis.url());
+        move |c: &mut rookery::config::Config| {
+            c.storage.url = db;
+            c.cluster.redis_url = redis;
+            c.cluster.node = name.into();
+            c.cluster.lease_seconds = LEASE_SECONDS;
+            federated(c, "rookery.test", port, "other.test", pb);
+        }
+    };
+    let n1 = TestServer::start_with(cluster_node("n1", p1)).await;
+    let n2 = TestServer::start_with(cluster_node("n2", p2)).await;
+    let other =
+        TestServer::start_with(|c| federated(c, "other.test", pb, "rookery.test", p1)).await;
+    n1.add_user("alice", "pw").await;
+    other.add_user("bob", "pw").await;
+
+    let mut alice = XmppClient::connect(&n2, "alice@rookery.test/a", "pw").await;
+    let mut bob = XmppClient::connect(&other, "bob@other.test/b", "pw").await;
+    alice.send("<presence/>").await;
+    bob.send("<presence/>").await;
+    alice
+        .send("<message to='bob@other.test' type='chat'><body>from node 2</body></message>")
+        .await;
+    let m = bob
+        .expect("alice's message", is_message_with_body("from node 2"))
+        .await;
+    assert_eq!(m.attr("from"), Some("alice@rookery.test/a"));
+    bob.send("<message to='alice@rookery.test/a' type='chat'><body>to node 2</body></message>")
+        .await;
+    let m = alice
+        .expect("bob's answer", is_message_with_body("to node 2"))
+        .await;
+    assert_eq!(m.attr("from"), Some("bob@other.test/b"));
+    alice.close().await;
+    bob.close().await;
+    drop(redis);
+}
