@@ -1027,3 +1027,75 @@ async fn a_peer_server_reaches_users_on_any_node_by_dialback_with_a_shared_secre
     bob.close().await;
     drop(redis);
 }
+
+#[tokio::test]
+async fn a_component_on_one_node_serves_users_on_the_other() {
+    let redis = Redis::start();
+    let db = Postgres::shared().fresh_database().await;
+    let with_component = |name: &'static str| {
+        let (db, redis) = (db.clone(), redis.url());
+        move |c: &mut rookery::config::Config| {
+            c.storage.url = db;
+            c.cluster.redis_url = redis;
+            c.cluster.node = name.into();
+            c.cluster.lease_seconds = LEASE_SECONDS;
+            c.listen.component = "127.0.0.1:0".parse().expect("addr");
+            c.components.insert(
+                "echo.localhost".into(),
+                rookery::config::Component {
+                    secret: "s3cret".into(),
+                },
+            );
+        }
+    };
+    let n1 = TestServer::start_with(with_component("n1")).await;
+    let n2 = TestServer::start_with(with_component("n2")).await;
+    users(&n1).await;
+
+    // XEP-0114 by hand: the header, then SHA-1(stream id + secret).
+    let addr = n1.running.as_ref().expect("running").component_addr;
+    let mut component = Raw::tcp(addr.expect("component listener")).await;
+    component
+        .send(
+            "<stream:stream xmlns='jabber:component:accept' \
+             xmlns:stream='http://etherx.jabber.org/streams' to='echo.localhost'>",
+        )
+        .await;
+    component.read_until("<stream:stream").await;
+    let header = component.read_until(">").await;
+    let id = header
+        .split("id='")
+        .nth(1)
+        .and_then(|rest| rest.split('\'').next())
+        .expect("a stream id");
+    let digest = <sha1::Sha1 as sha1::Digest>::digest(format!("{id}s3cret").as_bytes());
+    let proof: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    component
+        .send(&format!(
+            "<handshake xmlns='jabber:component:accept'>{proof}</handshake>"
+        ))
+        .await;
+    component.read_until("<handshake").await;
+
+    let mut alice = XmppClient::connect(&n2, "alice@localhost/a", "pw").await;
+    alice
+        .send("<message to='bot@echo.localhost' type='chat'><body>ping</body></message>")
+        .await;
+    let got = component.read_until("</message>").await;
+    assert!(
+        got.contains("ping") && got.contains("alice@localhost/a"),
+        "{got}"
+    );
+    component
+        .send(
+            "<message xmlns='jabber:component:accept' from='bot@echo.localhost' \
+             to='alice@localhost/a' type='chat'><body>pong</body></message>",
+        )
+        .await;
+    let m = alice
+        .expect("the component's answer", is_message_with_body("pong"))
+        .await;
+    assert_eq!(m.attr("from"), Some("bot@echo.localhost"));
+    alice.close().await;
+    drop(redis);
+}

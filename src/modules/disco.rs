@@ -85,7 +85,8 @@ impl Module for Disco {
                 ("account", "registered", ""),
                 &account_features(req.server),
             ))),
-            // The server lists its services (group chat); accounts publish no items.
+            // The server lists its services (group chat, components); accounts publish no
+            // items.
             (IqTarget::Server, false) => {
                 let mut q = Element::bare("query", ITEMS);
                 q.append_child(el(
@@ -93,6 +94,9 @@ impl Module for Disco {
                     ITEMS,
                     &[("jid", &req.server.muc_domain), ("name", "Chatrooms")],
                 ));
+                for domain in req.server.config.components.keys() {
+                    q.append_child(el("item", ITEMS, &[("jid", domain)]));
+                }
                 Ok(Some(q))
             }
             (IqTarget::Account(_), false) => Ok(Some(Element::bare("query", ITEMS))),

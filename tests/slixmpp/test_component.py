@@ -76,6 +76,9 @@ def test_echo_and_disco(server):
         assert info["from"] == JID(COMPONENT)
         assert ("component", "generic", None, "Echo") in info["disco_info"]["identities"]
         assert FEATURE in info["disco_info"]["features"]
+        # The server lists the component among its services.
+        items = await alice["xep_0030"].get_items(jid=DOMAIN, timeout=TIMEOUT)
+        assert COMPONENT in [i[0] for i in items["disco_items"]["items"]]
 
         await alice.close()
         await echo.close()
