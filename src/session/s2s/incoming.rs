@@ -40,6 +40,7 @@ struct Verdict {
 
 struct Incoming<'a> {
     server: &'a Server,
+    federation: &'a super::Federation,
     conn: XmlConn,
     /// Our id of the current stream, which dialback keys are bound to.
     stream_id: String,
@@ -66,9 +67,9 @@ pub async fn serve(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr) {
     let span = info_span!("s2s_in", conn = conn_id, %peer, remote = tracing::field::Empty);
     async move {
         let _counted = crate::metrics::connection("s2s_in");
-        if server.federation.is_none() {
+        let Some(federation) = server.federation.as_ref() else {
             return;
-        }
+        };
         let _ = tcp.set_nodelay(true);
         let limits = ParserLimits {
             max_stanza_bytes: server.config.limits.max_stanza_bytes,
@@ -76,6 +77,7 @@ pub async fn serve(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr) {
         };
         let mut session = Incoming {
             server: &server,
+            federation,
             conn: XmlConn::new(Socket::Plain(tcp), limits),
             stream_id: String::new(),
             header: StreamHeader::default(),
@@ -99,14 +101,6 @@ pub async fn serve(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr) {
 }
 
 impl Incoming<'_> {
-    fn federation(&self) -> &super::Federation {
-        // `serve` returns at once when federation is off.
-        self.server
-            .federation
-            .as_ref()
-            .expect("federation is on for incoming s2s streams")
-    }
-
     /// Reads the peer's stream header and answers with ours and the features (RFC 6120 §4.7).
     async fn open(&mut self) -> Result<(), Failure> {
         let header = match self.conn.next_event().await? {
@@ -195,7 +189,7 @@ impl Incoming<'_> {
     fn certificate_covers(&self, domain: &str) -> bool {
         self.conn.is_tls()
             && self
-                .federation()
+                .federation
                 .tls
                 .verifies(self.conn.socket.peer_certificates(), domain)
     }
@@ -313,7 +307,7 @@ impl Incoming<'_> {
         let Some(tcp) = self.conn.take_plain() else {
             return Err(Failure::stream("policy-violation", "TLS is already on"));
         };
-        let acceptor = tokio_rustls::TlsAcceptor::from(self.federation().tls.acceptor.clone());
+        let acceptor = tokio_rustls::TlsAcceptor::from(self.federation.tls.acceptor.clone());
         let tls = tokio::time::timeout(NEGOTIATION_TIMEOUT, acceptor.accept(tcp))
             .await
             .map_err(|_| Failure::WriteTimeout)??;
@@ -393,7 +387,7 @@ impl Incoming<'_> {
             local: local.clone(),
             remote: remote.clone(),
         };
-        let Some(server) = self.federation().server.get().and_then(|w| w.upgrade()) else {
+        let Some(server) = self.federation.server.get().and_then(|w| w.upgrade()) else {
             self.dialback_error(&local, &remote, StanzaError::internal());
             return Ok(());
         };
@@ -460,7 +454,7 @@ impl Incoming<'_> {
         let Some((pair, id, mut queues)) = self.link.take() else {
             return;
         };
-        self.federation().remove_link(&pair, id);
+        self.federation.remove_link(&pair, id);
         queues.stanzas.close();
         while let Ok(s) = queues.stanzas.try_recv() {
             router::route(self.server, *s).await;
@@ -476,7 +470,7 @@ impl Incoming<'_> {
                 local,
                 remote: remote.clone(),
             };
-            if let Some((id, queues)) = self.federation().adopt(&pair) {
+            if let Some((id, queues)) = self.federation.adopt(&pair) {
                 debug!("this stream is now our link to the peer too");
                 self.link = Some((pair, id, queues));
             }
