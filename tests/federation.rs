@@ -433,6 +433,26 @@ async fn a_peer_may_only_send_from_its_authenticated_domains_to_ours() {
         "{back}"
     );
     assert!(back.contains("jabber:server"), "{back}");
+    // Piggybacking (XEP-0220 §2.3): a second domain over the same stream. The certificate
+    // covers *.other.test, so no callback is needed.
+    peer.send("<db:result from='conference.other.test' to='rookery.test'>0123</db:result>")
+        .await;
+    let verdict = peer.read_until("/>").await;
+    assert!(
+        verdict.contains("valid") && !verdict.contains("invalid"),
+        "{verdict}"
+    );
+    peer.send(
+        "<message from='room@conference.other.test/nick' to='alice@rookery.test' \
+         type='chat'><body>piggybacked</body></message>",
+    )
+    .await;
+    alice
+        .expect(
+            "the piggybacked domain's message",
+            is_message_with_body("piggybacked"),
+        )
+        .await;
     // A domain it did not authenticate: invalid-from, and nothing is routed.
     peer.send(
         "<message from='mallory@elsewhere.test' to='alice@rookery.test' type='chat'>\
@@ -477,8 +497,9 @@ async fn a_peer_may_only_send_from_its_authenticated_domains_to_ours() {
     alice
         .expect_none("a spoofed message", Duration::from_millis(500), |e| {
             e.name() == "message"
-                && e.children()
-                    .any(|c| c.name() == "body" && c.text() != "genuine")
+                && e.children().any(|c| {
+                    c.name() == "body" && !["genuine", "piggybacked"].contains(&c.text().as_str())
+                })
         })
         .await;
     alice.close().await;

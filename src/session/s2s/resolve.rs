@@ -44,7 +44,7 @@ pub async fn targets(
             direct_tls: false,
         }];
     }
-    let mut found = Vec::new();
+    let mut records = Vec::new();
     if let Some(resolver) = resolver {
         for (service, direct_tls) in [("_xmpps-server._tcp", true), ("_xmpp-server._tcp", false)] {
             let name = format!("{service}.{domain}.");
@@ -53,39 +53,51 @@ pub async fn targets(
             };
             for record in lookup.answers() {
                 if let RData::SRV(srv) = &record.data {
-                    let host = srv.target.to_utf8();
-                    let host = host.trim_end_matches('.');
-                    // RFC 2782: a target of "." means the service is decidedly not available.
-                    if host.is_empty() {
-                        continue;
-                    }
-                    found.push((
-                        srv.priority,
-                        std::cmp::Reverse(srv.weight),
+                    records.push(SrvRecord {
+                        priority: srv.priority,
+                        weight: srv.weight,
                         direct_tls,
-                        host.to_owned(),
-                        srv.port,
-                    ));
+                        host: srv.target.to_utf8().trim_end_matches('.').to_owned(),
+                        port: srv.port,
+                    });
                 }
             }
         }
     }
-    if found.is_empty() {
+    order(records, domain)
+}
+
+/// One SRV answer; an empty host is the "." target.
+#[derive(Debug, Clone)]
+struct SrvRecord {
+    priority: u16,
+    weight: u16,
+    direct_tls: bool,
+    host: String,
+    port: u16,
+}
+
+/// The SRV answers in the order to try them (RFC 2782, RFC 6120 §3.2.1, XEP-0368 §3): lower
+/// priority first; at equal priority heavier weight first (a fixed order rather than RFC
+/// 2782's weighted lottery, so that retries go down the list), and TLS from the first byte
+/// before STARTTLS. No records: the domain itself on 5269. Only "." targets: the service is
+/// decidedly not available, so nothing.
+fn order(mut records: Vec<SrvRecord>, domain: &str) -> Vec<Target> {
+    if records.is_empty() {
         return vec![Target {
             host: domain.to_owned(),
             port: 5269,
             direct_tls: false,
         }];
     }
-    // Lower priority first; at equal priority heavier weight first, and direct TLS before
-    // STARTTLS (XEP-0368 §3).
-    found.sort_by_key(|a| (a.0, a.1, !a.2));
-    found
+    records.retain(|r| !r.host.is_empty());
+    records.sort_by_key(|r| (r.priority, std::cmp::Reverse(r.weight), !r.direct_tls));
+    records
         .into_iter()
-        .map(|(_, _, direct_tls, host, port)| Target {
-            host,
-            port,
-            direct_tls,
+        .map(|r| Target {
+            host: r.host,
+            port: r.port,
+            direct_tls: r.direct_tls,
         })
         .collect()
 }
@@ -116,6 +128,45 @@ pub async fn addresses(resolver: Option<&TokioResolver>, target: &Target) -> Vec
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn srv(priority: u16, weight: u16, direct_tls: bool, host: &str) -> SrvRecord {
+        SrvRecord {
+            priority,
+            weight,
+            direct_tls,
+            host: host.into(),
+            port: if direct_tls { 5270 } else { 5269 },
+        }
+    }
+
+    #[test]
+    fn srv_answers_are_tried_by_priority_weight_then_direct_tls() {
+        let ordered = order(
+            vec![
+                srv(20, 0, false, "backup.peer.test"),
+                srv(10, 5, false, "light.peer.test"),
+                srv(10, 50, false, "heavy.peer.test"),
+                srv(10, 50, true, "heavy.peer.test"),
+            ],
+            "peer.test",
+        );
+        let hosts: Vec<_> = ordered
+            .iter()
+            .map(|t| (t.host.as_str(), t.port, t.direct_tls))
+            .collect();
+        assert_eq!(
+            hosts,
+            [
+                ("heavy.peer.test", 5270, true),
+                ("heavy.peer.test", 5269, false),
+                ("light.peer.test", 5269, false),
+                ("backup.peer.test", 5269, false),
+            ]
+        );
+        // "." alone: the domain has no XMPP service; no records at all: port 5269.
+        assert!(order(vec![srv(0, 0, false, "")], "peer.test").is_empty());
+        assert_eq!(order(Vec::new(), "peer.test")[0].port, 5269);
+    }
 
     #[tokio::test]
     async fn a_static_route_wins_and_no_dns_means_port_5269() {
