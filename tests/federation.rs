@@ -24,8 +24,23 @@ struct Trust {
     dialback: bool,
 }
 
+const CA_AND_DIALBACK: Trust = Trust {
+    ca: true,
+    dialback: true,
+};
+
 /// A server for `domain` whose s2s listener is on `port`, with a static route to its peer.
 async fn server(domain: &str, port: u16, peer: (&str, u16), trust: Trust) -> TestServer {
+    server_with(domain, port, peer, trust, |_| {}).await
+}
+
+async fn server_with(
+    domain: &str,
+    port: u16,
+    peer: (&str, u16),
+    trust: Trust,
+    adjust: impl FnOnce(&mut rookery::config::Config) + Send + 'static,
+) -> TestServer {
     let certs = test_certs();
     let (domain, peer_domain, peer_port) = (domain.to_owned(), peer.0.to_owned(), peer.1);
     TestServer::start_with(move |c| {
@@ -40,6 +55,7 @@ async fn server(domain: &str, port: u16, peer: (&str, u16), trust: Trust) -> Tes
         for d in [peer_domain.clone(), format!("conference.{peer_domain}")] {
             c.s2s.routes.insert(d, format!("127.0.0.1:{peer_port}"));
         }
+        adjust(c);
     })
     .await
 }
@@ -397,10 +413,7 @@ async fn a_peer_may_only_send_from_its_authenticated_domains_to_ours() {
         "rookery.test",
         port,
         ("other.test", free_port()),
-        Trust {
-            ca: true,
-            dialback: true,
-        },
+        CA_AND_DIALBACK,
     )
     .await;
     a.add_user("alice", "pw").await;
@@ -503,4 +516,54 @@ async fn a_peer_may_only_send_from_its_authenticated_domains_to_ours() {
         })
         .await;
     alice.close().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_idle_link_closes_and_a_new_message_opens_another() {
+    let (pa, pb) = (free_port(), free_port());
+    let a = server_with(
+        "rookery.test",
+        pa,
+        ("other.test", pb),
+        CA_AND_DIALBACK,
+        |c| {
+            c.s2s.idle_seconds = 1;
+        },
+    )
+    .await;
+    let b = server("other.test", pb, ("rookery.test", pa), CA_AND_DIALBACK).await;
+    a.add_user("alice", "pw").await;
+    b.add_user("bob", "pw").await;
+    let links = |s: &TestServer| {
+        s.running
+            .as_ref()
+            .and_then(|r| r.server.federation.as_ref())
+            .map(|f| f.links().len())
+            .unwrap_or_default()
+    };
+    let mut alice = XmppClient::connect(&a, "alice@rookery.test/a", "pw").await;
+    let mut bob = XmppClient::connect(&b, "bob@other.test/b", "pw").await;
+    alice.send("<presence/>").await;
+    bob.send("<presence/>").await;
+    alice
+        .send("<message to='bob@other.test' type='chat'><body>first</body></message>")
+        .await;
+    bob.expect("the first message", is_message_with_body("first"))
+        .await;
+    assert_eq!(links(&a), 1);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while links(&a) > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the idle link stayed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    alice
+        .send("<message to='bob@other.test' type='chat'><body>second</body></message>")
+        .await;
+    bob.expect("the second message", is_message_with_body("second"))
+        .await;
+    alice.close().await;
+    bob.close().await;
 }

@@ -108,6 +108,16 @@ impl Federation {
         self.resolver.as_ref()
     }
 
+    /// The domain pairs that have a link up or being set up.
+    pub fn links(&self) -> Vec<Pair> {
+        let links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        links
+            .iter()
+            .filter(|(_, h)| !h.stanzas.is_closed())
+            .map(|(p, _)| p.clone())
+            .collect()
+    }
+
     /// The link for `pair`, started if there is none.
     fn link(&self, pair: &Pair) -> Option<LinkHandle> {
         let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
