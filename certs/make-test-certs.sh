@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Creates the TEST-ONLY certificates in certs/test/ (see certs/README.md): a test CA, leaf
-# certificates it signs for rookery.test, prosody.test and other.test (each also for its
-# subdomains), and a self-signed certificate for prosody.test that the CA did not sign.
+# certificates it signs for rookery.test, prosody.test, ejabberd.test and other.test (each also
+# for its subdomains), and self-signed certificates for prosody.test and ejabberd.test that the
+# CA did not sign.
 #
 # Idempotent: files that exist are kept; delete certs/test/ (or one pair of files) and run it
 # again to make new ones. Deleting ca.key or ca.pem makes every CA-signed leaf anew.
@@ -45,21 +46,28 @@ leaf() { # a leaf certificate for $1 signed by the test CA
 leaf rookery.test
 leaf prosody.test
 leaf other.test
+leaf ejabberd.test
 
-# Not from the CA: a peer that presents it can only be authenticated with dialback.
-if [ ! -s self-signed.test.pem ] || [ ! -s self-signed.test.key ]; then
-  openssl req -x509 "${curve[@]}" -days "$DAYS" -sha256 -subj "/CN=prosody.test" \
+self_signed() { # $1.pem/.key: a certificate for domain $2 and its subdomains, not from the CA
+  local name=$1 domain=$2
+  [ -s "$name.pem" ] && [ -s "$name.key" ] && return
+  openssl req -x509 "${curve[@]}" -days "$DAYS" -sha256 -subj "/CN=$domain" \
     -addext "basicConstraints=critical,CA:FALSE" \
     -addext "keyUsage=critical,digitalSignature" \
     -addext "extendedKeyUsage=serverAuth,clientAuth" \
-    -addext "subjectAltName=DNS:prosody.test,DNS:*.prosody.test" \
-    -keyout self-signed.test.key -out self-signed.test.pem 2>/dev/null
-fi
+    -addext "subjectAltName=DNS:$domain,DNS:*.$domain" \
+    -keyout "$name.key" -out "$name.pem" 2>/dev/null
+}
 
-# Test-only keys, readable by every user: Prosody runs as its own user and reads copies.
+# Not from the CA: a peer that presents one can only be authenticated with dialback.
+self_signed self-signed.test prosody.test
+self_signed self-signed-ejabberd.test ejabberd.test
+
+# Test-only keys, readable by every user: Prosody and ejabberd run as their own users and
+# read copies.
 chmod 0644 ./*.pem ./*.key
 
-for name in rookery.test prosody.test other.test; do
+for name in rookery.test prosody.test other.test ejabberd.test; do
   openssl verify -CAfile ca.pem "$name.pem" >/dev/null
 done
 echo "test certificates in $PWD"

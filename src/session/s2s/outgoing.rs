@@ -70,6 +70,15 @@ struct Link {
     bidi: bool,
 }
 
+/// What becomes of the stanzas still queued when a link's task ends.
+#[derive(Clone, Copy)]
+enum Leftovers {
+    /// They arrived while an idle link was closing: through the router again, to a new link.
+    Reroute,
+    /// The peer cannot be reached, or the server stops.
+    Bounce(&'static str),
+}
+
 /// Why an established link ended.
 enum Ended {
     Idle,
@@ -87,7 +96,7 @@ pub async fn run(server: Arc<Server>, pair: Pair, id: u64, mut queues: Queues) {
         };
         let mut shutdown = server.shutdown_signal();
         let mut failures = 0;
-        loop {
+        let leftovers = loop {
             let attempt = tokio::select! {
                 r = connect(&server, &pair, &mut queues.verify) => r,
                 _ = shutdown.changed() => Err(LinkError::Shutdown),
@@ -99,7 +108,7 @@ pub async fn run(server: Arc<Server>, pair: Pair, id: u64, mut queues: Queues) {
                     info!("link up");
                     match established(&server, &pair, link, &mut queues).await {
                         Ended::Idle => debug!("link idle"),
-                        Ended::Shutdown => {}
+                        Ended::Shutdown => break Leftovers::Bounce("remote-server-timeout"),
                         Ended::Lost(reason) => {
                             info!(%reason, "link lost");
                             if !queues.stanzas.is_empty() {
@@ -107,29 +116,29 @@ pub async fn run(server: Arc<Server>, pair: Pair, id: u64, mut queues: Queues) {
                             }
                         }
                     }
-                    break;
+                    break Leftovers::Reroute;
                 }
                 Err(e) => {
                     failures += 1;
                     info!(error = %e, attempt = failures, "cannot reach the peer");
-                    if failures >= ATTEMPTS || matches!(e, LinkError::Shutdown) {
+                    if matches!(e, LinkError::Shutdown) {
+                        break Leftovers::Bounce(e.condition());
+                    }
+                    if failures >= ATTEMPTS {
                         federation.mark_unreachable(&pair.remote, e.condition());
-                        federation.remove_link(&pair, id);
-                        queues.stanzas.close();
-                        while let Ok(s) = queues.stanzas.try_recv() {
-                            super::bounce(&server, &s, e.condition()).await;
-                        }
-                        return;
+                        break Leftovers::Bounce(e.condition());
                     }
                     tokio::time::sleep(Duration::from_secs(1 << (failures - 1))).await;
                 }
             }
-        }
+        };
         federation.remove_link(&pair, id);
         queues.stanzas.close();
-        // What arrived while the link was closing goes through the router again, to a new link.
         while let Ok(s) = queues.stanzas.try_recv() {
-            router::route(&server, *s).await;
+            match leftovers {
+                Leftovers::Reroute => router::route(&server, *s).await,
+                Leftovers::Bounce(condition) => super::bounce(&server, &s, condition).await,
+            }
         }
     }
     .instrument(span)
