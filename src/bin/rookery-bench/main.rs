@@ -4,7 +4,8 @@
 //! Scenarios: `idle` (connect and hold), `chat` (1:1 messages at a fixed aggregate rate),
 //! `muc` (group chat rooms of `--room-size` occupants, messages at a fixed aggregate rate,
 //! every occupant's copy counted), `login` (connect-authenticate-bind-disconnect loops),
-//! `rest` (message posts to the REST bridge at a fixed aggregate rate). `relay` runs the reference TLS relay,
+//! `rest` (message posts to the REST bridge at a fixed aggregate rate), `federation` (1:1
+//! messages from users of one server to users of a peer server, over server-to-server streams). `relay` runs the reference TLS relay,
 //! `provision` creates the benchmark accounts for rookery and Prosody.
 
 mod client;
@@ -37,6 +38,7 @@ pub enum Scenario {
     Muc,
     Login,
     Rest,
+    Federation,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -48,7 +50,7 @@ pub enum ServerKind {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a scenario against a server.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// The reference relay: TLS, a token login, and forwarding by `to` without parsing.
     Relay {
         #[arg(long)]
@@ -109,6 +111,12 @@ pub struct RunArgs {
     /// Seconds the measured phase lasts (at most 600).
     #[arg(long, default_value_t = 10)]
     pub duration: u64,
+    /// federation: the peer server's c2s address; half the users log in there.
+    #[arg(long)]
+    pub peer_server: Option<SocketAddr>,
+    /// federation: the peer server's domain.
+    #[arg(long, default_value = "")]
+    pub peer_domain: String,
     /// rest: the server's HTTP listener (loopback).
     #[arg(long)]
     pub http: Option<SocketAddr>,
@@ -132,6 +140,14 @@ pub struct RunArgs {
 fn loopback_only(args: &RunArgs) -> Result<(), String> {
     if let Some(bad) = args.server.iter().find(|s| !s.ip().is_loopback()) {
         return Err(format!("{bad} is not a loopback address"));
+    }
+    if let Some(bad) = args.peer_server.filter(|p| !p.ip().is_loopback()) {
+        return Err(format!("{bad} is not a loopback address"));
+    }
+    if args.scenario == Scenario::Federation
+        && (args.peer_server.is_none() || args.peer_domain.is_empty())
+    {
+        return Err("federation needs --peer-server and --peer-domain".into());
     }
     if let Some(bad) = args.http.filter(|h| !h.ip().is_loopback()) {
         return Err(format!("{bad} is not a loopback address"));

@@ -109,7 +109,7 @@ impl Report {
             self.connected, self.users, self.connect_seconds, self.connect_errors
         );
         match self.scenario.as_str() {
-            "chat" | "muc" | "rest" => {
+            "chat" | "muc" | "rest" | "federation" => {
                 let [p50, p90, p99, max] = self.latency_ms;
                 println!(
                     "  sent {} delivered {} lost {} errors {} at {:.0} deliveries/s (sending {}/s)",
@@ -179,9 +179,18 @@ type Connection = Conn<TlsStream<TcpStream>>;
 
 /// Logs `args.users` users in at `args.login_rate` per second.
 async fn connect_all(args: &RunArgs, target: &Target) -> (Vec<Option<Connection>>, usize, f64) {
+    connect_users(args, target, args.users).await
+}
+
+/// Logs users 1..=`users` in at `args.login_rate` per second.
+async fn connect_users(
+    args: &RunArgs,
+    target: &Target,
+    users: usize,
+) -> (Vec<Option<Connection>>, usize, f64) {
     let start = Instant::now();
-    let mut handles = Vec::with_capacity(args.users);
-    for i in 0..args.users {
+    let mut handles = Vec::with_capacity(users);
+    for i in 0..users {
         let due = start + Duration::from_secs_f64(i as f64 / args.login_rate.max(1) as f64);
         tokio::time::sleep_until(due.into()).await;
         let target = target.clone();
@@ -195,7 +204,7 @@ async fn connect_all(args: &RunArgs, target: &Target) -> (Vec<Option<Connection>
             .await
         }));
     }
-    let mut conns = Vec::with_capacity(args.users);
+    let mut conns = Vec::with_capacity(users);
     let mut errors = 0;
     for h in handles {
         match h.await {
@@ -244,6 +253,10 @@ pub async fn run(args: &RunArgs) -> Report {
         return report;
     }
     let before = procstat::sample(&args.pid).unwrap_or_default();
+    if args.scenario == Scenario::Federation {
+        federation(args, &target, &mut report, before.rss_kb).await;
+        return report;
+    }
     let (conns, errors, seconds) = connect_all(args, &target).await;
     report.connect_errors = errors;
     report.connect_seconds = seconds;
@@ -275,6 +288,17 @@ struct ChatStats {
     delivered: AtomicU64,
     errors: AtomicU64,
     latencies_us: Mutex<Vec<u32>>,
+}
+
+impl ChatStats {
+    fn reset(&self) {
+        for counter in [&self.sent, &self.expected, &self.delivered, &self.errors] {
+            counter.store(0, Ordering::Relaxed);
+        }
+        if let Ok(mut l) = self.latencies_us.lock() {
+            l.clear();
+        }
+    }
 }
 
 enum Wake {
@@ -497,6 +521,69 @@ async fn chat(args: &RunArgs, conns: Vec<Option<Connection>>, report: &mut Repor
             to += 1;
         }
         (from, to)
+    })
+    .await;
+}
+
+/// Half the users on the server, half on its peer (`--peer-server`, `--peer-domain`); each
+/// message goes from a user of the server to a user of the peer, so every one crosses a
+/// server-to-server stream. `--pid` should name both servers: the figures are their sums.
+async fn federation(args: &RunArgs, target: &Target, report: &mut Report, rss_before_kb: u64) {
+    let (Some(peer_addr), half) = (args.peer_server, args.users / 2) else {
+        return;
+    };
+    let peer = Target {
+        addrs: vec![peer_addr],
+        domain: args.peer_domain.clone(),
+        ..target.clone()
+    };
+    let (senders, errors_a, seconds_a) = connect_users(args, target, half).await;
+    let (receivers, errors_b, seconds_b) = connect_users(args, &peer, half).await;
+    report.connect_errors = errors_a + errors_b;
+    report.connect_seconds = seconds_a + seconds_b;
+    report.connected = senders
+        .iter()
+        .chain(&receivers)
+        .filter(|c| c.is_some())
+        .count();
+    report.rss_before_kb = rss_before_kb;
+    let mut load = Load::new();
+    let peers: Vec<String> = receivers.iter().flatten().map(|c| c.jid.clone()).collect();
+    let peers = Arc::new(peers);
+    for c in senders.into_iter().flatten() {
+        let sending = Sending {
+            targets: peers.clone(),
+            kind: "chat",
+            fanout: 1,
+            join: None,
+        };
+        load.spawn(c, sending);
+    }
+    let n = load.senders.len();
+    for c in receivers.into_iter().flatten() {
+        let receiving = Sending {
+            targets: Arc::new(Vec::new()),
+            kind: "chat",
+            fanout: 0,
+            join: None,
+        };
+        load.spawn(c, receiving);
+    }
+    if n == 0 || peers.is_empty() {
+        eprintln!("federation needs users on both servers");
+        return;
+    }
+    // One message opens the server-to-server streams before the measured window; it is not
+    // counted.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = load.senders[0].try_send(0);
+    let opened = Instant::now();
+    while load.stats.delivered.load(Ordering::Relaxed) == 0 && opened.elapsed() < DRAIN {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    load.stats.reset();
+    drive(args, load, report, |rng| {
+        (rng.below(n), rng.below(peers.len()))
     })
     .await;
 }
