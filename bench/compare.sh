@@ -8,6 +8,7 @@
 #   SERVERS="rookery rookery-pg rookery-cluster" bench/compare.sh   # the cluster shape
 #   SERVERS="rookery rookery-mam" bench/compare.sh   # message archiving off, then on
 #   SERVERS="rookery-mam prosody-mam ejabberd-mam" bench/compare.sh   # archiving on everywhere
+#   SERVERS="rookery-s2s prosody-s2s" bench/compare.sh   # two servers of each federating
 #
 # Each server runs on its own loopback address with the standard port, in a throwaway
 # directory, with TLS (STARTTLS required), SCRAM-SHA-1 accounts, rosters and offline storage,
@@ -23,6 +24,7 @@ RATES=${RATES:-"1000 2000 5000 10000 20000 40000 60000"}
 ROOM_SIZE=${ROOM_SIZE:-100}       # occupants per room in the muc scenario
 MUC_RATES=${MUC_RATES:-"10 25 50 100 200 400 800 1600"}   # room messages sent per second (× ROOM_SIZE copies)
 REST_RATES=${REST_RATES:-"250 500 1000 2000 4000"}   # REST bridge message posts per second (rookery only)
+FED_RATES=${FED_RATES:-"1000 2000 5000 10000 20000 40000"}   # messages per second from one server's users to the other's
 SERVERS=${SERVERS:-"rookery prosody ejabberd relay"}
 WORK=$(mktemp -d /tmp/rookery-bench.XXXXXX)
 # The servers run as their own users and must reach their directories inside.
@@ -45,6 +47,7 @@ for s in $SERVERS; do
   case "$s" in
     prosody|ejabberd) wanted+=("$s") ;;
     prosody-mam|ejabberd-mam) wanted+=("${s%-mam}") ;;
+    prosody-s2s) wanted+=(prosody) ;;
     rookery-pg) wanted+=(postgresql) ;;
     rookery-cluster) wanted+=(postgresql redis-server) ;;
   esac
@@ -188,6 +191,96 @@ rookery_cluster() {
   # Users alternate between the nodes, so about half of all messages cross the cluster bus.
   measure rookery-cluster "127.0.0.6:5222,127.0.0.7:5222" "$p1,$p2"
   kill "$p1" "$p2"; wait "$p1" "$p2" 2>/dev/null || true
+}
+
+# --- federation: two servers of a kind, USERS/2 users on each, every message crossing s2s -------
+# Both sides use the test certificates of certs/test (rookery.test / prosody.test and
+# other.test) and verify each other with its test CA, so streams authenticate by SASL EXTERNAL.
+CERTS="$PWD/certs/test"
+
+federate() {  # label addr-a domain-a pid-a addr-b domain-b pid-b
+  local rate out
+  for rate in $FED_RATES; do
+    out=$(run "$1" "$2" "$4,$7" federation --domain "$3" --peer-server "$5:5222" \
+      --peer-domain "$6" --users "$USERS" --rate "$rate" --login-rate 1000) || break
+    python3 bench/table.py --kept-up "$out" || break
+  done
+}
+
+rookery_s2s() {
+  local side domain addr peer peer_addr pids=()
+  for side in "rookery.test 127.0.0.2 other.test 127.0.0.9" "other.test 127.0.0.9 rookery.test 127.0.0.2"; do
+    read -r domain addr peer peer_addr <<< "$side"
+    local dir="$WORK/s2s-$domain"
+    mkdir -p "$dir/data"
+    cat > "$dir/rookery.toml" <<EOF
+domain = "$domain"
+data_dir = "$dir/data"
+[listen]
+c2s = "$addr:5222"
+c2s_tls = "$addr:5223"
+s2s = "$addr:5269"
+http = "$addr:5280"
+[tls]
+cert = "$CERTS/$domain.pem"
+key = "$CERTS/$domain.key"
+[archive]
+default = "never"
+[s2s]
+trust = ["$CERTS/ca.pem"]
+[s2s.routes]
+"$peer" = "$peer_addr:5269"
+EOF
+    "$BENCH" provision --kind rookery --target "sqlite://$dir/data/rookery.db" --users $((USERS / 2))
+    RUST_LOG=warn "$ROOKERY" serve --config "$dir/rookery.toml" 2> "$dir/log" &
+    PIDS+=($!)
+    pids+=($!)
+    wait_port "$addr" 5222
+  done
+  federate rookery-s2s 127.0.0.2 rookery.test "${pids[0]}" 127.0.0.9 other.test "${pids[1]}"
+  kill "${pids[@]}"; wait "${pids[@]}" 2>/dev/null || true
+}
+
+prosody_s2s() {
+  local side domain addr peer peer_addr pids=()
+  for side in "prosody.test 127.0.0.3 other.test 127.0.0.9" "other.test 127.0.0.9 prosody.test 127.0.0.3"; do
+    read -r domain addr peer peer_addr <<< "$side"
+    local dir="$WORK/s2s-$domain"
+    mkdir -p "$dir/data"
+    cp "$CERTS/$domain.pem" "$dir/cert.pem"; cp "$CERTS/$domain.key" "$dir/key.pem"
+    cp "$CERTS/ca.pem" "$dir/ca.pem"
+    echo "$peer_addr $peer" > "$dir/hosts"
+    cat > "$dir/prosody.cfg.lua" <<EOF
+pidfile = "$dir/prosody.pid"
+data_path = "$dir/data"
+interfaces = { "$addr" }
+c2s_ports = { 5222 }
+legacy_ssl_ports = { }
+s2s_ports = { 5269 }
+http_ports = { }
+https_ports = { }
+log = { warn = "$dir/prosody.log" }
+modules_enabled = { "roster"; "saslauth"; "tls"; "disco"; "ping"; "offline"; "posix" }
+authentication = "internal_hashed"
+storage = "internal"
+c2s_require_encryption = true
+s2s_require_encryption = true
+s2s_secure_auth = true
+ssl = { key = "$dir/key.pem"; certificate = "$dir/cert.pem"; cafile = "$dir/ca.pem" }
+-- libunbound ignores /etc/hosts and asks resolv.conf's nameserver unless told otherwise.
+unbound = { resolvconf = false; hoststxt = "$dir/hosts"; forward = { "127.0.0.1" } }
+VirtualHost "$domain"
+EOF
+    "$BENCH" provision --kind prosody --target "$dir/data" --domain "$domain" --users $((USERS / 2))
+    chown -R prosody:prosody "$dir"
+    setpriv --reuid=prosody --regid=prosody --init-groups \
+      prosody -F --config "../..$dir/prosody.cfg.lua" &
+    PIDS+=($!)
+    pids+=($!)
+    wait_port "$addr" 5222
+  done
+  federate prosody-s2s 127.0.0.3 prosody.test "${pids[0]}" 127.0.0.9 other.test "${pids[1]}"
+  kill "${pids[@]}"; wait "${pids[@]}" 2>/dev/null || true
 }
 
 # --- Prosody -----------------------------------------------------------------------------------
@@ -355,6 +448,8 @@ for s in $SERVERS; do
     ejabberd) ejabberd_run || echo "ejabberd run failed; see $WORK/ejabberd/logs" >&2 ;;
     ejabberd-mam) ejabberd_run ejabberd-mam 1 || echo "ejabberd run failed" >&2 ;;
     relay) relay_run ;;
+    rookery-s2s) rookery_s2s ;;
+    prosody-s2s) prosody_s2s ;;
     *) echo "unknown server $s" >&2; exit 2 ;;
   esac
 done

@@ -46,7 +46,11 @@ def figures(label, runs):
         f["lost at max rate"] = best["lost"]
     for r in chat:
         f[f"p99 ms @ {r['rate']}/s"] = r["p99_ms"]
-    for scenario, name, unit in (("muc", "muc", "deliveries"), ("rest", "REST", "posts")):
+    for scenario, name, unit in (
+        ("muc", "muc", "deliveries"),
+        ("rest", "REST", "posts"),
+        ("federation", "s2s", "msgs"),
+    ):
         these = runs.get(scenario, [])
         best = sustained(these)
         if best:
@@ -77,10 +81,12 @@ def main():
         for k in table[label]:
             if k not in keys:
                 keys.append(k)
-    # Archiving runs compare with rookery archiving; the rest with rookery's raw routing.
+    # Archiving runs compare with rookery archiving, federation pairs with rookery's pair, the
+    # rest with rookery's raw routing.
     def base_for(label):
-        if label.endswith("-mam") and "rookery-mam" in table:
-            return table["rookery-mam"]
+        for suffix in ("-mam", "-s2s"):
+            if label.endswith(suffix) and f"rookery{suffix}" in table:
+                return table[f"rookery{suffix}"]
         return table.get("rookery", {})
 
     width = max(len(k) for k in keys) if keys else 10

@@ -241,6 +241,11 @@ impl XmlConn {
         self.out.extend_from_slice(bytes);
     }
 
+    /// Queues a server dialback element (see [`writer::dialback`]).
+    pub fn queue_dialback(&mut self, el: &Element) {
+        self.out.extend_from_slice(&writer::dialback(el));
+    }
+
     pub fn queue(&mut self, el: &Element) {
         crate::metrics::stanza_out(el.name());
         let bytes = writer::element(el);

@@ -77,6 +77,33 @@ pub fn element(el: &Element) -> Vec<u8> {
     out
 }
 
+/// A dialback element (`jabber:server:dialback`) with the `db:` prefix our stream header
+/// declares. Some servers (ejabberd) match these elements by their prefixed name and ignore a
+/// `<result xmlns='jabber:server:dialback'>`, as some clients do with `stream:`.
+pub fn dialback(el: &Element) -> Vec<u8> {
+    let mut out = format!("<db:{}", el.name());
+    // Dialback elements carry only unqualified attributes (from, to, id, type).
+    for ((namespace, name), value) in el.attrs() {
+        if namespace.is_none() {
+            out.push_str(&format!(" {name}='{}'", escape(value)));
+        }
+    }
+    if el.nodes().next().is_none() {
+        out.push_str("/>");
+        return out.into_bytes();
+    }
+    out.push('>');
+    let mut bytes = out.into_bytes();
+    for node in el.nodes() {
+        match node {
+            minidom::Node::Element(child) => bytes.extend_from_slice(&element(child)),
+            minidom::Node::Text(text) => bytes.extend_from_slice(escape(text).as_bytes()),
+        }
+    }
+    bytes.extend_from_slice(format!("</db:{}>", el.name()).as_bytes());
+    bytes
+}
+
 pub fn features(children: &[Element]) -> Vec<u8> {
     let mut out = b"<stream:features>".to_vec();
     for child in children {
@@ -115,6 +142,21 @@ mod tests {
         let h = stream_header("a'b", Some("<x>"), "id1", ns::CLIENT);
         assert!(h.contains("from='a&apos;b'"));
         assert!(h.contains("to='&lt;x&gt;'"));
+    }
+
+    #[test]
+    fn dialback_elements_carry_the_db_prefix() {
+        let mut result = Element::bare("result", ns::DIALBACK);
+        result.set_attr(
+            rxml::Namespace::NONE,
+            rxml::NcName::try_from("to").unwrap(),
+            "a'b",
+        );
+        result.append_text_node("k<1>");
+        let text = String::from_utf8(dialback(&result)).unwrap();
+        assert_eq!(text, "<db:result to='a&apos;b'>k&lt;1&gt;</db:result>");
+        let verdict = Element::bare("result", ns::DIALBACK);
+        assert_eq!(dialback(&verdict), b"<db:result/>");
     }
 
     #[test]

@@ -270,7 +270,8 @@ impl Incoming<'_> {
             if el.attr("type").is_some() {
                 self.pending.answer(&el);
             } else {
-                self.conn.queue(&super::verify_answer(self.server, &el));
+                self.conn
+                    .queue_dialback(&super::verify_answer(self.server, &el));
             }
             return Ok(());
         }
@@ -418,7 +419,7 @@ impl Incoming<'_> {
             "type",
             if verdict.valid { "valid" } else { "invalid" },
         );
-        self.conn.queue(&result);
+        self.conn.queue_dialback(&result);
         if verdict.valid {
             info!(remote = %verdict.remote, "peer authenticated by dialback");
             self.authenticated_as(verdict.local, verdict.remote);
@@ -434,7 +435,7 @@ impl Incoming<'_> {
         stanza::set_attr(&mut result, "to", remote);
         stanza::set_attr(&mut result, "type", "error");
         result.append_child(err.to_element());
-        self.conn.queue(&result);
+        self.conn.queue_dialback(&result);
     }
 
     /// RFC 6120 §4.9.3, §8.1.1: only authenticated senders, only to our domains.

@@ -233,7 +233,7 @@ impl Pending {
         stanza::set_attr(&mut verify, "to", &pair.remote);
         stanza::set_attr(&mut verify, "id", &request.stream_id);
         verify.append_text(request.key);
-        conn.queue(&verify);
+        conn.queue_dialback(&verify);
         self.0
             .entry(request.stream_id)
             .or_default()

@@ -351,7 +351,7 @@ async fn dialback(
     stanza::set_attr(&mut result, "from", &pair.local);
     stanza::set_attr(&mut result, "to", &pair.remote);
     result.append_text(federation.secret.key(&pair.remote, &pair.local, stream_id));
-    conn.queue(&result);
+    conn.queue_dialback(&result);
     let mut pending = Pending::default();
     loop {
         conn.flush().await?;
@@ -427,7 +427,7 @@ async fn established(server: &Server, pair: &Pair, link: Link, queues: &mut Queu
                             if el.attr("type").is_some() {
                                 pending.answer(&el);
                             } else {
-                                conn.queue(&super::verify_answer(server, &el));
+                                conn.queue_dialback(&super::verify_answer(server, &el));
                             }
                         }
                         StreamEvent::Stanza(el)
