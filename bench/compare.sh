@@ -8,7 +8,7 @@
 #   SERVERS="rookery rookery-pg rookery-cluster" bench/compare.sh   # the cluster shape
 #   SERVERS="rookery rookery-mam" bench/compare.sh   # message archiving off, then on
 #   SERVERS="rookery-mam prosody-mam ejabberd-mam" bench/compare.sh   # archiving on everywhere
-#   SERVERS="rookery-s2s prosody-s2s" bench/compare.sh   # two servers of each federating
+#   SERVERS="rookery-s2s prosody-s2s ejabberd-s2s" bench/compare.sh   # two of each, federating
 #
 # Each server runs on its own loopback address with the standard port, in a throwaway
 # directory, with TLS (STARTTLS required), SCRAM-SHA-1 accounts, rosters and offline storage,
@@ -48,6 +48,7 @@ for s in $SERVERS; do
     prosody|ejabberd) wanted+=("$s") ;;
     prosody-mam|ejabberd-mam) wanted+=("${s%-mam}") ;;
     prosody-s2s) wanted+=(prosody) ;;
+    ejabberd-s2s) wanted+=(ejabberd) ;;
     rookery-pg) wanted+=(postgresql) ;;
     rookery-cluster) wanted+=(postgresql redis-server) ;;
   esac
@@ -283,6 +284,103 @@ EOF
   kill "${pids[@]}"; wait "${pids[@]}" 2>/dev/null || true
 }
 
+# ejabberd finds its peer through an SRV record put into its resolver's cache at start (it has
+# no static routes, and resolves SRV targets with getaddrinfo, which only knows /etc/hosts and
+# DNS): the target is the peer's IP address, which needs no lookup.
+ejabberd_s2s() {
+  local side domain addr peer peer_addr i=0 dirs=() pids=()
+  for side in "ejabberd.test 127.0.0.4 other.test 127.0.0.9" "other.test 127.0.0.9 ejabberd.test 127.0.0.4"; do
+    read -r domain addr peer peer_addr <<< "$side"
+    i=$((i + 1))
+    local dir="$WORK/s2s-$domain"
+    mkdir -p "$dir/logs" "$dir/spool"
+    cat "$CERTS/$domain.pem" "$CERTS/$domain.key" > "$dir/server.pem"
+    cp "$CERTS/ca.pem" "$dir/ca.pem"
+    cat > "$dir/ejabberdctl.cfg" <<EOF
+ERLANG_NODE=rookerybench-s2s$i@localhost
+ERL_DIST_PORT=$((4380 + i))
+ERL_MAX_PORTS=250000
+ERL_OPTIONS='-kernel inet_dist_use_interface {127,0,0,1} -eval inet_db:add_rr("_xmpp-server._tcp.$peer",in,srv,86400,{0,0,5269,"$peer_addr"})'
+EJABBERD_PID_PATH=$dir/ejabberd.pid
+EOF
+    echo '{resolv_conf, ""}.' > "$dir/inetrc"
+    cat > "$dir/ejabberd.yml" <<EOF
+hosts: ["$domain"]
+loglevel: warning
+certfiles: ["$dir/server.pem"]
+ca_file: "$dir/ca.pem"
+auth_method: internal
+auth_password_format: scram
+s2s_use_starttls: required
+outgoing_s2s_families: [ipv4]
+outgoing_s2s_ipv4_address: "$addr"
+listen:
+  - port: 5222
+    ip: "$addr"
+    module: ejabberd_c2s
+    starttls_required: true
+    max_stanza_size: 262144
+    shaper: none
+    access: all
+    backlog: 4096
+  - port: 5269
+    ip: "$addr"
+    module: ejabberd_s2s_in
+    shaper: none
+  - port: 5280
+    ip: "$addr"
+    module: ejabberd_http
+    request_handlers:
+      /api: mod_http_api
+api_permissions:
+  "benchmark provisioning":
+    from: mod_http_api
+    who:
+      ip: 127.0.0.0/8
+    what: "register"
+acl:
+  local:
+    user_regexp: ""
+access_rules:
+  local:
+    allow: local
+shaper: {}
+shaper_rules: {}
+modules:
+  mod_roster: {}
+  mod_disco: {}
+  mod_ping: {}
+  mod_offline: {}
+  mod_http_api: {}
+EOF
+    chown -R ejabberd:ejabberd "$dir"
+    setpriv --reuid=ejabberd --regid=ejabberd --init-groups env HOME="$dir" \
+      ejabberdctl --config-dir "$dir" --config "$dir/ejabberd.yml" \
+      --ctl-config "$dir/ejabberdctl.cfg" --logs "$dir/logs" --spool "$dir/spool" \
+      foreground-quiet > "$dir/console.log" 2>&1 &
+    PIDS+=($!)
+    dirs+=("$dir")
+    wait_port "$addr" 5280
+    python3 - "$addr" "$domain" $((USERS / 2)) <<'EOF'
+import http.client, json, sys
+addr, domain, users = sys.argv[1], sys.argv[2], int(sys.argv[3])
+conn = http.client.HTTPConnection(addr, 5280, timeout=30)
+for i in range(1, users + 1):
+    body = json.dumps({"user": f"bench{i}", "host": domain, "password": "bench"})
+    conn.request("POST", "/api/register", body, {"Content-Type": "application/json"})
+    r = conn.getresponse()
+    r.read()
+    if r.status != 200 and i == 1:
+        sys.exit(f"ejabberd registration failed: {r.status}")
+EOF
+    wait_port "$addr" 5222
+    pids+=("$(cat "$dir/ejabberd.pid")")
+  done
+  federate ejabberd-s2s 127.0.0.4 ejabberd.test "${pids[0]}" 127.0.0.9 other.test "${pids[1]}"
+  kill "${pids[@]}" 2>/dev/null || true
+  sleep 2
+}
+
 # --- Prosody -----------------------------------------------------------------------------------
 prosody_run() {  # [label mam]: "prosody-mam 1" archives every message (mod_mam, its default store)
   local label=${1:-prosody} mam=${2:-0} modules='"roster"; "saslauth"; "tls"; "disco"; "ping"; "offline"; "posix"'
@@ -450,6 +548,7 @@ for s in $SERVERS; do
     relay) relay_run ;;
     rookery-s2s) rookery_s2s ;;
     prosody-s2s) prosody_s2s ;;
+    ejabberd-s2s) ejabberd_s2s || echo "ejabberd-s2s run failed; see $WORK/s2s-*/logs" >&2 ;;
     *) echo "unknown server $s" >&2; exit 2 ;;
   esac
 done
