@@ -158,6 +158,18 @@ async fn users_on_two_servers_subscribe_see_presence_chat_and_keep_history() {
         String::from(&roster)
     );
 
+    // RFC 6121 §4.3: a new session's server probes the remote contact, whose server answers
+    // with its current presence.
+    alice.close().await;
+    let mut alice = XmppClient::connect(&a, "alice@rookery.test/a", "pw").await;
+    alice.send("<presence/>").await;
+    alice
+        .expect(
+            "bob's presence, answering the probe",
+            is_presence("bob@other.test/b", None),
+        )
+        .await;
+
     chat_both_ways(&mut alice, &mut bob).await;
 
     // Disco of a remote entity: the iq goes over federation and back.
