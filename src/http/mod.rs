@@ -1,7 +1,8 @@
-//! The HTTP listener: health, Prometheus metrics and the REST bridge (`api`); WebSocket and
-//! BOSH will share it.
+//! The HTTP listener: health, Prometheus metrics, the REST bridge (`api`) and XMPP over
+//! WebSocket (`xmpp`); BOSH will share it.
 
 pub mod api;
+pub mod xmpp;
 
 use std::sync::Arc;
 
@@ -20,6 +21,7 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(prometheus))
         .merge(api::router())
+        .merge(xmpp::router())
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
         .with_state(server)

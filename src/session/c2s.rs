@@ -39,16 +39,33 @@ const SASL_CB_NS: &str = "urn:xmpp:sasl-cb:0";
 
 /// Serves one accepted TCP connection until it ends.
 pub async fn serve(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, direct_tls: bool) {
+    let _ = tcp.set_nodelay(true);
+    serve_socket(server, Socket::Plain(tcp), peer, direct_tls, "c2s").await
+}
+
+/// Serves a client on XMPP over WebSocket (RFC 7395), its frames already translated to an XML
+/// stream (see `transport::websocket`).
+pub async fn serve_websocket(server: Arc<Server>, pipe: tokio::io::DuplexStream, peer: SocketAddr) {
+    serve_socket(server, Socket::Framed(pipe), peer, false, "websocket").await
+}
+
+async fn serve_socket(
+    server: Arc<Server>,
+    socket: Socket,
+    peer: SocketAddr,
+    direct_tls: bool,
+    kind: &'static str,
+) {
     let conn_id = server.next_conn_id();
-    let span = info_span!("c2s", conn = conn_id, %peer, jid = tracing::field::Empty);
+    let span =
+        info_span!("c2s", conn = conn_id, %peer, transport = kind, jid = tracing::field::Empty);
     async move {
-        let _counted = crate::metrics::connection("c2s");
-        let _ = tcp.set_nodelay(true);
+        let _counted = crate::metrics::connection(kind);
         let limits = ParserLimits {
             max_stanza_bytes: server.config.limits.max_stanza_bytes,
             max_depth: MAX_DEPTH,
         };
-        let mut conn = XmlConn::new(Socket::Plain(tcp), limits);
+        let mut conn = XmlConn::new(socket, limits);
         if direct_tls {
             conn = match tls_accept(&server, conn).await {
                 Ok(c) => c,
@@ -173,7 +190,7 @@ fn channel_binding(server: &Server, conn: &XmlConn) -> scram::ChannelBindingData
             tls_exporter: crate::transport::tls::tls_exporter(tls.get_ref().1),
             tls_server_end_point: Some(server.tls_server_end_point.clone()),
         },
-        Socket::Plain(_) | Socket::TlsClient(_) | Socket::Detached => {
+        Socket::Plain(_) | Socket::TlsClient(_) | Socket::Framed(_) | Socket::Detached => {
             scram::ChannelBindingData::default()
         }
     }

@@ -33,6 +33,9 @@ pub enum Socket {
     Tls(Box<TlsStream<TcpStream>>),
     /// Our side of an outgoing server-to-server connection.
     TlsClient(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// A transport whose frames a task of its own translates to a byte stream (WebSocket);
+    /// it is only accepted over TLS or from this machine, so it counts as encrypted.
+    Framed(tokio::io::DuplexStream),
     /// Taken away for a TLS upgrade; reads and writes fail.
     Detached,
 }
@@ -44,7 +47,7 @@ impl Socket {
             Socket::Plain(_) => &[],
             Socket::Tls(s) => s.get_ref().1.peer_certificates().unwrap_or_default(),
             Socket::TlsClient(s) => s.get_ref().1.peer_certificates().unwrap_or_default(),
-            Socket::Detached => &[],
+            Socket::Framed(_) | Socket::Detached => &[],
         }
     }
 }
@@ -63,6 +66,7 @@ impl AsyncRead for Socket {
             Socket::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Socket::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Socket::TlsClient(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Socket::Framed(s) => Pin::new(s).poll_read(cx, buf),
             Socket::Detached => Poll::Ready(Err(detached())),
         }
     }
@@ -78,6 +82,7 @@ impl AsyncWrite for Socket {
             Socket::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Socket::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Socket::TlsClient(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Socket::Framed(s) => Pin::new(s).poll_write(cx, buf),
             Socket::Detached => Poll::Ready(Err(detached())),
         }
     }
@@ -87,6 +92,7 @@ impl AsyncWrite for Socket {
             Socket::Plain(s) => Pin::new(s).poll_flush(cx),
             Socket::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Socket::TlsClient(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Socket::Framed(s) => Pin::new(s).poll_flush(cx),
             Socket::Detached => Poll::Ready(Err(detached())),
         }
     }
@@ -96,6 +102,7 @@ impl AsyncWrite for Socket {
             Socket::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Socket::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Socket::TlsClient(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Socket::Framed(s) => Pin::new(s).poll_shutdown(cx),
             Socket::Detached => Poll::Ready(Ok(())),
         }
     }
@@ -163,7 +170,10 @@ impl XmlConn {
     }
 
     pub fn is_tls(&self) -> bool {
-        matches!(self.socket, Socket::Tls(_) | Socket::TlsClient(_))
+        matches!(
+            self.socket,
+            Socket::Tls(_) | Socket::TlsClient(_) | Socket::Framed(_)
+        )
     }
 
     /// Takes the plain TCP socket for a TLS upgrade; None if TLS is already on.

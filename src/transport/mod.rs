@@ -2,3 +2,4 @@
 pub mod listener;
 pub mod peer_tls;
 pub mod tls;
+pub mod websocket;
