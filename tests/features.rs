@@ -376,3 +376,64 @@ async fn in_band_registration_when_closed() {
     assert!(reply.contains("<service-unavailable"), "{reply}");
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_inactive_client_gets_presence_and_chat_states_with_the_next_message() {
+    // XEP-0352: alice (a raw client, since CSI elements are not stanzas) goes inactive; bob's
+    // presence changes and chat states wait, his next message brings them all, in order.
+    let server = TestServer::start().await;
+    server.add_user("alice", "secret").await;
+    server.add_user("bob", "secret").await;
+    let mut alice = Raw::login(&server, "alice", "secret", "phone").await;
+    let mut bob = XmppClient::connect(&server, "bob@localhost/desk", "secret").await;
+    alice.send("<presence/>").await;
+    bob.send("<presence/>").await;
+    alice.read_for(Duration::from_millis(300)).await;
+
+    alice.send("<inactive xmlns='urn:xmpp:csi:0'/>").await;
+    // The inactive element has no answer: a ping round trip shows it was taken.
+    alice
+        .send("<iq type='get' id='p1'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    alice.read_iq("p1").await;
+    for show in ["away", "xa"] {
+        bob.send(&format!(
+            "<presence to='alice@localhost/phone'><show>{show}</show></presence>"
+        ))
+        .await;
+    }
+    bob.send(
+        "<message to='alice@localhost/phone' type='chat'>\
+         <composing xmlns='http://jabber.org/protocol/chatstates'/></message>",
+    )
+    .await;
+    let held = alice.read_for(Duration::from_millis(500)).await;
+    assert!(
+        !held.contains("<show>") && !held.contains("composing"),
+        "{held}"
+    );
+
+    bob.send("<message to='alice@localhost/phone' type='chat'><body>wake up</body></message>")
+        .await;
+    let burst = alice.read_until("wake up").await;
+    let xa = burst.find("<show>xa</show>").expect("the newest presence");
+    let composing = burst.find("composing").expect("the chat state");
+    assert!(xa < composing, "held stanzas keep their order: {burst}");
+    assert!(
+        !burst.contains("<show>away</show>"),
+        "only the newest presence: {burst}"
+    );
+
+    // Active again: presence flows at once.
+    alice.send("<active xmlns='urn:xmpp:csi:0'/>").await;
+    bob.send("<presence to='alice@localhost/phone'><show>chat</show></presence>")
+        .await;
+    alice.read_until("<show>chat</show>").await;
+
+    // An unknown element in the CSI namespace is a stream error.
+    alice.send("<sleepy xmlns='urn:xmpp:csi:0'/>").await;
+    let closed = alice.read_until("</stream:stream>").await;
+    assert!(closed.contains("unsupported-stanza-type"), "{closed}");
+    bob.close().await;
+    server.shutdown().await;
+}

@@ -127,8 +127,12 @@ impl WsClient {
         scram
             .success(&data)
             .expect("the server proves it knows the password");
-        let features = self.open().await;
-        assert!(String::from(&features).contains("bind"));
+        let features = String::from(&self.open().await);
+        assert!(features.contains("bind"), "{features}");
+        assert!(
+            features.contains("urn:xmpp:csi:0"),
+            "CSI is offered: {features}"
+        );
         self.send(
             "<iq xmlns='jabber:client' type='set' id='b1'>\
              <bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>web</resource></bind></iq>",

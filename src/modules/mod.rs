@@ -6,6 +6,7 @@
 pub mod blocking;
 pub mod bridge;
 pub mod carbons;
+pub mod csi;
 pub mod disco;
 pub mod mam;
 pub mod muc;
@@ -38,6 +39,7 @@ pub fn all() -> Vec<Arc<dyn Module>> {
         Arc::new(register::Register),
         Arc::new(blocking::Blocking::default()),
         Arc::new(carbons::Carbons),
+        Arc::new(csi::Csi),
         Arc::new(vcard::VCard),
         Arc::new(mam::Mam::default()),
         Arc::new(muc::Muc::default()),

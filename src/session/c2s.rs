@@ -17,7 +17,7 @@ use tracing::{Instrument, debug, info, info_span};
 use super::conn::{Failure, Socket, XmlConn};
 use crate::auth::{AuthError, plain, scram};
 use crate::jid::{self, BareJid, FullJid, Jid};
-use crate::modules::{self, IqTarget, blocking, carbons, mam, presence, register};
+use crate::modules::{self, IqTarget, blocking, carbons, csi, mam, presence, register};
 use crate::router::{self, table::SessionCommand, table::SessionSender, table::TableError};
 use crate::server::Server;
 use crate::stanza::{self, StanzaError};
@@ -563,6 +563,8 @@ struct Session<'a> {
     ping: Option<(String, Instant)>,
     /// The parser's buffers were released since the last read.
     quiet: bool,
+    /// The client said it is inactive (XEP-0352): what can wait is held here.
+    inactive: Option<csi::Held>,
 }
 
 enum Wake {
@@ -599,6 +601,7 @@ async fn established(server: &Server, mut conn: XmlConn, conn_id: u64, bound: Bo
         last_read: Instant::now(),
         ping: None,
         quiet: false,
+        inactive: None,
     };
     let result = match session.conn.flush().await {
         Ok(()) => session.run(&mut rx).await,
@@ -635,6 +638,7 @@ impl Session<'_> {
                 },
                 Wake::Shutdown => {
                     // What was queued before the shutdown (a room's goodbye, say) goes first.
+                    self.wake_up();
                     while let Ok(SessionCommand::Stanza(el)) = rx.try_recv() {
                         self.conn.queue(&el);
                     }
@@ -662,7 +666,7 @@ impl Session<'_> {
     ) -> Result<(), Failure> {
         for drained in 1..=256 {
             match cmd {
-                Some(SessionCommand::Stanza(el)) => self.conn.queue(&el),
+                Some(SessionCommand::Stanza(el)) => self.deliver(*el),
                 Some(SessionCommand::Replaced) => {
                     return Err(Failure::stream(
                         "conflict",
@@ -740,7 +744,50 @@ impl Session<'_> {
         }
     }
 
+    /// Writes a stanza for the client, or holds it while the client is inactive.
+    fn deliver(&mut self, el: Element) {
+        let Some(held) = self.inactive.as_mut() else {
+            return self.conn.queue(&el);
+        };
+        if csi::can_wait(&el) {
+            if let Some(flushed) = held.hold(el) {
+                for h in &flushed {
+                    self.conn.queue(h);
+                }
+            }
+            return;
+        }
+        for h in &held.take() {
+            self.conn.queue(h);
+        }
+        self.conn.queue(&el);
+    }
+
+    /// The client is active again (or going away): what was held goes out.
+    fn wake_up(&mut self) {
+        if let Some(mut held) = self.inactive.take() {
+            for h in &held.take() {
+                self.conn.queue(h);
+            }
+        }
+    }
+
     async fn on_stanza(&mut self, mut el: Element) -> Result<(), Failure> {
+        if el.has_ns(csi::NS) {
+            match el.name() {
+                "inactive" => {
+                    self.inactive.get_or_insert_with(csi::Held::default);
+                }
+                "active" => self.wake_up(),
+                other => {
+                    return Err(Failure::stream(
+                        "unsupported-stanza-type",
+                        format!("<{other}/> is not a client state"),
+                    ));
+                }
+            }
+            return Ok(());
+        }
         let kind = el.name().to_owned();
         crate::metrics::stanza_in(&kind);
         if !matches!(kind.as_str(), "message" | "presence" | "iq") {

@@ -445,6 +445,12 @@ impl Raw {
         n
     }
 
+    /// Everything that arrives within `wait` (nothing is an answer too).
+    pub async fn read_for(&mut self, wait: Duration) -> String {
+        let _ = tokio::time::timeout(wait, async { while self.read_chunk().await > 0 {} }).await;
+        std::mem::take(&mut self.buf)
+    }
+
     /// Reads until `needle` has arrived; returns everything up to and including it.
     pub async fn read_until(&mut self, needle: &str) -> String {
         let r = tokio::time::timeout(WAIT, async {
