@@ -29,6 +29,8 @@ pub struct Server {
     /// RFC 5929 tls-server-end-point channel-binding data of our certificate, computed once.
     pub tls_server_end_point: Vec<u8>,
     pub modules: Vec<Arc<dyn Module>>,
+    /// Stream-managed sessions of this node that a new connection may resume (XEP-0198).
+    pub resumable: crate::session::sm::Registry,
     /// iq payload namespace → index into `modules`, built once at start.
     iq_handlers: HashMap<&'static str, usize>,
     next_conn_id: AtomicU64,
@@ -63,6 +65,7 @@ impl Server {
             tls,
             federation,
             modules,
+            resumable: Default::default(),
             iq_handlers,
             next_conn_id: AtomicU64::new(first_conn_id()),
             shutdown,

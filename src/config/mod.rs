@@ -249,6 +249,9 @@ pub struct Limits {
     pub max_body_chars: usize,
     /// A client silent this long is pinged (XEP-0199) and closed if it stays silent.
     pub idle_seconds: u64,
+    /// How long a stream-managed session whose connection dropped waits to be resumed
+    /// (XEP-0198) before what it holds goes to offline storage.
+    pub resume_seconds: u64,
 }
 
 impl Default for Config {
@@ -289,6 +292,7 @@ impl Default for Limits {
             max_stanza_bytes: 262_144,
             max_body_chars: 100_000,
             idle_seconds: 180,
+            resume_seconds: 300,
         }
     }
 }
@@ -353,6 +357,12 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "muc.message_burst",
                 message: "must be at least 1".into(),
+            });
+        }
+        if self.limits.resume_seconds == 0 {
+            return Err(ConfigError::Invalid {
+                key: "limits.resume_seconds",
+                message: "must be greater than 0".into(),
             });
         }
         if self.limits.max_body_chars == 0 {

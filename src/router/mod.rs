@@ -121,6 +121,22 @@ pub async fn fan_out(server: &Server, message: Element, to: Vec<FullJid>) {
     }
 }
 
+/// A stanza that was on its way to a session that has ended: a message goes to the
+/// recipient's other resources or offline storage (it is archived already), an iq request back
+/// to its sender with an error; the rest is dropped.
+pub async fn redeliver(server: &Server, stanza: Element) {
+    let to = stanza.attr("to").and_then(|t| jid::parse(t).ok());
+    match (stanza.name(), stanza::stanza_type(&stanza), to) {
+        ("message", "" | "normal" | "chat" | "headline", Some(to)) => {
+            message_to_bare(server, &to.to_bare(), stanza).await
+        }
+        ("iq", "get" | "set", _) => {
+            bounce(server, &stanza, StanzaError::service_unavailable()).await
+        }
+        _ => {}
+    }
+}
+
 /// Sends the error reply for `stanza` back to its sender.
 pub async fn bounce(server: &Server, stanza: &Element, err: StanzaError) {
     if let Some(reply) = stanza::error_reply(stanza, &err) {

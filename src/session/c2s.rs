@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span};
 
 use super::conn::{Failure, Socket, XmlConn};
+use super::sm::{self, Resumption, Sm};
 use crate::auth::{AuthError, plain, scram};
 use crate::jid::{self, BareJid, FullJid, Jid};
 use crate::modules::{self, IqTarget, blocking, carbons, csi, mam, presence, register};
@@ -82,6 +83,7 @@ async fn serve_socket(
                 tracing::Span::current().record("jid", tracing::field::display(&bound.jid));
                 Box::pin(established(&server, conn, conn_id, bound)).await;
             }
+            Negotiated::Resumed => debug!("handed over to the session it resumed"),
             Negotiated::Failed(mut conn, failure) => finish(&server, &mut conn, failure).await,
             Negotiated::Dropped(reason) => debug!(%reason, "connection dropped during negotiation"),
         }
@@ -207,8 +209,16 @@ fn mechanisms(cb: &scram::ChannelBindingData) -> Vec<&'static str> {
 
 enum Negotiated {
     Bound(XmlConn, Bound),
+    /// The connection went to the stream-managed session it resumed.
+    Resumed,
     Failed(XmlConn, Failure),
     Dropped(Failure),
+}
+
+/// What follows authentication: a new session, or taking over one (XEP-0198 §5).
+enum AfterAuth {
+    Bound(Bound),
+    Resume(mpsc::Sender<Resumption>, u32),
 }
 
 /// The outcome of resource binding, before the session enters the session table.
@@ -232,7 +242,14 @@ async fn negotiate(server: &Server, mut conn: XmlConn, deadline: Instant) -> Neg
         };
     }
     match tokio::time::timeout_at(deadline, authenticate_and_bind(server, &mut conn)).await {
-        Ok(Ok(bound)) => Negotiated::Bound(conn, bound),
+        Ok(Ok(AfterAuth::Bound(bound))) => Negotiated::Bound(conn, bound),
+        Ok(Ok(AfterAuth::Resume(session, h))) => match session.send(Resumption { conn, h }).await {
+            Ok(()) => Negotiated::Resumed,
+            Err(back) => Negotiated::Failed(
+                back.0.conn,
+                Failure::stream("reset", "the session to resume has ended"),
+            ),
+        },
         Ok(Err(f)) => Negotiated::Failed(conn, f),
         Err(_) => Negotiated::Failed(conn, negotiation_timeout()),
     }
@@ -269,7 +286,7 @@ fn sasl_failure(condition: &str) -> Element {
     f
 }
 
-async fn authenticate_and_bind(server: &Server, conn: &mut XmlConn) -> Result<Bound, Failure> {
+async fn authenticate_and_bind(server: &Server, conn: &mut XmlConn) -> Result<AfterAuth, Failure> {
     open_stream(server, conn).await?;
     let cb = channel_binding(server, conn);
     let mut mechs = Element::bare("mechanisms", ns::SASL);
@@ -342,7 +359,7 @@ async fn authenticate_and_bind(server: &Server, conn: &mut XmlConn) -> Result<Bo
     bind.append_child(Element::bare("required", ns::BIND));
     let mut session = Element::bare("session", ns::SESSION);
     session.append_child(Element::bare("optional", ns::SESSION));
-    let mut features = vec![bind, session];
+    let mut features = vec![bind, session, Element::bare("sm", sm::NS)];
     for m in &server.modules {
         features.extend(m.stream_features(server));
     }
@@ -352,6 +369,17 @@ async fn authenticate_and_bind(server: &Server, conn: &mut XmlConn) -> Result<Bo
 
     loop {
         let el = conn.next_stanza().await?;
+        if el.is("resume", sm::NS) {
+            if let Some(resume) = resumable(server, &user, &el) {
+                return Ok(resume);
+            }
+            conn.send(&sm::failed("item-not-found")).await?;
+            continue;
+        }
+        if el.is("enable", sm::NS) {
+            conn.send(&sm::failed("unexpected-request")).await?;
+            continue;
+        }
         if !el.is("iq", ns::CLIENT) {
             return Err(Failure::stream("not-authorized", "bind a resource first"));
         }
@@ -381,7 +409,7 @@ async fn authenticate_and_bind(server: &Server, conn: &mut XmlConn) -> Result<Bo
             )
         });
         match FullJid::new(&format!("{user}@{}/{resource}", server.domain)) {
-            Ok(jid) => return Ok(Bound { jid, request: el }),
+            Ok(jid) => return Ok(AfterAuth::Bound(Bound { jid, request: el })),
             Err(_) => {
                 if let Some(err) = stanza::error_reply(
                     &el,
@@ -392,6 +420,14 @@ async fn authenticate_and_bind(server: &Server, conn: &mut XmlConn) -> Result<Bo
             }
         }
     }
+}
+
+/// The session a `<resume/>` names, if `user` may take it over (XEP-0198 §5).
+fn resumable(server: &Server, user: &str, resume: &Element) -> Option<AfterAuth> {
+    let h = resume.attr("h")?.parse::<u32>().ok()?;
+    let owner = jid::parse_bare(&format!("{user}@{}", server.domain)).ok()?;
+    let session = server.resumable.find(resume.attr("previd")?, &owner)?;
+    Some(AfterAuth::Resume(session, h))
 }
 
 /// Reads the client's next SASL response; `Ok(None)` when it aborts.
@@ -565,11 +601,26 @@ struct Session<'a> {
     quiet: bool,
     /// The client said it is inactive (XEP-0352): what can wait is held here.
     inactive: Option<csi::Held>,
+    /// Stream management (XEP-0198), once the client enabled it.
+    sm: Option<Sm>,
+    /// New connections resuming this session, when it is resumable.
+    resumptions: Option<mpsc::Receiver<Resumption>>,
+    /// More stanzas wait for an acknowledgement than a session may hold.
+    overflow: bool,
+}
+
+/// The next connection that resumes this session; never, for a session that cannot be resumed.
+async fn next_resumption(rx: &mut Option<mpsc::Receiver<Resumption>>) -> Option<Resumption> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 enum Wake {
     Command(Option<SessionCommand>),
     Read(Result<(), Failure>),
+    Resume(Box<Resumption>),
     Shutdown,
     Timer,
 }
@@ -602,11 +653,34 @@ async fn established(server: &Server, mut conn: XmlConn, conn_id: u64, bound: Bo
         ping: None,
         quiet: false,
         inactive: None,
+        sm: None,
+        resumptions: None,
+        overflow: false,
     };
-    let result = match session.conn.flush().await {
+    let mut result = match session.conn.flush().await {
         Ok(()) => session.run(&mut rx).await,
         Err(f) => f,
     };
+    // XEP-0198 §5: a resumable session whose connection dropped waits for the client to come
+    // back, still bound and available, queueing what arrives meanwhile.
+    while session.resumptions.is_some()
+        && matches!(
+            result,
+            Failure::Eof | Failure::Io(_) | Failure::WriteTimeout
+        )
+    {
+        info!(reason = %result, "connection lost; the session waits to be resumed");
+        let Some(resumption) = session.hibernate(&mut rx).await else {
+            break;
+        };
+        result = match session.take_over(resumption) {
+            Ok(()) => match session.conn.flush().await {
+                Ok(()) => session.run(&mut rx).await,
+                Err(f) => f,
+            },
+            Err(f) => f,
+        };
+    }
     session.end(&mut rx).await;
     let Session { mut conn, .. } = session;
     finish(server, &mut conn, result).await;
@@ -627,6 +701,7 @@ impl Session<'_> {
             let wake = tokio::select! {
                 cmd = rx.recv() => Wake::Command(cmd),
                 r = self.conn.read_and_parse() => Wake::Read(r),
+                Some(res) = next_resumption(&mut self.resumptions) => Wake::Resume(Box::new(res)),
                 _ = shutdown.changed() => Wake::Shutdown,
                 _ = tokio::time::sleep_until(deadline) => Wake::Timer,
             };
@@ -640,7 +715,7 @@ impl Session<'_> {
                     // What was queued before the shutdown (a room's goodbye, say) goes first.
                     self.wake_up();
                     while let Ok(SessionCommand::Stanza(el)) = rx.try_recv() {
-                        self.conn.queue(&el);
+                        self.write(&el);
                     }
                     Err(Failure::stream(
                         "system-shutdown",
@@ -648,9 +723,20 @@ impl Session<'_> {
                     ))
                 }
                 Wake::Timer => self.on_timer(),
+                // The client came back on a new connection before this one was seen to drop.
+                Wake::Resume(res) => self.take_over(*res),
             };
             if let Err(f) = step {
                 return f;
+            }
+            if self.overflow {
+                return Failure::stream(
+                    "policy-violation",
+                    "too many stanzas are waiting for an acknowledgement",
+                );
+            }
+            if let Some(r) = self.sm.as_mut().and_then(Sm::request) {
+                self.conn.queue(&r);
             }
             if let Err(f) = self.conn.flush().await {
                 return f;
@@ -733,46 +819,141 @@ impl Session<'_> {
             ],
         );
         iq.append_child(Element::bare("ping", modules::ping::NS));
-        self.conn.queue(&iq);
+        self.write(&iq);
         self.ping = Some((id, Instant::now()));
         Ok(())
     }
 
     fn reply_error(&mut self, stanza: &Element, err: StanzaError) {
         if let Some(reply) = stanza::error_reply(stanza, &err) {
-            self.conn.queue(&reply);
+            self.write(&reply);
+        }
+    }
+
+    /// Writes a stanza to the client, counting it for stream management.
+    fn write(&mut self, el: &Element) {
+        self.conn.queue(el);
+        if let Some(sm) = self.sm.as_mut()
+            && !sm.sent(el)
+        {
+            self.overflow = true;
+        }
+    }
+
+    /// Stream management's own elements (XEP-0198): enabling, ack requests and acks.
+    fn on_sm(&mut self, el: &Element) -> Result<(), Failure> {
+        match el.name() {
+            "enable" if self.sm.is_none() => {
+                let resumable = matches!(el.attr("resume"), Some("true" | "1"));
+                let sm = Sm::new(resumable);
+                if let Some(id) = &sm.id {
+                    let (tx, rx) = mpsc::channel(1);
+                    self.server.resumable.register(id, self.bare.clone(), tx);
+                    self.resumptions = Some(rx);
+                }
+                self.conn
+                    .queue(&sm.enabled(self.server.config.limits.resume_seconds));
+                self.sm = Some(sm);
+            }
+            "enable" => self.conn.queue(&sm::failed("unexpected-request")),
+            "r" => {
+                if let Some(sm) = &self.sm {
+                    self.conn.queue(&sm.ack());
+                }
+            }
+            "a" => {
+                let h = el.attr("h").and_then(|h| h.parse::<u32>().ok());
+                if let (Some(sm), Some(h)) = (self.sm.as_mut(), h) {
+                    sm.acknowledge(h)
+                        .map_err(|e| Failure::stream("undefined-condition", e.to_string()))?;
+                }
+            }
+            other => {
+                return Err(Failure::stream(
+                    "unsupported-stanza-type",
+                    format!("<{other}/> is not a stream management element"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A new connection takes over (XEP-0198 §5): the old one, if still there, is dropped;
+    /// the client learns how much we handled and gets what it has not.
+    fn take_over(&mut self, res: Resumption) -> Result<(), Failure> {
+        let Some(sm) = self.sm.as_mut() else {
+            return Ok(());
+        };
+        self.conn = res.conn;
+        sm.acknowledge(res.h)
+            .map_err(|e| Failure::stream("undefined-condition", e.to_string()))?;
+        self.conn.queue(&sm.resumed());
+        for el in sm.pending() {
+            self.conn.queue(&el);
+        }
+        self.last_read = Instant::now();
+        self.ping = None;
+        info!("session resumed");
+        Ok(())
+    }
+
+    /// Waits, without a connection, for the client to resume; what arrives meanwhile joins the
+    /// unacknowledged queue, to be sent on the new connection. None: it did not come back in
+    /// time (or the server stops, or too much arrived).
+    async fn hibernate(&mut self, rx: &mut mpsc::Receiver<SessionCommand>) -> Option<Resumption> {
+        let wait = Duration::from_secs(self.server.config.limits.resume_seconds);
+        let deadline = Instant::now() + wait;
+        let mut shutdown = self.server.shutdown_signal();
+        loop {
+            tokio::select! {
+                cmd = rx.recv() => match cmd {
+                    Some(SessionCommand::Stanza(el)) => {
+                        let sm = self.sm.as_mut()?;
+                        if !sm.sent(&el) {
+                            return None;
+                        }
+                    }
+                    _ => return None,
+                },
+                res = next_resumption(&mut self.resumptions) => return res,
+                _ = shutdown.changed() => return None,
+                _ = tokio::time::sleep_until(deadline) => return None,
+            }
         }
     }
 
     /// Writes a stanza for the client, or holds it while the client is inactive.
     fn deliver(&mut self, el: Element) {
         let Some(held) = self.inactive.as_mut() else {
-            return self.conn.queue(&el);
+            return self.write(&el);
         };
         if csi::can_wait(&el) {
             if let Some(flushed) = held.hold(el) {
                 for h in &flushed {
-                    self.conn.queue(h);
+                    self.write(h);
                 }
             }
             return;
         }
         for h in &held.take() {
-            self.conn.queue(h);
+            self.write(h);
         }
-        self.conn.queue(&el);
+        self.write(&el);
     }
 
     /// The client is active again (or going away): what was held goes out.
     fn wake_up(&mut self) {
         if let Some(mut held) = self.inactive.take() {
             for h in &held.take() {
-                self.conn.queue(h);
+                self.write(h);
             }
         }
     }
 
     async fn on_stanza(&mut self, mut el: Element) -> Result<(), Failure> {
+        if el.has_ns(sm::NS) {
+            return self.on_sm(&el);
+        }
         if el.has_ns(csi::NS) {
             match el.name() {
                 "inactive" => {
@@ -790,6 +971,9 @@ impl Session<'_> {
         }
         let kind = el.name().to_owned();
         crate::metrics::stanza_in(&kind);
+        if let Some(sm) = self.sm.as_mut() {
+            sm.handled();
+        }
         if !matches!(kind.as_str(), "message" | "presence" | "iq") {
             return Err(Failure::stream(
                 "unsupported-stanza-type",
@@ -883,7 +1067,7 @@ impl Session<'_> {
         )
         .await;
         for s in &to_self {
-            self.conn.queue(s);
+            self.write(s);
         }
         if let Err(e) = result {
             self.reply_error(&el, e);
@@ -932,14 +1116,14 @@ impl Session<'_> {
         }
         let payload = stanza::iq_payload(&el);
         if payload.is_some_and(|p| p.is("session", ns::SESSION)) {
-            return self.conn.queue(&stanza::iq_result(&el, None));
+            return self.write(&stanza::iq_result(&el, None));
         }
         if payload.is_some_and(|p| p.is("bind", ns::BIND)) {
             return self.reply_error(&el, StanzaError::not_allowed().with_text("already bound"));
         }
         let from = Jid::from(self.jid.clone());
         for reply in modules::handle_iq(self.server, &from, Some(self.conn_id), target, &el).await {
-            self.conn.queue(&reply);
+            self.write(&reply);
         }
     }
 
@@ -959,13 +1143,27 @@ impl Session<'_> {
         if let Err(e) = self.server.sessions.unbind(&self.jid, self.conn_id).await {
             tracing::warn!(error = %e, "cannot unbind");
         }
-        rx.close();
-        while let Ok(cmd) = rx.try_recv() {
-            if let SessionCommand::Stanza(el) = cmd
-                && el.name() == "message"
-            {
-                router::route(self.server, *el).await;
+        // What the client never acknowledged (XEP-0198 §5: not delivered), then what never
+        // reached it, in that order: messages to its other resources or offline storage, iq
+        // requests back to their senders with an error.
+        let unacked = match self.sm.as_mut() {
+            Some(sm) => {
+                if let Some(id) = &sm.id {
+                    self.server.resumable.forget(id);
+                }
+                sm.take()
             }
+            None => Default::default(),
+        };
+        rx.close();
+        let mut queued = Vec::new();
+        while let Ok(cmd) = rx.try_recv() {
+            if let SessionCommand::Stanza(el) = cmd {
+                queued.push(*el);
+            }
+        }
+        for el in unacked.into_iter().chain(queued) {
+            router::redeliver(self.server, el).await;
         }
     }
 }

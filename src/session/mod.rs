@@ -4,3 +4,4 @@ pub mod c2s;
 pub mod component;
 pub mod conn;
 pub mod s2s;
+pub mod sm;

@@ -1,0 +1,210 @@
+//! Stream Management (XEP-0198 v3): the counters and the queue of stanzas the client has not
+//! acknowledged yet, and the registry through which a new connection resumes a session whose
+//! connection dropped. The c2s session drives it; this file holds the bookkeeping.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+
+use minidom::Element;
+use tokio::sync::mpsc;
+
+use super::conn::XmlConn;
+use crate::jid::BareJid;
+use crate::stanza;
+use crate::stream::ns;
+
+pub const NS: &str = "urn:xmpp:sm:3";
+/// Unacknowledged stanzas a session may hold; a client that never acknowledges is closed
+/// rather than buffered without bound.
+pub const MAX_UNACKED: usize = 1000;
+
+/// A client's acknowledgement that does not fit what was sent.
+#[derive(Debug, thiserror::Error)]
+#[error("the client acknowledged {acked} stanzas, but only {sent} were sent")]
+pub struct BadAck {
+    pub acked: u32,
+    pub sent: u32,
+}
+
+/// One session's stream management state.
+pub struct Sm {
+    /// The resumption id, when the client asked for resumption.
+    pub id: Option<String>,
+    /// Stanzas handled from the client (`h` of our acks), modulo 2^32.
+    inbound: u32,
+    /// Stanzas the client has acknowledged, modulo 2^32.
+    acked: u32,
+    /// Sent and not acknowledged, oldest first.
+    unacked: VecDeque<Element>,
+    /// An `<r/>` of ours is outstanding.
+    requested: bool,
+}
+
+impl Sm {
+    pub fn new(resumable: bool) -> Sm {
+        Sm {
+            id: resumable.then(|| uuid::Uuid::new_v4().simple().to_string()),
+            inbound: 0,
+            acked: 0,
+            unacked: VecDeque::new(),
+            requested: false,
+        }
+    }
+
+    /// `<enabled/>`, with the id and time limit when the session can be resumed.
+    pub fn enabled(&self, resume_seconds: u64) -> Element {
+        let mut el = Element::bare("enabled", NS);
+        if let Some(id) = &self.id {
+            stanza::set_attr(&mut el, "id", id);
+            stanza::set_attr(&mut el, "resume", "true");
+            stanza::set_attr(&mut el, "max", &resume_seconds.to_string());
+        }
+        el
+    }
+
+    pub fn handled(&mut self) {
+        self.inbound = self.inbound.wrapping_add(1);
+    }
+
+    /// `<a h='…'/>`: what we have handled.
+    pub fn ack(&self) -> Element {
+        let mut a = Element::bare("a", NS);
+        stanza::set_attr(&mut a, "h", &self.inbound.to_string());
+        a
+    }
+
+    /// Records a stanza written to the client; false once too many wait for an ack.
+    pub fn sent(&mut self, el: &Element) -> bool {
+        self.unacked.push_back(el.clone());
+        self.unacked.len() <= MAX_UNACKED
+    }
+
+    /// The client has handled `h` stanzas in all: the acknowledged ones leave the queue.
+    pub fn acknowledge(&mut self, h: u32) -> Result<(), BadAck> {
+        let newly = h.wrapping_sub(self.acked) as usize;
+        if newly > self.unacked.len() {
+            return Err(BadAck {
+                acked: h,
+                sent: self.acked.wrapping_add(self.unacked.len() as u32),
+            });
+        }
+        self.unacked.drain(..newly);
+        self.acked = h;
+        self.requested = false;
+        Ok(())
+    }
+
+    /// An `<r/>` to send after a write, if stanzas wait for an ack and none is asked for yet.
+    pub fn request(&mut self) -> Option<Element> {
+        if self.requested || self.unacked.is_empty() {
+            return None;
+        }
+        self.requested = true;
+        Some(Element::bare("r", NS))
+    }
+
+    /// `<resumed/>` for a new connection that says it handled `h` stanzas.
+    pub fn resumed(&self) -> Element {
+        let mut el = Element::bare("resumed", NS);
+        stanza::set_attr(&mut el, "h", &self.inbound.to_string());
+        stanza::set_attr(&mut el, "previd", self.id.as_deref().unwrap_or_default());
+        el
+    }
+
+    /// What is still unacknowledged, to send again on a resumed stream; it stays queued.
+    pub fn pending(&mut self) -> Vec<Element> {
+        self.requested = false;
+        self.unacked.iter().cloned().collect()
+    }
+
+    /// Everything unacknowledged, for the session's end: such messages are routed again.
+    pub fn take(&mut self) -> VecDeque<Element> {
+        std::mem::take(&mut self.unacked)
+    }
+}
+
+/// `<failed/>` with a stanza error condition.
+pub fn failed(condition: &str) -> Element {
+    let mut el = Element::bare("failed", NS);
+    el.append_child(Element::bare(condition, ns::STANZA_ERRORS));
+    el
+}
+
+/// A new connection taking over a session (XEP-0198 §5): it has authenticated as the
+/// session's user and says how many stanzas it handled.
+pub struct Resumption {
+    pub conn: XmlConn,
+    pub h: u32,
+}
+
+/// The resumable sessions of this node, by resumption id.
+#[derive(Default)]
+pub struct Registry(Mutex<HashMap<String, (BareJid, mpsc::Sender<Resumption>)>>);
+
+impl Registry {
+    pub fn register(&self, id: &str, owner: BareJid, to: mpsc::Sender<Resumption>) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.insert(id.to_owned(), (owner, to));
+    }
+
+    pub fn forget(&self, id: &str) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.remove(id);
+    }
+
+    /// The session `id` if `owner` may resume it.
+    pub fn find(&self, id: &str, owner: &BareJid) -> Option<mpsc::Sender<Resumption>> {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(id)
+            .filter(|(o, tx)| o == owner && !tx.is_closed())
+            .map(|(_, tx)| tx.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(n: u32) -> Element {
+        format!("<message xmlns='jabber:client' id='{n}'/>")
+            .parse()
+            .unwrap()
+    }
+
+    #[test]
+    fn acks_drop_what_the_client_handled_and_too_many_is_an_error() {
+        let mut sm = Sm::new(true);
+        assert!(sm.id.is_some());
+        assert!(sm.request().is_none(), "nothing to ask about");
+        for n in 0..5 {
+            assert!(sm.sent(&msg(n)));
+        }
+        assert!(sm.request().is_some());
+        assert!(sm.request().is_none(), "one request at a time");
+        sm.acknowledge(2).unwrap();
+        let ids: Vec<_> = sm
+            .pending()
+            .iter()
+            .map(|m| m.attr("id").unwrap().to_owned())
+            .collect();
+        assert_eq!(ids, ["2", "3", "4"]);
+        assert!(sm.acknowledge(1).is_err(), "h cannot go back");
+        assert!(sm.acknowledge(9).is_err(), "h cannot exceed what was sent");
+        sm.acknowledge(5).unwrap();
+        assert!(sm.take().is_empty());
+        sm.handled();
+        sm.handled();
+        assert_eq!(sm.ack().attr("h"), Some("2"));
+    }
+
+    #[test]
+    fn counters_wrap_around() {
+        let mut sm = Sm::new(false);
+        sm.acked = u32::MAX - 1;
+        for n in 0..4 {
+            sm.sent(&msg(n));
+        }
+        sm.acknowledge(1).unwrap();
+        assert_eq!(sm.pending().len(), 1);
+    }
+}

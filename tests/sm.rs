@@ -1,0 +1,213 @@
+//! Stream Management (XEP-0198): acks both ways, resumption after a dropped connection with
+//! exactly the unacknowledged stanzas, and a session not resumed in time leaving them offline.
+//! The phone is a raw client (stream management elements are not stanzas); the sender is a
+//! tokio-xmpp client.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const SM: &str = "urn:xmpp:sm:3";
+
+/// The value of attribute `name` in the first `<tag` of `text`.
+fn attr(text: &str, tag: &str, name: &str) -> Option<String> {
+    let start = text.find(&format!("<{tag}"))?;
+    let rest = &text[start..];
+    let end = rest.find('>')?;
+    let tag_text = &rest[..end];
+    for quote in ['\'', '"'] {
+        let key = format!("{name}={quote}");
+        if let Some(i) = tag_text.find(&key) {
+            let value = &tag_text[i + key.len()..];
+            return value.find(quote).map(|j| value[..j].to_owned());
+        }
+    }
+    None
+}
+
+/// Bodies "m1", "m2" … in the order they appear in `text`.
+fn bodies(text: &str) -> Vec<String> {
+    text.split("<body>")
+        .skip(1)
+        .filter_map(|b| b.split("</body>").next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A phone logged in as alice/phone with stream management enabled; the resumption id.
+async fn phone(server: &TestServer) -> (Raw, String) {
+    let mut phone = Raw::login(server, "alice", "secret", "phone").await;
+    phone
+        .send(&format!("<enable xmlns='{SM}' resume='true'/>"))
+        .await;
+    let enabled = phone.read_until("/>").await;
+    let id = attr(&enabled, "enabled", "id").expect("a resumption id");
+    assert_eq!(attr(&enabled, "enabled", "resume").as_deref(), Some("true"));
+    phone.send("<presence/>").await;
+    (phone, id)
+}
+
+/// Authenticates a new connection as alice without binding, ready for `<resume/>`.
+async fn authenticated(server: &TestServer) -> Raw {
+    let mut raw = Raw::tls(server).await;
+    raw.send(&stream_header(DOMAIN)).await;
+    raw.read_until("</stream:features>").await;
+    raw.send(&format!(
+        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{}</auth>",
+        plain("alice", "secret")
+    ))
+    .await;
+    raw.read_until("<success").await;
+    raw.send(&stream_header(DOMAIN)).await;
+    let features = raw.read_until("</stream:features>").await;
+    assert!(
+        features.contains(SM),
+        "stream management is offered: {features}"
+    );
+    raw
+}
+
+async fn send_bodies(bob: &mut XmppClient, range: std::ops::RangeInclusive<u32>) {
+    for n in range {
+        bob.send(&format!(
+            "<message to='alice@localhost/phone' type='chat'><body>m{n}</body></message>"
+        ))
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_dropped_connection_resumes_with_exactly_the_unacknowledged_stanzas() {
+    let server = TestServer::start().await;
+    server.add_user("alice", "secret").await;
+    server.add_user("bob", "secret").await;
+    let mut bob = XmppClient::connect(&server, "bob@localhost/desk", "secret").await;
+    bob.send("<presence/>").await;
+    let (mut phone, id) = phone(&server).await;
+
+    // Acks from the server count what the phone sent after enabling: its presence and a ping.
+    phone
+        .send("<iq type='get' id='p1'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    phone.read_iq("p1").await;
+    phone.send(&format!("<r xmlns='{SM}'/>")).await;
+    phone.read_until("<a ").await;
+    let ack = format!("<a {}", phone.read_until("/>").await);
+    assert_eq!(attr(&ack, "a", "h").as_deref(), Some("2"), "{ack}");
+
+    // Five messages arrive; the phone has handled two when its connection drops mid-burst.
+    send_bodies(&mut bob, 1..=5).await;
+    let got = phone.read_until("m5</body>").await;
+    assert_eq!(
+        bodies(&got),
+        ["m1", "m2", "m3", "m4", "m5"],
+        "every message once: {got}"
+    );
+    drop(phone);
+    // While it is away, three more.
+    send_bodies(&mut bob, 6..=8).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // The phone handled four stanzas: its own presence, the ping's result, m1 and m2.
+    let mut back = authenticated(&server).await;
+    back.send(&format!("<resume xmlns='{SM}' h='4' previd='{id}'/>"))
+        .await;
+    let resumed = back.read_until("m8</body>").await;
+    assert!(resumed.contains("<resumed"), "{resumed}");
+    assert_eq!(
+        attr(&resumed, "resumed", "previd").as_deref(),
+        Some(id.as_str())
+    );
+    assert_eq!(
+        bodies(&resumed),
+        ["m3", "m4", "m5", "m6", "m7", "m8"],
+        "no losses and no duplicates: {resumed}"
+    );
+    // The resumed session is the same resource, alive: a message reaches it at once.
+    send_bodies(&mut bob, 9..=9).await;
+    back.read_until("m9</body>").await;
+
+    // A second resumption of an id that was taken over, by someone else, fails.
+    server.add_user("mallory", "secret").await;
+    let mut other = Raw::tls(&server).await;
+    other.send(&stream_header(DOMAIN)).await;
+    other.read_until("</stream:features>").await;
+    other
+        .send(&format!(
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{}</auth>",
+            plain("mallory", "secret")
+        ))
+        .await;
+    other.read_until("<success").await;
+    other.send(&stream_header(DOMAIN)).await;
+    other.read_until("</stream:features>").await;
+    other
+        .send(&format!("<resume xmlns='{SM}' h='0' previd='{id}'/>"))
+        .await;
+    let failed = other.read_until("</failed>").await;
+    assert!(failed.contains("item-not-found"), "{failed}");
+    bob.close().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_session_not_resumed_in_time_leaves_its_unacknowledged_messages_offline() {
+    let server = TestServer::start_with(|c| c.limits.resume_seconds = 1).await;
+    server.add_user("alice", "secret").await;
+    server.add_user("bob", "secret").await;
+    let mut bob = XmppClient::connect(&server, "bob@localhost/desk", "secret").await;
+    bob.send("<presence/>").await;
+    let (mut phone, id) = phone(&server).await;
+    send_bodies(&mut bob, 1..=3).await;
+    phone.read_until("m3</body>").await;
+    drop(phone);
+    send_bodies(&mut bob, 4..=4).await;
+
+    let store = &server.running.as_ref().expect("running").server.store;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while store.offline_count("alice").await.expect("count") < 4 {
+        assert!(tokio::time::Instant::now() < deadline, "not stored offline");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Too late to resume: the client is told, binds anew and gets them from offline storage.
+    let mut back = authenticated(&server).await;
+    back.send(&format!("<resume xmlns='{SM}' h='0' previd='{id}'/>"))
+        .await;
+    let failed = back.read_until("</failed>").await;
+    assert!(failed.contains("item-not-found"), "{failed}");
+    back.send(
+        "<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>\
+         <resource>phone</resource></bind></iq>",
+    )
+    .await;
+    back.read_iq("b1").await;
+    back.send("<presence/>").await;
+    let offline = back.read_until("m4</body>").await;
+    assert_eq!(bodies(&offline), ["m1", "m2", "m3", "m4"], "{offline}");
+    bob.close().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn stream_management_bad_input() {
+    let server = TestServer::start().await;
+    server.add_user("alice", "secret").await;
+    // Enabling before binding a resource is refused.
+    let mut early = authenticated(&server).await;
+    early.send(&format!("<enable xmlns='{SM}'/>")).await;
+    let failed = early.read_until("</failed>").await;
+    assert!(failed.contains("unexpected-request"), "{failed}");
+
+    // Enabling twice is refused; the session goes on.
+    let (mut phone, _) = phone(&server).await;
+    phone.send(&format!("<enable xmlns='{SM}'/>")).await;
+    let failed = phone.read_until("</failed>").await;
+    assert!(failed.contains("unexpected-request"), "{failed}");
+    // Acknowledging more than was sent ends the stream.
+    phone.send(&format!("<a xmlns='{SM}' h='1000'/>")).await;
+    let closed = phone.read_until("</stream:stream>").await;
+    assert!(closed.contains("undefined-condition"), "{closed}");
+    server.shutdown().await;
+}
