@@ -1052,30 +1052,13 @@ async fn a_component_on_one_node_serves_users_on_the_other() {
     let n2 = TestServer::start_with(with_component("n2")).await;
     users(&n1).await;
 
-    // XEP-0114 by hand: the header, then SHA-1(stream id + secret).
     let addr = n1.running.as_ref().expect("running").component_addr;
-    let mut component = Raw::tcp(addr.expect("component listener")).await;
-    component
-        .send(
-            "<stream:stream xmlns='jabber:component:accept' \
-             xmlns:stream='http://etherx.jabber.org/streams' to='echo.localhost'>",
-        )
-        .await;
-    component.read_until("<stream:stream").await;
-    let header = component.read_until(">").await;
-    let id = header
-        .split("id='")
-        .nth(1)
-        .and_then(|rest| rest.split('\'').next())
-        .expect("a stream id");
-    let digest = <sha1::Sha1 as sha1::Digest>::digest(format!("{id}s3cret").as_bytes());
-    let proof: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    component
-        .send(&format!(
-            "<handshake xmlns='jabber:component:accept'>{proof}</handshake>"
-        ))
-        .await;
-    component.read_until("<handshake").await;
+    let mut component = Raw::component(
+        addr.expect("component listener"),
+        "echo.localhost",
+        "s3cret",
+    )
+    .await;
 
     let mut alice = XmppClient::connect(&n2, "alice@localhost/a", "pw").await;
     alice

@@ -13,6 +13,7 @@ pub mod muc;
 pub mod offline;
 pub mod ping;
 pub mod presence;
+pub mod push;
 pub mod register;
 pub mod roster;
 pub mod vcard;
@@ -40,6 +41,7 @@ pub fn all() -> Vec<Arc<dyn Module>> {
         Arc::new(blocking::Blocking::default()),
         Arc::new(carbons::Carbons),
         Arc::new(csi::Csi),
+        Arc::new(push::Push),
         Arc::new(vcard::VCard),
         Arc::new(mam::Mam::default()),
         Arc::new(muc::Muc::default()),

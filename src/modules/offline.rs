@@ -70,7 +70,10 @@ pub async fn store_or_bounce(server: &Server, to: &BareJid, msg: Element) {
     };
     let now = chrono::Utc::now().timestamp_millis();
     match server.store.push_offline(user, &xml, now).await {
-        Ok(()) => crate::metrics::offline_stored(),
+        Ok(()) => {
+            crate::metrics::offline_stored();
+            super::push::notify(server, to, &msg).await;
+        }
         Err(e) => {
             warn!(error = %e, "cannot store offline message");
             router::bounce(server, &msg, StanzaError::internal()).await;

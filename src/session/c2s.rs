@@ -18,7 +18,7 @@ use super::conn::{Failure, Socket, XmlConn};
 use super::sm::{self, Resumption, Sm};
 use crate::auth::{AuthError, plain, scram};
 use crate::jid::{self, BareJid, FullJid, Jid};
-use crate::modules::{self, IqTarget, blocking, carbons, csi, mam, presence, register};
+use crate::modules::{self, IqTarget, blocking, carbons, csi, mam, presence, push, register};
 use crate::router::{self, table::SessionCommand, table::SessionSender, table::TableError};
 use crate::server::Server;
 use crate::stanza::{self, StanzaError};
@@ -912,6 +912,8 @@ impl Session<'_> {
                         if !sm.sent(&el) {
                             return None;
                         }
+                        // The phone may be asleep: its app server can wake it (XEP-0357).
+                        push::notify(self.server, &self.bare, &el).await;
                     }
                     _ => return None,
                 },

@@ -165,6 +165,15 @@ pub struct StoredRoom {
     pub affiliations: Vec<(String, String)>,
 }
 
+/// Where to send push notifications for an account (XEP-0357): an app server's pubsub
+/// service and node, and the publish-options form it asked for (as XML), if any.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct PushRegistration {
+    pub service: String,
+    pub node: String,
+    pub options: Option<String>,
+}
+
 /// An application of the REST bridge: its name, its secret token, and how many chats it has.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct RestApp {
@@ -315,6 +324,13 @@ pub trait Store: Send + Sync {
     async fn block(&self, user: &str, jids: &[String]) -> StoreResult<()>;
     /// Unblocks the given JIDs, or every JID when `jids` is empty.
     async fn unblock(&self, user: &str, jids: &[String]) -> StoreResult<()>;
+
+    // Push notifications (XEP-0357).
+    async fn push_registrations(&self, user: &str) -> StoreResult<Vec<PushRegistration>>;
+    /// Adds or replaces the registration for its service and node.
+    async fn enable_push(&self, user: &str, registration: &PushRegistration) -> StoreResult<()>;
+    /// Removes the registration for `node` of `service`, or every node of it when None.
+    async fn disable_push(&self, user: &str, service: &str, node: Option<&str>) -> StoreResult<()>;
 
     // Message archive (XEP-0313, XEP-0441).
     /// Archives several messages in one transaction (group commit); their ids in order.

@@ -10,9 +10,9 @@ use sqlx::{Postgres, Row, Transaction};
 
 use super::{
     ArchivePage, ArchivePrefs, ArchiveQuery, ArchivedMessage, Credentials, NewArchived,
-    NewRestMessage, OfflineMessage, RestApp, RestChat, RestMessage, Roster, RosterItem, ScramKeys,
-    Store, StoreError, StoreResult, StoredRoom, Subscription, SubscriptionRequest, archive_sql,
-    search_words,
+    NewRestMessage, OfflineMessage, PushRegistration, RestApp, RestChat, RestMessage, Roster,
+    RosterItem, ScramKeys, Store, StoreError, StoreResult, StoredRoom, Subscription,
+    SubscriptionRequest, archive_sql, search_words,
 };
 
 // The columns each REST row is read from, as literals so that queries stay `&'static str`.
@@ -388,6 +388,41 @@ impl Store for PgStore {
             .bind(up_to_id)
             .execute(&self.pool)
             .await?;
+        Ok(())
+    }
+
+    async fn push_registrations(&self, user: &str) -> StoreResult<Vec<PushRegistration>> {
+        let rows = sqlx::query_as::<_, PushRegistration>(
+            "SELECT service, node, options FROM push_registrations WHERE username = $1 ORDER BY service, node",
+        )
+        .bind(user)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows)
+    }
+
+    async fn enable_push(&self, user: &str, registration: &PushRegistration) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO push_registrations (username, service, node, options) VALUES ($1, $2, $3, $4) ON CONFLICT (username, service, node) DO UPDATE SET options = excluded.options",
+        )
+        .bind(user)
+        .bind(&registration.service)
+        .bind(&registration.node)
+        .bind(&registration.options)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn disable_push(&self, user: &str, service: &str, node: Option<&str>) -> StoreResult<()> {
+        sqlx::query(
+            "DELETE FROM push_registrations WHERE username = $1 AND service = $2 AND ($3 IS NULL OR node = $3)",
+        )
+        .bind(user)
+        .bind(service)
+        .bind(node)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 

@@ -8,8 +8,8 @@ use async_trait::async_trait;
 
 use super::{
     ArchivePage, ArchivePrefs, ArchiveQuery, Credentials, NewArchived, NewRestMessage,
-    OfflineMessage, RestApp, RestChat, RestMessage, Roster, RosterItem, Store, StoreResult,
-    StoredRoom, SubscriptionRequest,
+    OfflineMessage, PushRegistration, RestApp, RestChat, RestMessage, Roster, RosterItem, Store,
+    StoreResult, StoredRoom, SubscriptionRequest,
 };
 
 pub struct Timed(pub Arc<dyn Store>);
@@ -91,6 +91,15 @@ impl Store for Timed {
     }
     async fn remove_offline(&self, user: &str, up_to_id: i64) -> StoreResult<()> {
         timed!("remove_offline", self.0.remove_offline(user, up_to_id))
+    }
+    async fn push_registrations(&self, user: &str) -> StoreResult<Vec<PushRegistration>> {
+        timed!("push_registrations", self.0.push_registrations(user))
+    }
+    async fn enable_push(&self, user: &str, registration: &PushRegistration) -> StoreResult<()> {
+        timed!("enable_push", self.0.enable_push(user, registration))
+    }
+    async fn disable_push(&self, user: &str, service: &str, node: Option<&str>) -> StoreResult<()> {
+        timed!("disable_push", self.0.disable_push(user, service, node))
     }
     async fn blocklist(&self, user: &str) -> StoreResult<Vec<String>> {
         timed!("blocklist", self.0.blocklist(user))

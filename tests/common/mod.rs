@@ -445,6 +445,31 @@ impl Raw {
         n
     }
 
+    /// An external component (XEP-0114) for `domain`, connected and past the handshake.
+    pub async fn component(addr: SocketAddr, domain: &str, secret: &str) -> Raw {
+        let mut raw = Raw::tcp(addr).await;
+        raw.send(&format!(
+            "<stream:stream xmlns='jabber:component:accept' \
+             xmlns:stream='http://etherx.jabber.org/streams' to='{domain}'>"
+        ))
+        .await;
+        raw.read_until("<stream:stream").await;
+        let header = raw.read_until(">").await;
+        let id = header
+            .split("id='")
+            .nth(1)
+            .and_then(|rest| rest.split('\'').next())
+            .expect("a stream id");
+        let digest = <sha1::Sha1 as sha1::Digest>::digest(format!("{id}{secret}").as_bytes());
+        let proof: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        raw.send(&format!(
+            "<handshake xmlns='jabber:component:accept'>{proof}</handshake>"
+        ))
+        .await;
+        raw.read_until("<handshake").await;
+        raw
+    }
+
     /// Everything that arrives within `wait` (nothing is an answer too).
     pub async fn read_for(&mut self, wait: Duration) -> String {
         let _ = tokio::time::timeout(wait, async { while self.read_chunk().await > 0 {} }).await;
