@@ -79,6 +79,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let c2s_addr = local(&c2s, config.listen.c2s);
     let c2s_tls_addr = local(&c2s_tls, config.listen.c2s_tls);
     let http_addr = local(&http, config.listen.http);
+    // The bound address, for URLs the server hands out (a configured port 0 is now a number).
+    let mut config = config;
+    config.listen.http = http_addr;
     let s2s_addr = local(&s2s, config.listen.s2s);
     let component_addr = component
         .as_ref()

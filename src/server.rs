@@ -19,6 +19,8 @@ pub struct Server {
     pub domain: String,
     /// The group chat service's domain (XEP-0045).
     pub muc_domain: String,
+    /// The file upload service's domain (XEP-0363).
+    pub upload_domain: String,
     pub store: Arc<dyn Store>,
     pub sessions: Arc<dyn SessionTable>,
     /// This node's cluster membership, in the cluster shape.
@@ -58,6 +60,7 @@ impl Server {
             tls_server_end_point: crate::transport::tls::tls_server_end_point(&tls.leaf_der),
             domain: config.domain.clone(),
             muc_domain: crate::modules::muc::service_domain(&config),
+            upload_domain: config.upload_domain(),
             config,
             store,
             sessions,

@@ -36,6 +36,7 @@ pub struct Config {
     pub muc: Muc,
     pub api: Api,
     pub s2s: S2s,
+    pub upload: Upload,
     /// External components (XEP-0114) by domain.
     pub components: std::collections::BTreeMap<String, Component>,
 }
@@ -82,6 +83,33 @@ impl Default for S2s {
             routes: Default::default(),
             idle_seconds: 600,
             dialback_secret: String::new(),
+        }
+    }
+}
+
+/// HTTP File Upload (XEP-0363): files are stored under `<data_dir>/uploads` and served by the
+/// HTTP listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Upload {
+    /// The upload service's domain; empty means `upload.<domain>`.
+    pub domain: String,
+    /// The largest file a user may upload.
+    pub max_file_bytes: u64,
+    /// What one user's files may take in all.
+    pub quota_bytes: u64,
+    /// The URL clients reach the HTTP listener at (as a TLS proxy in front of it publishes
+    /// it); empty means `http://<listen.http>`.
+    pub public_url: String,
+}
+
+impl Default for Upload {
+    fn default() -> Self {
+        Upload {
+            domain: String::new(),
+            max_file_bytes: 10 * 1024 * 1024,
+            quota_bytes: 100 * 1024 * 1024,
+            public_url: String::new(),
         }
     }
 }
@@ -269,6 +297,7 @@ impl Default for Config {
             muc: Muc::default(),
             api: Api::default(),
             s2s: S2s::default(),
+            upload: Upload::default(),
             components: Default::default(),
         }
     }
@@ -414,6 +443,7 @@ impl Config {
             });
         }
         self.validate_federation()?;
+        self.validate_upload()?;
         Ok(self)
     }
 
@@ -447,7 +477,10 @@ impl Config {
                     key: "components",
                     message: format!("`{domain}`: {e}"),
                 })?;
-            if domain == self.domain || domain == crate::modules::muc::service_domain(self) {
+            if domain == self.domain
+                || domain == crate::modules::muc::service_domain(self)
+                || domain == self.upload_domain()
+            {
                 return Err(ConfigError::Invalid {
                     key: "components",
                     message: format!("`{domain}` is served by the server itself"),
@@ -463,6 +496,42 @@ impl Config {
         }
         self.components = components;
         Ok(())
+    }
+
+    fn validate_upload(&mut self) -> Result<(), ConfigError> {
+        if !self.upload.domain.is_empty() {
+            self.upload.domain =
+                crate::jid::normalize_domain(&self.upload.domain).map_err(|e| {
+                    ConfigError::Invalid {
+                        key: "upload.domain",
+                        message: e.to_string(),
+                    }
+                })?;
+        }
+        if self.upload.max_file_bytes == 0 || self.upload.quota_bytes < self.upload.max_file_bytes {
+            return Err(ConfigError::Invalid {
+                key: "upload.max_file_bytes",
+                message: "must be greater than 0 and at most upload.quota_bytes".into(),
+            });
+        }
+        let url = self.upload.public_url.trim_end_matches('/');
+        if !url.is_empty() && !url.starts_with("http://") && !url.starts_with("https://") {
+            return Err(ConfigError::Invalid {
+                key: "upload.public_url",
+                message: "expected http://… or https://…".into(),
+            });
+        }
+        self.upload.public_url = url.to_owned();
+        Ok(())
+    }
+
+    /// The upload service's domain (XEP-0363).
+    pub fn upload_domain(&self) -> String {
+        if self.upload.domain.is_empty() {
+            format!("upload.{}", self.domain)
+        } else {
+            self.upload.domain.clone()
+        }
     }
 
     /// The database URL, with the embedded SQLite default filled in.

@@ -2,6 +2,7 @@
 //! WebSocket (`xmpp`); BOSH will share it.
 
 pub mod api;
+pub mod upload;
 pub mod xmpp;
 
 use std::sync::Arc;
@@ -17,11 +18,13 @@ use crate::metrics;
 use crate::server::Server;
 
 pub fn router(server: Arc<Server>) -> Router {
+    let max_file_bytes = server.config.upload.max_file_bytes;
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(prometheus))
         .merge(api::router())
         .merge(xmpp::router())
+        .merge(upload::router(max_file_bytes))
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
         .with_state(server)

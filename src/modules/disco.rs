@@ -94,6 +94,14 @@ impl Module for Disco {
                     ITEMS,
                     &[("jid", &req.server.muc_domain), ("name", "Chatrooms")],
                 ));
+                q.append_child(el(
+                    "item",
+                    ITEMS,
+                    &[
+                        ("jid", &req.server.upload_domain),
+                        ("name", "HTTP File Upload"),
+                    ],
+                ));
                 for domain in req.server.config.components.keys() {
                     q.append_child(el("item", ITEMS, &[("jid", domain)]));
                 }

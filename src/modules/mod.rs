@@ -16,6 +16,7 @@ pub mod presence;
 pub mod push;
 pub mod register;
 pub mod roster;
+pub mod upload;
 pub mod vcard;
 pub mod version;
 
@@ -42,6 +43,7 @@ pub fn all() -> Vec<Arc<dyn Module>> {
         Arc::new(carbons::Carbons),
         Arc::new(csi::Csi),
         Arc::new(push::Push),
+        Arc::new(upload::Upload::default()),
         Arc::new(vcard::VCard),
         Arc::new(mam::Mam::default()),
         Arc::new(muc::Muc::default()),

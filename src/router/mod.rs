@@ -14,7 +14,7 @@ use minidom::Element;
 use tracing::debug;
 
 use crate::jid::{self, BareJid, FullJid, Jid};
-use crate::modules::{self, blocking, carbons, mam, muc, offline, presence};
+use crate::modules::{self, blocking, carbons, mam, muc, offline, presence, upload};
 use crate::server::Server;
 use crate::session::{component, s2s};
 use crate::stanza::{self, StanzaError};
@@ -43,6 +43,9 @@ async fn route_now(server: &Server, stanza: Element) {
     };
     if muc::is_service(server, &to) {
         return muc::route(server, stanza).await;
+    }
+    if upload::is_service(server, &to) {
+        return upload::route(server, stanza).await;
     }
     let domain = to.domain().as_str();
     if component::is_component(server, domain) {

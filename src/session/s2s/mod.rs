@@ -321,6 +321,7 @@ pub(crate) async fn receive(
 pub fn hosts(server: &Server, domain: &str) -> bool {
     server.is_local_domain(domain)
         || domain == server.muc_domain
+        || domain == server.upload_domain
         || server.config.components.contains_key(domain)
 }
 
