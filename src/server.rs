@@ -33,6 +33,8 @@ pub struct Server {
     pub modules: Vec<Arc<dyn Module>>,
     /// Stream-managed sessions of this node that a new connection may resume (XEP-0198).
     pub resumable: crate::session::sm::Registry,
+    /// BOSH sessions of this node (XEP-0124).
+    pub bosh: Arc<crate::transport::bosh::Sessions>,
     /// iq payload namespace → index into `modules`, built once at start.
     iq_handlers: HashMap<&'static str, usize>,
     next_conn_id: AtomicU64,
@@ -69,6 +71,7 @@ impl Server {
             federation,
             modules,
             resumable: Default::default(),
+            bosh: Default::default(),
             iq_handlers,
             next_conn_id: AtomicU64::new(first_conn_id()),
             shutdown,

@@ -176,6 +176,10 @@ fn info(server: &Server) -> Element {
     ] {
         let mut field = Element::bare("field", DATA);
         stanza::set_attr(&mut field, "var", var);
+        if var == "FORM_TYPE" {
+            // XEP-0068 §4.3: FORM_TYPE counts only when hidden.
+            stanza::set_attr(&mut field, "type", "hidden");
+        }
         field.append_child(super::text_el("value", DATA, &value));
         form.append_child(field);
     }

@@ -44,10 +44,16 @@ pub async fn serve(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, direct
     serve_socket(server, Socket::Plain(tcp), peer, direct_tls, "c2s").await
 }
 
-/// Serves a client on XMPP over WebSocket (RFC 7395), its frames already translated to an XML
-/// stream (see `transport::websocket`).
-pub async fn serve_websocket(server: Arc<Server>, pipe: tokio::io::DuplexStream, peer: SocketAddr) {
-    serve_socket(server, Socket::Framed(pipe), peer, false, "websocket").await
+/// Serves a client on XMPP over WebSocket (RFC 7395) or BOSH (XEP-0206), its frames already
+/// translated to an XML stream (see `transport::websocket`, `transport::bosh`); `kind` names
+/// the transport in logs and metrics.
+pub async fn serve_framed(
+    server: Arc<Server>,
+    pipe: tokio::io::DuplexStream,
+    peer: SocketAddr,
+    kind: &'static str,
+) {
+    serve_socket(server, Socket::Framed(pipe), peer, false, kind).await
 }
 
 async fn serve_socket(

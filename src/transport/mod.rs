@@ -1,4 +1,5 @@
 //! Transports: TCP listeners and TLS.
+pub mod bosh;
 pub mod listener;
 pub mod peer_tls;
 pub mod tls;

@@ -64,7 +64,11 @@ async fn translate(ws: WebSocket, pipe: DuplexStream) {
 /// closing tag for `<close/>`, the element itself otherwise.
 fn inbound_frame(frame: &str) -> Vec<u8> {
     let trimmed = frame.trim();
-    if (trimmed.starts_with("<open") || trimmed.starts_with("<close"))
+    // Only a lone empty tag is parsed here (minidom's tree builder recurses, so nested input
+    // from a peer must only ever reach the session's bounded parser).
+    let lone_tag = trimmed.ends_with("/>") && trimmed.matches('<').count() == 1;
+    if lone_tag
+        && (trimmed.starts_with("<open") || trimmed.starts_with("<close"))
         && let Ok(el) = trimmed.parse::<Element>()
         && el.ns() == FRAMING
     {
@@ -90,7 +94,7 @@ fn inbound_frame(frame: &str) -> Vec<u8> {
 /// writer output: no comments, CDATA or processing instructions besides the XML declaration,
 /// which starts a new stream (after SASL).
 #[derive(Default)]
-struct Splitter {
+pub(crate) struct Splitter {
     buf: Vec<u8>,
     /// Bytes before this are scanned.
     pos: usize,
@@ -105,12 +109,12 @@ struct Splitter {
 }
 
 impl Splitter {
-    fn push(&mut self, bytes: &[u8]) {
+    pub(crate) fn push(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);
         self.scan();
     }
 
-    fn next_frame(&mut self) -> Option<String> {
+    pub(crate) fn next_frame(&mut self) -> Option<String> {
         self.ready.pop_front()
     }
 

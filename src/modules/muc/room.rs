@@ -1338,7 +1338,10 @@ impl Room {
             f.append_child(text_el("value", DATA, value));
             f
         };
-        x.append_child(field("FORM_TYPE", ROOMINFO));
+        // XEP-0068 §4.3: FORM_TYPE counts only when hidden.
+        let mut form_type = field("FORM_TYPE", ROOMINFO);
+        stanza::set_attr(&mut form_type, "type", "hidden");
+        x.append_child(form_type);
         x.append_child(field("muc#roominfo_description", &c.description));
         x.append_child(field(
             "muc#roominfo_occupants",
