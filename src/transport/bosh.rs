@@ -234,6 +234,8 @@ impl Session {
             s.held += 1;
             s.generation
         };
+        // Counted as held until answered, or until the client gives up the request.
+        let _held = Holding(self);
         let deadline = Instant::now() + Duration::from_secs(self.wait);
         loop {
             let notified = self.changed.notified();
@@ -241,8 +243,6 @@ impl Session {
                 let mut s = self.lock();
                 let ready = !s.out.is_empty() || s.ended || s.generation != generation;
                 if ready || Instant::now() >= deadline {
-                    s.held -= 1;
-                    s.last_activity = Instant::now();
                     let body = if s.ended && s.out.is_empty() {
                         terminal("")
                     } else {
@@ -354,6 +354,17 @@ pub fn split_request(text: &str) -> Result<(Element, &str), BoshError> {
         ));
     }
     Ok((body, payload))
+}
+
+/// A request being held; inactivity is counted from when none is.
+struct Holding<'a>(&'a Session);
+
+impl Drop for Holding<'_> {
+    fn drop(&mut self) {
+        let mut s = self.0.lock();
+        s.held = s.held.saturating_sub(1);
+        s.last_activity = Instant::now();
+    }
 }
 
 /// An ordinary answer with these elements (the `stream` prefix is declared once here).
