@@ -151,22 +151,9 @@ async fn open_stream(server: &Server, conn: &mut XmlConn) -> Result<StreamHeader
         .and_then(|t| jid::normalize_domain(t).ok())
         .is_some_and(|t| t == server.domain);
     if !to_ok {
-        return Err(Failure::stream(
-            "host-unknown",
-            "this server does not serve that domain",
-        ));
+        return Err(super::conn::host_unknown());
     }
-    let major = header
-        .version
-        .as_deref()
-        .and_then(|v| v.split('.').next())
-        .and_then(|m| m.parse::<u32>().ok());
-    if major != Some(1) {
-        return Err(Failure::stream(
-            "unsupported-version",
-            "only version 1.0 streams are supported",
-        ));
-    }
+    super::conn::check_version(&header)?;
     Ok(header)
 }
 

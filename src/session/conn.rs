@@ -137,6 +137,27 @@ impl Failure {
     }
 }
 
+/// RFC 6120 §4.7.5: only version 1.x streams are served.
+pub fn check_version(header: &crate::stream::parser::StreamHeader) -> Result<(), Failure> {
+    let major = header
+        .version
+        .as_deref()
+        .and_then(|v| v.split('.').next())
+        .and_then(|m| m.parse::<u32>().ok());
+    if major != Some(1) {
+        return Err(Failure::stream(
+            "unsupported-version",
+            "only version 1.0 streams are supported",
+        ));
+    }
+    Ok(())
+}
+
+/// The stream error for a `to` this server does not serve (RFC 6120 §4.9.3.6).
+pub fn host_unknown() -> Failure {
+    Failure::stream("host-unknown", "this server does not serve that domain")
+}
+
 impl From<ParseError> for Failure {
     fn from(e: ParseError) -> Failure {
         Failure::Stream {

@@ -20,7 +20,7 @@ use super::{Pair, Pending, hosts, outgoing};
 use crate::jid;
 use crate::router;
 use crate::server::Server;
-use crate::session::conn::{Failure, Socket, XmlConn};
+use crate::session::conn::{self, Failure, Socket, XmlConn};
 use crate::stanza::{self, StanzaError};
 use crate::stream::parser::{ParserLimits, StreamEvent, StreamHeader};
 use crate::stream::{ns, writer};
@@ -123,22 +123,9 @@ impl Incoming<'_> {
         self.conn.queue_bytes(reply.as_bytes());
         self.conn.header_sent = true;
         if !hosts(self.server, &to) {
-            return Err(Failure::stream(
-                "host-unknown",
-                "this server does not serve that domain",
-            ));
+            return Err(conn::host_unknown());
         }
-        let major = header
-            .version
-            .as_deref()
-            .and_then(|v| v.split('.').next())
-            .and_then(|m| m.parse::<u32>().ok());
-        if major != Some(1) {
-            return Err(Failure::stream(
-                "unsupported-version",
-                "only version 1.0 streams are supported",
-            ));
-        }
+        conn::check_version(&header)?;
         self.local = to;
         self.header = header;
         let features = self.features();

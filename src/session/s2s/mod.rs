@@ -308,10 +308,7 @@ pub(crate) async fn receive(
         }
     };
     if !hosts(server, to.domain().as_str()) {
-        return Err(Failure::stream(
-            "host-unknown",
-            "this server does not serve that domain",
-        ));
+        return Err(crate::session::conn::host_unknown());
     }
     router::route(server, stanza::renamespace(el, ns::SERVER, ns::CLIENT)).await;
     Ok(())
