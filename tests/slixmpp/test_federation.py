@@ -12,94 +12,27 @@ import ssl
 import time
 import urllib.request
 
-import pytest
 from slixmpp import JID
 
-from conftest import CERTS, STANDARD_PORTS, TIMEOUT, Server, connected, run
+from conftest import STANDARD_PORTS, TIMEOUT, connected, run
+from federation import (
+    ROOKERY,
+    WAIT,
+    chat_both_ways,
+    create_room,
+    groupchat_both_ways,
+    next_body,
+    servers_fixture,
+    wait_for,
+)
 from prosody import Prosody
 
-ROOKERY, PROSODY = "rookery.test", "prosody.test"
-WAIT = 15  # every wait for something to cross between the servers
+PROSODY = "prosody.test"
+servers = servers_fixture({PROSODY: "127.0.0.3", "nowhere.test": "127.0.0.9"})
 
 
-def rookery_s2s(dialback=True, trust_ca=True):
-    """The [s2s] tables of the rookery under test."""
-    trust = f'trust = ["{CERTS / "ca.pem"}"]\n' if trust_ca else ""
-    return (
-        "[s2s]\n"
-        "require_tls = true\n"
-        f"dialback = {'true' if dialback else 'false'}\n"
-        f"{trust}"
-        "[s2s.routes]\n"
-        '"prosody.test" = "127.0.0.3:5269"\n'
-        '"conference.prosody.test" = "127.0.0.3:5269"\n'
-        '"nowhere.test" = "127.0.0.9:5269"\n'
-    )
-
-
-@pytest.fixture
-def servers(tmp_path, request):
-    """Starts servers on demand (`servers.rookery(...)`, `servers.prosody(...)`), each with
-    alice, bob and carol (password = name), and stops them all at the end."""
-
-    class Servers:
-        def __init__(self):
-            self.started = []
-
-        def rookery(self, **s2s):
-            d = tmp_path / "rookery"
-            d.mkdir()
-            s = Server(
-                d,
-                domain=ROOKERY,
-                address="127.0.0.2",
-                ports=STANDARD_PORTS,
-                cert=CERTS / "rookery.test.pem",
-                key=CERTS / "rookery.test.key",
-                extra=rookery_s2s(**s2s),
-            )
-            for u in ("alice", "bob", "carol"):
-                s.add_user(f"{u}@{ROOKERY}", u)
-            self.started.append(s)
-            return s.start()
-
-        def prosody(self, **kwargs):
-            p = Prosody(tmp_path, **kwargs)
-            self.started.append(p)  # stop() also removes its directory
-            for u in ("alice", "bob", "carol"):
-                p.add_user(u, u)
-            return p.start()
-
-    servers = Servers()
-    yield servers
-    codes = {s: s.stop() for s in reversed(servers.started)}
-    call = getattr(request.node, "rep_call", None)
-    if call is not None and call.failed:
-        for s in servers.started:
-            if isinstance(s, Server):
-                print("---- rookery log ----\n" + s.log.read_text())
-            else:
-                print(f"---- prosody log ({s.kept_log}) ----\n" + s.log_text())
-    for s, code in codes.items():
-        if isinstance(s, Server):
-            assert code == 0, f"rookery exited with {code} after SIGTERM:\n{s.log.read_text()}"
-
-
-async def wait_for(predicate, what, timeout=WAIT):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
-async def next_body(client, body, timeout=WAIT):
-    """The next message with this body (others, such as MUC presence-less noise, are skipped)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        msg = await client.next_message(max(0.01, deadline - time.monotonic()))
-        if msg["body"] == body:
-            return msg
+def start_prosody(servers, **kwargs):
+    return servers.peer(Prosody, register_before_start=True, **kwargs)
 
 
 def collect_errors(client):
@@ -108,21 +41,9 @@ def collect_errors(client):
     return errors
 
 
-async def chat_both_ways(alice, bob):
-    """alice is on rookery.test, bob on prosody.test."""
-    alice.send_message(mto=f"bob@{PROSODY}", mbody="hello from rookery", mtype="chat")
-    msg = await next_body(bob, "hello from rookery")
-    assert msg["from"] == JID(f"alice@{ROOKERY}/a")
-    assert msg["to"].bare == f"bob@{PROSODY}"
-    bob.send_message(mto=f"alice@{ROOKERY}/a", mbody="hello from prosody", mtype="chat")
-    msg = await next_body(alice, "hello from prosody")
-    assert msg["from"] == JID(f"bob@{PROSODY}/b")
-    assert msg["to"] == JID(f"alice@{ROOKERY}/a")
-
-
 def test_verified_certificates_subscriptions_presence_and_messages(servers):
     rookery = servers.rookery(dialback=True, trust_ca=True)
-    prosody = servers.prosody(secure_auth=True)
+    prosody = start_prosody(servers, secure_auth=True)
 
     async def go():
         alice = await connected(rookery, f"alice@{ROOKERY}/a", "alice")
@@ -155,7 +76,7 @@ def test_verified_certificates_subscriptions_presence_and_messages(servers):
         assert alice.client_roster[f"bob@{PROSODY}"]["subscription"] == "both"
         assert bob.client_roster[f"alice@{ROOKERY}"]["subscription"] == "both"
 
-        await chat_both_ways(alice, bob)
+        await chat_both_ways(alice, bob, PROSODY)
 
         # bob going offline reaches alice as unavailable presence.
         gone = asyncio.Event()
@@ -177,12 +98,12 @@ def test_dialback_with_an_untrusted_certificate(servers):
     # Prosody presents a self-signed certificate that rookery cannot verify, and trusts none
     # of rookery's either: both directions can only be authenticated by dialback.
     rookery = servers.rookery(dialback=True, trust_ca=True)
-    prosody = servers.prosody(cert="self-signed.test", secure_auth=False, trust_ca=False)
+    prosody = start_prosody(servers, cert="self-signed.test", secure_auth=False, trust_ca=False)
 
     async def go():
         alice = await connected(rookery, f"alice@{ROOKERY}/a", "alice")
         bob = await connected(prosody, f"bob@{PROSODY}/b", "bob")
-        await chat_both_ways(alice, bob)
+        await chat_both_ways(alice, bob, PROSODY)
         # And again, over the streams that are now established.
         alice.send_message(mto=f"bob@{PROSODY}/b", mbody="second", mtype="chat")
         await next_body(bob, "second")
@@ -201,53 +122,21 @@ def test_dialback_with_an_untrusted_certificate(servers):
 def test_verified_certificates_without_dialback(servers):
     # With dialback off, rookery must authenticate Prosody by its CA-signed certificate.
     rookery = servers.rookery(dialback=False, trust_ca=True)
-    prosody = servers.prosody(secure_auth=True)
+    prosody = start_prosody(servers, secure_auth=True)
 
     async def go():
         alice = await connected(rookery, f"alice@{ROOKERY}/a", "alice")
         bob = await connected(prosody, f"bob@{PROSODY}/b", "bob")
-        await chat_both_ways(alice, bob)
+        await chat_both_ways(alice, bob, PROSODY)
         await alice.close()
         await bob.close()
 
     run(go())
 
 
-async def create_room(client, room, nick):
-    """Joins (creating) and submits the default configuration, which unlocks a new room."""
-    muc = client["xep_0045"]
-    await muc.join_muc_wait(JID(room), nick, maxstanzas=0, timeout=WAIT)
-    form = await muc.get_room_config(JID(room), timeout=WAIT)
-    await muc.set_room_config(JID(room), form, timeout=WAIT)
-
-
-async def groupchat_both_ways(local, remote, room):
-    """local created room and is in it as Local; remote joins as Remote; both talk."""
-    joined = asyncio.Event()
-    local.add_event_handler(
-        f"muc::{room}::got_online",
-        lambda p: joined.set() if p["from"] == JID(f"{room}/Remote") else None,
-    )
-    await remote["xep_0045"].join_muc_wait(JID(room), "Remote", maxstanzas=0, timeout=WAIT)
-    await asyncio.wait_for(joined.wait(), WAIT)
-    assert "Local" in remote["xep_0045"].get_roster(JID(room))
-
-    local.send_message(mto=room, mbody="from the local side", mtype="groupchat")
-    msg = await next_body(remote, "from the local side")
-    assert msg["type"] == "groupchat"
-    assert msg["from"] == JID(f"{room}/Local")
-    remote.send_message(mto=room, mbody="from the remote side", mtype="groupchat")
-    msg = await next_body(local, "from the remote side")
-    assert msg["type"] == "groupchat"
-    assert msg["from"] == JID(f"{room}/Remote")
-    # The sender gets its own message reflected, across servers too.
-    msg = await next_body(remote, "from the remote side")
-    assert msg["from"] == JID(f"{room}/Remote")
-
-
 def test_rooms_on_either_side(servers):
     rookery = servers.rookery()
-    prosody = servers.prosody()
+    prosody = start_prosody(servers)
 
     async def go():
         alice = await connected(rookery, f"alice@{ROOKERY}/a", "alice", plugins=("xep_0045",))
@@ -364,12 +253,12 @@ def test_one_bidirectional_stream_carries_both_directions(servers):
     # XEP-0288 with Prosody's mod_s2s_bidi: whichever server connects first, its stream carries
     # the other server's traffic too, so exactly one s2s connection is open between them.
     rookery = servers.rookery()
-    prosody = servers.prosody(modules=("s2s_bidi",))
+    prosody = start_prosody(servers, modules=("s2s_bidi",))
 
     async def go():
         alice = await connected(rookery, f"alice@{ROOKERY}/a", "alice")
         bob = await connected(prosody, f"bob@{PROSODY}/b", "bob")
-        await chat_both_ways(alice, bob)
+        await chat_both_ways(alice, bob, PROSODY)
         await alice.close()
         await bob.close()
 

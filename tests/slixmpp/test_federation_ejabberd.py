@@ -7,90 +7,27 @@ clients log in to each side and talk across."""
 
 import asyncio
 
-import pytest
 from slixmpp import JID
 
-from conftest import CERTS, STANDARD_PORTS, TIMEOUT, Server, connected, run
+from conftest import TIMEOUT, connected, run
 from ejabberd import Ejabberd
-from test_federation import create_room, groupchat_both_ways, next_body, wait_for
+from federation import (
+    ROOKERY,
+    WAIT,
+    chat_both_ways,
+    create_room,
+    groupchat_both_ways,
+    next_body,
+    servers_fixture,
+    wait_for,
+)
 
-ROOKERY, EJABBERD = "rookery.test", "ejabberd.test"
-WAIT = 15  # every wait for something to cross between the servers
-
-
-def rookery_s2s(dialback=True, trust_ca=True):
-    """The [s2s] tables of the rookery under test."""
-    trust = f'trust = ["{CERTS / "ca.pem"}"]\n' if trust_ca else ""
-    return (
-        "[s2s]\n"
-        "require_tls = true\n"
-        f"dialback = {'true' if dialback else 'false'}\n"
-        f"{trust}"
-        "[s2s.routes]\n"
-        '"ejabberd.test" = "127.0.0.4:5269"\n'
-        '"conference.ejabberd.test" = "127.0.0.4:5269"\n'
-    )
+EJABBERD = "ejabberd.test"
+servers = servers_fixture({EJABBERD: "127.0.0.4"})
 
 
-@pytest.fixture
-def servers(tmp_path, request):
-    """Starts servers on demand (`servers.rookery(...)`, `servers.ejabberd(...)`), each with
-    alice, bob and carol (password = name), and stops them all at the end."""
-
-    class Servers:
-        def __init__(self):
-            self.started = []
-
-        def rookery(self, **s2s):
-            d = tmp_path / "rookery"
-            d.mkdir()
-            s = Server(
-                d,
-                domain=ROOKERY,
-                address="127.0.0.2",
-                ports=STANDARD_PORTS,
-                cert=CERTS / "rookery.test.pem",
-                key=CERTS / "rookery.test.key",
-                extra=rookery_s2s(**s2s),
-            )
-            for u in ("alice", "bob", "carol"):
-                s.add_user(f"{u}@{ROOKERY}", u)
-            self.started.append(s)
-            return s.start()
-
-        def ejabberd(self, **kwargs):
-            e = Ejabberd(tmp_path, **kwargs)
-            self.started.append(e)  # stop() also removes its directory
-            e.start()
-            for u in ("alice", "bob", "carol"):
-                e.add_user(u, u)
-            return e
-
-    servers = Servers()
-    yield servers
-    codes = {s: s.stop() for s in reversed(servers.started)}
-    call = getattr(request.node, "rep_call", None)
-    if call is not None and call.failed:
-        for s in servers.started:
-            if isinstance(s, Server):
-                print("---- rookery log ----\n" + s.log.read_text())
-            else:
-                print(f"---- ejabberd log ({s.kept_log}) ----\n" + s.log_text())
-    for s, code in codes.items():
-        if isinstance(s, Server):
-            assert code == 0, f"rookery exited with {code} after SIGTERM:\n{s.log.read_text()}"
-
-
-async def chat_both_ways(alice, bob):
-    """alice is on rookery.test, bob on ejabberd.test."""
-    alice.send_message(mto=f"bob@{EJABBERD}", mbody="hello from rookery", mtype="chat")
-    msg = await next_body(bob, "hello from rookery")
-    assert msg["from"] == JID(f"alice@{ROOKERY}/a")
-    assert msg["to"].bare == f"bob@{EJABBERD}"
-    bob.send_message(mto=f"alice@{ROOKERY}/a", mbody="hello from ejabberd", mtype="chat")
-    msg = await next_body(alice, "hello from ejabberd")
-    assert msg["from"] == JID(f"bob@{EJABBERD}/b")
-    assert msg["to"] == JID(f"alice@{ROOKERY}/a")
+def start_ejabberd(servers, **kwargs):
+    return servers.peer(Ejabberd, register_before_start=False, **kwargs)
 
 
 def authenticated(ejabberd, direction, mech, remote):
@@ -106,7 +43,7 @@ def test_verified_certificates_subscriptions_presence_and_messages(servers):
     # Without mod_s2s_dialback ejabberd authenticates peers by certificate only (SASL EXTERNAL),
     # in both directions.
     rookery = servers.rookery(dialback=True, trust_ca=True)
-    ejabberd = servers.ejabberd(trust_ca=True, dialback=False)
+    ejabberd = start_ejabberd(servers, trust_ca=True, dialback=False)
 
     async def go():
         alice = await connected(rookery, f"alice@{ROOKERY}/a", "alice")
@@ -139,7 +76,7 @@ def test_verified_certificates_subscriptions_presence_and_messages(servers):
         assert alice.client_roster[f"bob@{EJABBERD}"]["subscription"] == "both"
         assert bob.client_roster[f"alice@{ROOKERY}"]["subscription"] == "both"
 
-        await chat_both_ways(alice, bob)
+        await chat_both_ways(alice, bob, EJABBERD)
 
         # bob going offline reaches alice as unavailable presence.
         gone = asyncio.Event()
@@ -163,12 +100,12 @@ def test_dialback_with_an_untrusted_certificate(servers):
     # xmlns:db declared on the stream header) and silently drops a <result/> or <verify/> that
     # declares jabber:server:dialback as its default namespace instead.
     rookery = servers.rookery(dialback=True, trust_ca=True)
-    ejabberd = servers.ejabberd(cert="self-signed-ejabberd.test", trust_ca=False, dialback=True)
+    ejabberd = start_ejabberd(servers, cert="self-signed-ejabberd.test", trust_ca=False, dialback=True)
 
     async def go():
         alice = await connected(rookery, f"alice@{ROOKERY}/a", "alice")
         bob = await connected(ejabberd, f"bob@{EJABBERD}/b", "bob")
-        await chat_both_ways(alice, bob)
+        await chat_both_ways(alice, bob, EJABBERD)
         # And again, over the streams that are now established.
         alice.send_message(mto=f"bob@{EJABBERD}/b", mbody="second", mtype="chat")
         await next_body(bob, "second")
@@ -186,12 +123,12 @@ def test_verified_certificates_without_dialback(servers):
     # ejabberd offers dialback too, but with certificates both sides can verify, EXTERNAL is
     # used both ways; rookery, with dialback off, must authenticate ejabberd by its certificate.
     rookery = servers.rookery(dialback=False, trust_ca=True)
-    ejabberd = servers.ejabberd(trust_ca=True, dialback=True)
+    ejabberd = start_ejabberd(servers, trust_ca=True, dialback=True)
 
     async def go():
         alice = await connected(rookery, f"alice@{ROOKERY}/a", "alice")
         bob = await connected(ejabberd, f"bob@{EJABBERD}/b", "bob")
-        await chat_both_ways(alice, bob)
+        await chat_both_ways(alice, bob, EJABBERD)
         await alice.close()
         await bob.close()
 
@@ -202,7 +139,7 @@ def test_verified_certificates_without_dialback(servers):
 
 def test_rooms_on_either_side(servers):
     rookery = servers.rookery()
-    ejabberd = servers.ejabberd()
+    ejabberd = start_ejabberd(servers)
 
     async def go():
         alice = await connected(rookery, f"alice@{ROOKERY}/a", "alice", plugins=("xep_0045",))
