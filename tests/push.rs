@@ -20,8 +20,8 @@ fn enable(id: &str, node: Option<&str>) -> String {
     )
 }
 
-#[tokio::test(flavor = "current_thread")]
-async fn the_app_server_hears_of_messages_while_the_phone_is_away() {
+/// A server with alice and bob, and a test app server connected as push.localhost.
+async fn with_app_server() -> (TestServer, Raw) {
     let server = TestServer::start_with(|c| {
         c.listen.component = "127.0.0.1:0".parse().expect("addr");
         c.components.insert(
@@ -35,7 +35,13 @@ async fn the_app_server_hears_of_messages_while_the_phone_is_away() {
     server.add_user("alice", "secret").await;
     server.add_user("bob", "secret").await;
     let addr = server.running.as_ref().expect("running").component_addr;
-    let mut app_server = Raw::component(addr.expect("listener"), "push.localhost", "s3cret").await;
+    let app_server = Raw::component(addr.expect("listener"), "push.localhost", "s3cret").await;
+    (server, app_server)
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_app_server_hears_of_messages_while_the_phone_is_away() {
+    let (server, mut app_server) = with_app_server().await;
     let mut bob = XmppClient::connect(&server, "bob@localhost/desk", "secret").await;
     bob.send("<presence/>").await;
 
@@ -101,20 +107,7 @@ async fn the_app_server_hears_of_messages_while_the_phone_is_away() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn an_offline_account_notifies_and_bad_registrations_are_refused() {
-    let server = TestServer::start_with(|c| {
-        c.listen.component = "127.0.0.1:0".parse().expect("addr");
-        c.components.insert(
-            "push.localhost".into(),
-            rookery::config::Component {
-                secret: "s3cret".into(),
-            },
-        );
-    })
-    .await;
-    server.add_user("alice", "secret").await;
-    server.add_user("bob", "secret").await;
-    let addr = server.running.as_ref().expect("running").component_addr;
-    let mut app_server = Raw::component(addr.expect("listener"), "push.localhost", "s3cret").await;
+    let (server, mut app_server) = with_app_server().await;
 
     let mut phone = XmppClient::connect(&server, "alice@localhost/phone", "secret").await;
     // Without a node: bad-request. For someone else's account: forbidden.

@@ -126,6 +126,49 @@ async def chat_both_ways(alice, bob, peer):
     assert msg["to"] == JID(f"alice@{ROOKERY}/a")
 
 
+async def subscribe_see_presence_and_chat(alice, bob, peer):
+    """alice (rookery.test) and bob (the peer) subscribe to each other, see each other's
+    presence, chat both ways, and alice sees bob go offline."""
+    for c in (alice, bob):
+        c.auto_authorize = True
+        c.auto_subscribe = True
+
+    # alice asks; bob's client approves and asks back; alice's approves.
+    alice.send_presence_subscription(pto=f"bob@{peer}")
+    await wait_for(
+        lambda: alice.client_roster[f"bob@{peer}"]["subscription"] == "both",
+        "alice's subscription to bob: both",
+    )
+    await wait_for(
+        lambda: bob.client_roster[f"alice@{ROOKERY}"]["subscription"] == "both",
+        "bob's subscription to alice: both",
+    )
+    await wait_for(
+        lambda: "b" in alice.client_roster[f"bob@{peer}"].resources,
+        "bob's presence at alice",
+    )
+    await wait_for(
+        lambda: "a" in bob.client_roster[f"alice@{ROOKERY}"].resources,
+        "alice's presence at bob",
+    )
+    # Both servers keep the subscriptions: a fresh roster fetch says the same.
+    await asyncio.wait_for(alice.get_roster(), WAIT)
+    await asyncio.wait_for(bob.get_roster(), WAIT)
+    assert alice.client_roster[f"bob@{peer}"]["subscription"] == "both"
+    assert bob.client_roster[f"alice@{ROOKERY}"]["subscription"] == "both"
+
+    await chat_both_ways(alice, bob, peer)
+
+    # bob going offline reaches alice as unavailable presence.
+    gone = asyncio.Event()
+    alice.add_event_handler(
+        "presence_unavailable",
+        lambda p: gone.set() if p["from"] == JID(f"bob@{peer}/b") else None,
+    )
+    await bob.close()
+    await asyncio.wait_for(gone.wait(), WAIT)
+
+
 async def create_room(client, room, nick):
     """Joins (creating) and submits the default configuration, which unlocks a new room."""
     muc = client["xep_0045"]

@@ -12,7 +12,6 @@ import ssl
 import time
 import urllib.request
 
-from slixmpp import JID
 
 from conftest import STANDARD_PORTS, TIMEOUT, connected, run
 from federation import (
@@ -23,7 +22,7 @@ from federation import (
     groupchat_both_ways,
     next_body,
     servers_fixture,
-    wait_for,
+    subscribe_see_presence_and_chat,
 )
 from prosody import Prosody
 
@@ -48,44 +47,7 @@ def test_verified_certificates_subscriptions_presence_and_messages(servers):
     async def go():
         alice = await connected(rookery, f"alice@{ROOKERY}/a", "alice")
         bob = await connected(prosody, f"bob@{PROSODY}/b", "bob")
-        for c in (alice, bob):
-            c.auto_authorize = True
-            c.auto_subscribe = True
-
-        # alice asks; bob's client approves and asks back; alice's approves.
-        alice.send_presence_subscription(pto=f"bob@{PROSODY}")
-        await wait_for(
-            lambda: alice.client_roster[f"bob@{PROSODY}"]["subscription"] == "both",
-            "alice's subscription to bob: both",
-        )
-        await wait_for(
-            lambda: bob.client_roster[f"alice@{ROOKERY}"]["subscription"] == "both",
-            "bob's subscription to alice: both",
-        )
-        await wait_for(
-            lambda: "b" in alice.client_roster[f"bob@{PROSODY}"].resources,
-            "bob's presence at alice",
-        )
-        await wait_for(
-            lambda: "a" in bob.client_roster[f"alice@{ROOKERY}"].resources,
-            "alice's presence at bob",
-        )
-        # Both servers keep the subscriptions: a fresh roster fetch says the same.
-        await asyncio.wait_for(alice.get_roster(), TIMEOUT)
-        await asyncio.wait_for(bob.get_roster(), TIMEOUT)
-        assert alice.client_roster[f"bob@{PROSODY}"]["subscription"] == "both"
-        assert bob.client_roster[f"alice@{ROOKERY}"]["subscription"] == "both"
-
-        await chat_both_ways(alice, bob, PROSODY)
-
-        # bob going offline reaches alice as unavailable presence.
-        gone = asyncio.Event()
-        alice.add_event_handler(
-            "presence_unavailable",
-            lambda p: gone.set() if p["from"] == JID(f"bob@{PROSODY}/b") else None,
-        )
-        await bob.close()
-        await asyncio.wait_for(gone.wait(), WAIT)
+        await subscribe_see_presence_and_chat(alice, bob, PROSODY)
         await alice.close()
 
     run(go())

@@ -5,21 +5,16 @@ standard ports and certificates from certs/test/. rookery finds ejabberd through
 ejabberd finds rookery through SRV records ejabberd.py puts in its resolver's cache. slixmpp
 clients log in to each side and talk across."""
 
-import asyncio
-
-from slixmpp import JID
-
-from conftest import TIMEOUT, connected, run
+from conftest import connected, run
 from ejabberd import Ejabberd
 from federation import (
     ROOKERY,
-    WAIT,
     chat_both_ways,
     create_room,
     groupchat_both_ways,
     next_body,
     servers_fixture,
-    wait_for,
+    subscribe_see_presence_and_chat,
 )
 
 EJABBERD = "ejabberd.test"
@@ -48,44 +43,7 @@ def test_verified_certificates_subscriptions_presence_and_messages(servers):
     async def go():
         alice = await connected(rookery, f"alice@{ROOKERY}/a", "alice")
         bob = await connected(ejabberd, f"bob@{EJABBERD}/b", "bob")
-        for c in (alice, bob):
-            c.auto_authorize = True
-            c.auto_subscribe = True
-
-        # alice asks; bob's client approves and asks back; alice's approves.
-        alice.send_presence_subscription(pto=f"bob@{EJABBERD}")
-        await wait_for(
-            lambda: alice.client_roster[f"bob@{EJABBERD}"]["subscription"] == "both",
-            "alice's subscription to bob: both",
-        )
-        await wait_for(
-            lambda: bob.client_roster[f"alice@{ROOKERY}"]["subscription"] == "both",
-            "bob's subscription to alice: both",
-        )
-        await wait_for(
-            lambda: "b" in alice.client_roster[f"bob@{EJABBERD}"].resources,
-            "bob's presence at alice",
-        )
-        await wait_for(
-            lambda: "a" in bob.client_roster[f"alice@{ROOKERY}"].resources,
-            "alice's presence at bob",
-        )
-        # Both servers keep the subscriptions: a fresh roster fetch says the same.
-        await asyncio.wait_for(alice.get_roster(), TIMEOUT)
-        await asyncio.wait_for(bob.get_roster(), TIMEOUT)
-        assert alice.client_roster[f"bob@{EJABBERD}"]["subscription"] == "both"
-        assert bob.client_roster[f"alice@{ROOKERY}"]["subscription"] == "both"
-
-        await chat_both_ways(alice, bob, EJABBERD)
-
-        # bob going offline reaches alice as unavailable presence.
-        gone = asyncio.Event()
-        alice.add_event_handler(
-            "presence_unavailable",
-            lambda p: gone.set() if p["from"] == JID(f"bob@{EJABBERD}/b") else None,
-        )
-        await bob.close()
-        await asyncio.wait_for(gone.wait(), WAIT)
+        await subscribe_see_presence_and_chat(alice, bob, EJABBERD)
         await alice.close()
 
     run(go())
