@@ -174,21 +174,6 @@ async fn blocking_command() {
     server.shutdown().await;
 }
 
-/// Mutual subscriptions straight in the store, so a test starts from a settled roster.
-async fn befriend(server: &TestServer, a: &str, b: &str) {
-    let store = &server.running.as_ref().expect("running").server.store;
-    for (user, contact) in [(a, b), (b, a)] {
-        let item = rookery::store::RosterItem {
-            jid: format!("{contact}@localhost"),
-            name: None,
-            subscription: rookery::store::Subscription::Both,
-            ask: false,
-            groups: Vec::new(),
-        };
-        store.put_roster_item(user, &item).await.expect("roster");
-    }
-}
-
 fn is_presence(from: &'static str, kind: Option<&'static str>) -> impl Fn(&Element) -> bool {
     move |e| {
         e.name() == "presence"

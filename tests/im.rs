@@ -163,7 +163,7 @@ async fn subscription_handshake_both_ways_with_pushes_to_every_resource() {
     server.shutdown().await;
 }
 
-async fn befriend(server: &TestServer, a: &str, b: &str) {
+async fn subscribe_both_ways(server: &TestServer, a: &str, b: &str) {
     let mut ca = Raw::login(server, a, "pw", "setup").await;
     let mut cb = Raw::login(server, b, "pw", "setup").await;
     cb.send("<presence/>").await;
@@ -201,7 +201,7 @@ async fn presence_reaches_subscribers_and_unavailable_follows_disconnect() {
     let server = TestServer::start().await;
     server.add_user("alice", "pw").await;
     server.add_user("bob", "pw").await;
-    befriend(&server, "alice", "bob").await;
+    subscribe_both_ways(&server, "alice", "bob").await;
     let mut alice = XmppClient::connect(&server, "alice@localhost/a", "pw").await;
     alice.send("<presence/>").await;
     let mut bob = XmppClient::connect(&server, "bob@localhost/b", "pw").await;
@@ -362,7 +362,7 @@ async fn restart_keeps_accounts_rosters_and_offline_messages() {
     let server = TestServer::start().await;
     server.add_user("alice", "pw").await;
     server.add_user("bob", "pw").await;
-    befriend(&server, "alice", "bob").await;
+    subscribe_both_ways(&server, "alice", "bob").await;
     let mut alice = Raw::login(&server, "alice", "pw", "a").await;
     alice
         .send("<message to='bob@localhost' type='chat'><body>kept across restarts</body></message>")
@@ -479,7 +479,7 @@ async fn unsubscribe_and_cancel_end_presence_both_ways() {
     let server = TestServer::start().await;
     server.add_user("alice", "pw").await;
     server.add_user("bob", "pw").await;
-    befriend(&server, "alice", "bob").await;
+    subscribe_both_ways(&server, "alice", "bob").await;
     let mut alice = XmppClient::connect(&server, "alice@localhost/a", "pw").await;
     let mut bob = XmppClient::connect(&server, "bob@localhost/b", "pw").await;
     for (c, id) in [(&mut alice, "r1"), (&mut bob, "r2")] {

@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 use minidom::Element;
 
-use super::{IqRequest, IqResult, IqTarget, Module, el};
+use super::{IqRequest, IqResult, IqTarget, Module, el, pep};
 use crate::server::Server;
 use crate::stanza::StanzaError;
 
@@ -72,19 +72,28 @@ impl Module for Disco {
         if req.is_set {
             return Err(StanzaError::not_allowed());
         }
-        if req.payload.attr("node").is_some() {
-            return Err(StanzaError::item_not_found());
-        }
         let is_info = req.payload.ns() == INFO;
+        if let Some(node) = req.payload.attr("node") {
+            return match &req.target {
+                IqTarget::Account(owner) if is_info => pep_node_info(&req, owner, node).await,
+                _ => Err(StanzaError::item_not_found()),
+            };
+        }
         match (&req.target, is_info) {
             (IqTarget::Server, true) => Ok(Some(info(
                 ("server", "im", "rookery"),
                 &server_features(req.server),
             ))),
-            (IqTarget::Account(_), true) => Ok(Some(info(
-                ("account", "registered", ""),
-                &account_features(req.server),
-            ))),
+            (IqTarget::Account(_), true) => {
+                let mut query = info(("account", "registered", ""), &account_features(req.server));
+                // XEP-0163 §6.1: every account is a personal eventing service.
+                query.append_child(el(
+                    "identity",
+                    INFO,
+                    &[("category", "pubsub"), ("type", "pep")],
+                ));
+                Ok(Some(query))
+            }
             // The server lists its services (group chat, components); accounts publish no
             // items.
             (IqTarget::Server, false) => {
@@ -107,7 +116,29 @@ impl Module for Disco {
                 }
                 Ok(Some(q))
             }
-            (IqTarget::Account(_), false) => Ok(Some(Element::bare("query", ITEMS))),
+            // XEP-0060 §5.2: an account's items are its PEP nodes the asker may read.
+            (IqTarget::Account(owner), false) => {
+                let mut q = Element::bare("query", ITEMS);
+                for node in pep::disco_items(req.server, owner, req.from).await? {
+                    q.append_child(el(
+                        "item",
+                        ITEMS,
+                        &[("jid", &owner.to_string()), ("node", &node)],
+                    ));
+                }
+                Ok(Some(q))
+            }
         }
     }
+}
+
+/// disco#info of one PEP node (XEP-0060 §5.3), for those who may read it.
+async fn pep_node_info(req: &IqRequest<'_>, owner: &crate::jid::BareJid, node: &str) -> IqResult {
+    let readable = pep::disco_items(req.server, owner, req.from).await?;
+    if !readable.iter().any(|n| n == node) {
+        return Err(StanzaError::item_not_found());
+    }
+    let mut query = info(("pubsub", "leaf", ""), &[pep::PUBSUB]);
+    crate::stanza::set_attr(&mut query, "node", node);
+    Ok(Some(query))
 }

@@ -11,6 +11,7 @@ pub mod disco;
 pub mod mam;
 pub mod muc;
 pub mod offline;
+pub mod pep;
 pub mod ping;
 pub mod presence;
 pub mod push;
@@ -45,6 +46,7 @@ pub fn all() -> Vec<Arc<dyn Module>> {
         Arc::new(push::Push),
         Arc::new(upload::Upload::default()),
         Arc::new(vcard::VCard),
+        Arc::new(pep::Pep::default()),
         Arc::new(mam::Mam::default()),
         Arc::new(muc::Muc::default()),
         Arc::new(bridge::Bridge::default()),
@@ -211,4 +213,16 @@ pub fn el(name: &str, ns: &str, attrs: &[(&str, &str)]) -> Element {
 /// Builds `<name xmlns=ns>text</name>`.
 pub fn text_el(name: &str, ns: &str, text: &str) -> Element {
     Element::builder(name, ns).append(text).build()
+}
+
+/// Builder-style appending, for nesting elements in one expression.
+pub trait WithChild {
+    fn with_child(self, child: Element) -> Element;
+}
+
+impl WithChild for Element {
+    fn with_child(mut self, child: Element) -> Element {
+        self.append_child(child);
+        self
+    }
 }

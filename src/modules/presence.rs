@@ -223,6 +223,8 @@ async fn broadcast(
             let _ = r.sender.deliver(p);
         }
     }
+    // The owner's own resources hear about its personal eventing nodes too.
+    super::pep::notify::presence_seen(server, &owner, from, presence).await;
 }
 
 /// Probes the contacts of a new session (RFC 6121 §4.3): for local contacts, their current

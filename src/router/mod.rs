@@ -14,7 +14,7 @@ use minidom::Element;
 use tracing::debug;
 
 use crate::jid::{self, BareJid, FullJid, Jid};
-use crate::modules::{self, blocking, carbons, mam, muc, offline, presence, upload};
+use crate::modules::{self, blocking, carbons, mam, muc, offline, pep, presence, upload};
 use crate::server::Server;
 use crate::session::{component, s2s};
 use crate::stanza::{self, StanzaError};
@@ -149,6 +149,12 @@ pub async fn bounce(server: &Server, stanza: &Element, err: StanzaError) {
 
 async fn to_server(server: &Server, stanza: Element) {
     match stanza.name() {
+        "iq" if matches!(stanza::stanza_type(&stanza), "result" | "error") => {
+            let from = stanza.attr("from").and_then(|f| jid::parse(f).ok());
+            if let Some(from) = from.and_then(|f| f.try_into_full().ok()) {
+                pep::notify::answer(server, &from, &stanza).await;
+            }
+        }
         "iq" => {
             let from = stanza.attr("from").and_then(|f| jid::parse(f).ok());
             if let Some(from) = from {
@@ -272,6 +278,11 @@ async fn route_presence(server: &Server, to: &Jid, stanza: Element) {
                 if r.available() {
                     let _ = deliver(&r, stanza.clone());
                 }
+            }
+            // A contact's resource is online (or gone): personal eventing follows it.
+            let from = stanza.attr("from").and_then(|f| jid::parse(f).ok());
+            if let Some(from) = from.and_then(|f| f.try_into_full().ok()) {
+                pep::notify::presence_seen(server, &bare, &from, &stanza).await;
             }
         }
     }

@@ -18,7 +18,7 @@ use super::conn::{Failure, Socket, XmlConn};
 use super::sm::{self, Resumption, Sm};
 use crate::auth::{AuthError, plain, scram};
 use crate::jid::{self, BareJid, FullJid, Jid};
-use crate::modules::{self, IqTarget, blocking, carbons, csi, mam, presence, push, register};
+use crate::modules::{self, IqTarget, blocking, carbons, csi, mam, pep, presence, push, register};
 use crate::router::{self, table::SessionCommand, table::SessionSender, table::TableError};
 use crate::server::Server;
 use crate::stanza::{self, StanzaError};
@@ -1106,6 +1106,9 @@ impl Session<'_> {
                 .is_some_and(|(id, _)| Some(id.as_str()) == el.attr("id"))
             {
                 self.ping = None;
+            }
+            if target == IqTarget::Server {
+                pep::notify::answer(self.server, &self.jid, &el).await;
             }
             return;
         }

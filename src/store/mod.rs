@@ -174,6 +174,22 @@ pub struct PushRegistration {
     pub options: Option<String>,
 }
 
+/// A personal eventing node (XEP-0163) of an account, with its configuration as the PEP
+/// module serialises it.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct PepNode {
+    pub node: String,
+    pub config: String,
+}
+
+/// An item published to a PEP node: its id, when it was published, and its payload as XML.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct PepItem {
+    pub item_id: String,
+    pub published_ms: i64,
+    pub payload: String,
+}
+
 /// An application of the REST bridge: its name, its secret token, and how many chats it has.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct RestApp {
@@ -363,6 +379,35 @@ pub trait Store: Send + Sync {
     // vcard-temp (XEP-0054).
     async fn vcard(&self, user: &str) -> StoreResult<Option<String>>;
     async fn set_vcard(&self, user: &str, vcard: &str) -> StoreResult<()>;
+
+    // Personal eventing (XEP-0163).
+    async fn pep_nodes(&self, user: &str) -> StoreResult<Vec<PepNode>>;
+    async fn pep_node(&self, user: &str, node: &str) -> StoreResult<Option<PepNode>>;
+    /// Creates a node or replaces its configuration.
+    async fn pep_set_node(&self, user: &str, node: &PepNode) -> StoreResult<()>;
+    /// Deletes a node with its items; false if there was none.
+    async fn pep_delete_node(&self, user: &str, node: &str) -> StoreResult<bool>;
+    /// Stores an item as the node's newest (replacing one with the same id), then keeps only
+    /// the newest `max_items`.
+    async fn pep_publish(
+        &self,
+        user: &str,
+        node: &str,
+        item: &PepItem,
+        max_items: u32,
+    ) -> StoreResult<()>;
+    /// The node's items, newest first: those named by `ids`, or else the newest `max`.
+    async fn pep_items(
+        &self,
+        user: &str,
+        node: &str,
+        ids: &[String],
+        max: u32,
+    ) -> StoreResult<Vec<PepItem>>;
+    /// Removes one item; false if there was none.
+    async fn pep_retract(&self, user: &str, node: &str, item_id: &str) -> StoreResult<bool>;
+    /// Removes every item of a node.
+    async fn pep_purge(&self, user: &str, node: &str) -> StoreResult<()>;
 
     // The REST bridge: applications, chats and messages. Numbers are given inside the same
     // transaction that raises the parent's count, so they are unique and gapless under any

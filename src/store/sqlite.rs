@@ -12,9 +12,9 @@ use sqlx::{Row, Sqlite, Transaction};
 
 use super::{
     ArchivePage, ArchivePrefs, ArchiveQuery, ArchivedMessage, Credentials, NewArchived,
-    NewRestMessage, OfflineMessage, PushRegistration, RestApp, RestChat, RestMessage, Roster,
-    RosterItem, ScramKeys, Store, StoreError, StoreResult, StoredRoom, Subscription,
-    SubscriptionRequest, archive_sql, search_words,
+    NewRestMessage, OfflineMessage, PepItem, PepNode, PushRegistration, RestApp, RestChat,
+    RestMessage, Roster, RosterItem, ScramKeys, Store, StoreError, StoreResult, StoredRoom,
+    Subscription, SubscriptionRequest, archive_sql, search_words,
 };
 
 // The columns each REST row is read from, as literals so that queries stay `&'static str`.
@@ -451,6 +451,127 @@ impl Store for SqliteStore {
         .bind(node)
         .execute(&self.writer)
         .await?;
+        Ok(())
+    }
+
+    async fn pep_nodes(&self, user: &str) -> StoreResult<Vec<PepNode>> {
+        let rows = sqlx::query_as::<_, PepNode>(
+            "SELECT node, config FROM pep_nodes WHERE username = ? ORDER BY node",
+        )
+        .bind(user)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows)
+    }
+
+    async fn pep_node(&self, user: &str, node: &str) -> StoreResult<Option<PepNode>> {
+        let row = sqlx::query_as::<_, PepNode>(
+            "SELECT node, config FROM pep_nodes WHERE username = ? AND node = ?",
+        )
+        .bind(user)
+        .bind(node)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row)
+    }
+
+    async fn pep_set_node(&self, user: &str, node: &PepNode) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO pep_nodes (username, node, config) VALUES (?, ?, ?) \
+             ON CONFLICT (username, node) DO UPDATE SET config = excluded.config",
+        )
+        .bind(user)
+        .bind(&node.node)
+        .bind(&node.config)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn pep_delete_node(&self, user: &str, node: &str) -> StoreResult<bool> {
+        let done = sqlx::query("DELETE FROM pep_nodes WHERE username = ? AND node = ?")
+            .bind(user)
+            .bind(node)
+            .execute(&self.writer)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn pep_publish(
+        &self,
+        user: &str,
+        node: &str,
+        item: &PepItem,
+        max_items: u32,
+    ) -> StoreResult<()> {
+        let mut tx = self.writer.begin().await?;
+        sqlx::query(
+            "INSERT INTO pep_items (username, node, item_id, seq, published_ms, payload) \
+             VALUES (?1, ?2, ?3, (SELECT COALESCE(MAX(seq), 0) + 1 FROM pep_items \
+             WHERE username = ?1 AND node = ?2), ?4, ?5) \
+             ON CONFLICT (username, node, item_id) DO UPDATE SET seq = excluded.seq, \
+             published_ms = excluded.published_ms, payload = excluded.payload",
+        )
+        .bind(user)
+        .bind(node)
+        .bind(&item.item_id)
+        .bind(item.published_ms)
+        .bind(&item.payload)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "DELETE FROM pep_items WHERE username = ?1 AND node = ?2 AND seq NOT IN \
+             (SELECT seq FROM pep_items WHERE username = ?1 AND node = ?2 \
+             ORDER BY seq DESC LIMIT ?3)",
+        )
+        .bind(user)
+        .bind(node)
+        .bind(i64::from(max_items))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn pep_items(
+        &self,
+        user: &str,
+        node: &str,
+        ids: &[String],
+        max: u32,
+    ) -> StoreResult<Vec<PepItem>> {
+        let mut rows = sqlx::query_as::<_, PepItem>(
+            "SELECT item_id, published_ms, payload FROM pep_items \
+             WHERE username = ? AND node = ? ORDER BY seq DESC LIMIT ?",
+        )
+        .bind(user)
+        .bind(node)
+        .bind(if ids.is_empty() { i64::from(max) } else { -1 })
+        .fetch_all(&self.pool)
+        .await?;
+        if !ids.is_empty() {
+            rows.retain(|r| ids.contains(&r.item_id));
+        }
+        Ok(rows)
+    }
+
+    async fn pep_retract(&self, user: &str, node: &str, item_id: &str) -> StoreResult<bool> {
+        let done =
+            sqlx::query("DELETE FROM pep_items WHERE username = ? AND node = ? AND item_id = ?")
+                .bind(user)
+                .bind(node)
+                .bind(item_id)
+                .execute(&self.writer)
+                .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn pep_purge(&self, user: &str, node: &str) -> StoreResult<()> {
+        sqlx::query("DELETE FROM pep_items WHERE username = ? AND node = ?")
+            .bind(user)
+            .bind(node)
+            .execute(&self.writer)
+            .await?;
         Ok(())
     }
 

@@ -8,8 +8,8 @@ use async_trait::async_trait;
 
 use super::{
     ArchivePage, ArchivePrefs, ArchiveQuery, Credentials, NewArchived, NewRestMessage,
-    OfflineMessage, PushRegistration, RestApp, RestChat, RestMessage, Roster, RosterItem, Store,
-    StoreResult, StoredRoom, SubscriptionRequest,
+    OfflineMessage, PepItem, PepNode, PushRegistration, RestApp, RestChat, RestMessage, Roster,
+    RosterItem, Store, StoreResult, StoredRoom, SubscriptionRequest,
 };
 
 pub struct Timed(pub Arc<dyn Store>);
@@ -161,6 +161,45 @@ impl Store for Timed {
     }
     async fn set_vcard(&self, user: &str, vcard: &str) -> StoreResult<()> {
         timed!("set_vcard", self.0.set_vcard(user, vcard))
+    }
+    async fn pep_nodes(&self, user: &str) -> StoreResult<Vec<PepNode>> {
+        timed!("pep_nodes", self.0.pep_nodes(user))
+    }
+    async fn pep_node(&self, user: &str, node: &str) -> StoreResult<Option<PepNode>> {
+        timed!("pep_node", self.0.pep_node(user, node))
+    }
+    async fn pep_set_node(&self, user: &str, node: &PepNode) -> StoreResult<()> {
+        timed!("pep_set_node", self.0.pep_set_node(user, node))
+    }
+    async fn pep_delete_node(&self, user: &str, node: &str) -> StoreResult<bool> {
+        timed!("pep_delete_node", self.0.pep_delete_node(user, node))
+    }
+    async fn pep_publish(
+        &self,
+        user: &str,
+        node: &str,
+        item: &PepItem,
+        max_items: u32,
+    ) -> StoreResult<()> {
+        timed!(
+            "pep_publish",
+            self.0.pep_publish(user, node, item, max_items)
+        )
+    }
+    async fn pep_items(
+        &self,
+        user: &str,
+        node: &str,
+        ids: &[String],
+        max: u32,
+    ) -> StoreResult<Vec<PepItem>> {
+        timed!("pep_items", self.0.pep_items(user, node, ids, max))
+    }
+    async fn pep_retract(&self, user: &str, node: &str, item_id: &str) -> StoreResult<bool> {
+        timed!("pep_retract", self.0.pep_retract(user, node, item_id))
+    }
+    async fn pep_purge(&self, user: &str, node: &str) -> StoreResult<()> {
+        timed!("pep_purge", self.0.pep_purge(user, node))
     }
     async fn rest_create_app(&self, name: &str, token: &str) -> StoreResult<RestApp> {
         timed!("rest_create_app", self.0.rest_create_app(name, token))

@@ -339,6 +339,21 @@ impl XmppClient {
     }
 }
 
+/// Mutual subscriptions straight in the store, so a test starts from a settled roster.
+pub async fn befriend(server: &TestServer, a: &str, b: &str) {
+    let store = &server.running.as_ref().expect("running").server.store;
+    for (user, contact) in [(a, b), (b, a)] {
+        let item = rookery::store::RosterItem {
+            jid: format!("{contact}@localhost"),
+            name: None,
+            subscription: rookery::store::Subscription::Both,
+            ask: false,
+            groups: Vec::new(),
+        };
+        store.put_roster_item(user, &item).await.expect("roster");
+    }
+}
+
 pub fn is_message_with_body(body: &'static str) -> impl Fn(&Element) -> bool {
     move |e| e.name() == "message" && e.children().any(|c| c.name() == "body" && c.text() == body)
 }
