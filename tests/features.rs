@@ -108,6 +108,80 @@ async fn vcard_set_and_get() {
     server.shutdown().await;
 }
 
+/// The avatar hash (XEP-0153) in each of alice's presences as bob sees it: None without the
+/// `<x/>`, Some("") for "no avatar".
+async fn photo_seen_by(bob: &mut XmppClient, status: &'static str) -> Option<String> {
+    let p = bob
+        .expect("alice's presence", move |e| {
+            e.name() == "presence"
+                && e.attr("from") == Some("alice@localhost/a")
+                && child(e, "status").is_some_and(|s| s.text() == status)
+        })
+        .await;
+    p.get_child("x", "vcard-temp:x:update").map(|x| {
+        x.get_child("photo", "vcard-temp:x:update")
+            .map(|p| p.text())
+            .unwrap_or_else(|| "not ready".to_owned())
+    })
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn presence_carries_the_vcard_avatar_hash() {
+    let server = TestServer::start().await;
+    server.add_user("alice", "pw").await;
+    server.add_user("bob", "pw").await;
+    befriend(&server, "alice", "bob").await;
+    let mut bob = XmppClient::connect(&server, "bob@localhost/b", "pw").await;
+    bob.send("<presence/>").await;
+    let mut alice = XmppClient::connect(&server, "alice@localhost/a", "pw").await;
+    alice.send("<presence><status>1</status></presence>").await;
+    assert_eq!(
+        photo_seen_by(&mut bob, "1").await,
+        None,
+        "no vCard, no hash"
+    );
+
+    // "abc", whose SHA-1 is well known, as the photo.
+    let set = alice
+        .iq(
+            "s1",
+            "<iq type='set' id='s1'><vCard xmlns='vcard-temp'><PHOTO><TYPE>image/png</TYPE>\
+             <BINVAL>YWJj</BINVAL></PHOTO></vCard></iq>",
+        )
+        .await;
+    assert_eq!(set.attr("type"), Some("result"));
+    alice.send("<presence><status>2</status></presence>").await;
+    assert_eq!(
+        photo_seen_by(&mut bob, "2").await.as_deref(),
+        Some("a9993e364706816aba3e25717850c26c9cd0d89d")
+    );
+    // A client that says it is not ready yet keeps its word, in directed presence too.
+    alice
+        .send("<presence><status>3</status><x xmlns='vcard-temp:x:update'/></presence>")
+        .await;
+    assert_eq!(
+        photo_seen_by(&mut bob, "3").await.as_deref(),
+        Some("not ready")
+    );
+    alice
+        .send("<presence to='bob@localhost/b'><status>4</status></presence>")
+        .await;
+    assert_eq!(
+        photo_seen_by(&mut bob, "4").await.as_deref(),
+        Some("a9993e364706816aba3e25717850c26c9cd0d89d")
+    );
+    // A vCard without a photo: an empty hash says "no avatar".
+    alice
+        .iq(
+            "s2",
+            "<iq type='set' id='s2'><vCard xmlns='vcard-temp'><FN>A</FN></vCard></iq>",
+        )
+        .await;
+    alice.send("<presence><status>5</status></presence>").await;
+    assert_eq!(photo_seen_by(&mut bob, "5").await.as_deref(), Some(""));
+    server.shutdown().await;
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn blocking_command() {
     let server = TestServer::start().await;

@@ -145,9 +145,13 @@ async fn every_method(store: &dyn Store) {
     store.block("alice", &["x@y".into()]).await.unwrap();
 
     assert_eq!(store.vcard("alice").await.unwrap(), None);
-    store.set_vcard("alice", "<vCard/>").await.unwrap();
+    store.set_vcard("alice", "<vCard/>", "").await.unwrap();
+    assert_eq!(
+        store.vcard_photo_hash("alice").await.unwrap().as_deref(),
+        Some("")
+    );
     store
-        .set_vcard("alice", "<vCard><FN>A</FN></vCard>")
+        .set_vcard("alice", "<vCard><FN>A</FN></vCard>", "")
         .await
         .unwrap();
     assert_eq!(

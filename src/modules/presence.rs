@@ -104,6 +104,9 @@ pub async fn outbound(
             // Probes are the server's business (RFC 6121 §4.3); a client's is dropped.
             "probe" => Ok(()),
             "" | "unavailable" => {
+                if kind.is_empty() {
+                    super::vcard::stamp_presence(server, user_of(&owner), &mut presence).await;
+                }
                 let key = to.to_string();
                 if kind.is_empty() {
                     if state.directed.len() >= MAX_DIRECTED && !state.directed.contains(&key) {
@@ -128,6 +131,7 @@ pub async fn outbound(
         "" => {
             let priority = priority_of(&presence)?;
             stanza::remove_attr(&mut presence, "to");
+            super::vcard::stamp_presence(server, user_of(&owner), &mut presence).await;
             let shared = Arc::new(presence.clone());
             let _ = server
                 .sessions

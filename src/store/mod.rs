@@ -378,7 +378,10 @@ pub trait Store: Send + Sync {
 
     // vcard-temp (XEP-0054).
     async fn vcard(&self, user: &str) -> StoreResult<Option<String>>;
-    async fn set_vcard(&self, user: &str, vcard: &str) -> StoreResult<()>;
+    /// Stores a vCard with the SHA-1 of its photo ('' when it has none).
+    async fn set_vcard(&self, user: &str, vcard: &str, photo_hash: &str) -> StoreResult<()>;
+    /// The photo hash of the stored vCard (XEP-0153); None without a vCard.
+    async fn vcard_photo_hash(&self, user: &str) -> StoreResult<Option<String>>;
 
     // Personal eventing (XEP-0163).
     async fn pep_nodes(&self, user: &str) -> StoreResult<Vec<PepNode>>;

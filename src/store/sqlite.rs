@@ -790,16 +790,28 @@ impl Store for SqliteStore {
         Ok(row.map(|r| r.try_get(0)).transpose()?)
     }
 
-    async fn set_vcard(&self, user: &str, vcard: &str) -> StoreResult<()> {
+    async fn set_vcard(&self, user: &str, vcard: &str, photo_hash: &str) -> StoreResult<()> {
         sqlx::query(
-            "INSERT INTO vcards (username, vcard) VALUES (?, ?) \
-             ON CONFLICT (username) DO UPDATE SET vcard = excluded.vcard",
+            "INSERT INTO vcards (username, vcard, photo_hash) VALUES (?, ?, ?) \
+             ON CONFLICT (username) DO UPDATE SET vcard = excluded.vcard, photo_hash = excluded.photo_hash",
         )
         .bind(user)
         .bind(vcard)
+        .bind(photo_hash)
         .execute(&self.writer)
         .await?;
         Ok(())
+    }
+
+    async fn vcard_photo_hash(&self, user: &str) -> StoreResult<Option<String>> {
+        let row = sqlx::query("SELECT photo_hash FROM vcards WHERE username = ?")
+            .bind(user)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row
+            .map(|r| r.try_get::<Option<String>, _>(0))
+            .transpose()?
+            .flatten())
     }
 
     async fn rest_create_app(&self, name: &str, token: &str) -> StoreResult<RestApp> {

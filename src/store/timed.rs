@@ -159,8 +159,11 @@ impl Store for Timed {
     async fn vcard(&self, user: &str) -> StoreResult<Option<String>> {
         timed!("vcard", self.0.vcard(user))
     }
-    async fn set_vcard(&self, user: &str, vcard: &str) -> StoreResult<()> {
-        timed!("set_vcard", self.0.set_vcard(user, vcard))
+    async fn set_vcard(&self, user: &str, vcard: &str, photo_hash: &str) -> StoreResult<()> {
+        timed!("set_vcard", self.0.set_vcard(user, vcard, photo_hash))
+    }
+    async fn vcard_photo_hash(&self, user: &str) -> StoreResult<Option<String>> {
+        timed!("vcard_photo_hash", self.0.vcard_photo_hash(user))
     }
     async fn pep_nodes(&self, user: &str) -> StoreResult<Vec<PepNode>> {
         timed!("pep_nodes", self.0.pep_nodes(user))
