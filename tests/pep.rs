@@ -582,7 +582,11 @@ async fn omemo_nodes_open_by_publish_options_and_reconfiguration() {
 }
 
 /// What a bad request is, the request, and the defined and pubsub conditions it gets.
-type BadCase = (&'static str, &'static str, (&'static str, Option<&'static str>));
+type BadCase = (
+    &'static str,
+    &'static str,
+    (&'static str, Option<&'static str>),
+);
 
 #[tokio::test(flavor = "current_thread")]
 async fn bad_pubsub_requests_get_clear_errors() {
