@@ -41,6 +41,8 @@ pub struct Running {
     pub c2s_addr: SocketAddr,
     pub c2s_tls_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// None when `listen.https` is not configured.
+    pub https_addr: Option<SocketAddr>,
     pub s2s_addr: SocketAddr,
     /// None when no component is configured.
     pub component_addr: Option<SocketAddr>,
@@ -68,6 +70,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let c2s = bind("listen.c2s", config.listen.c2s).await?;
     let c2s_tls = bind("listen.c2s_tls", config.listen.c2s_tls).await?;
     let http = bind("listen.http", config.listen.http).await?;
+    let https = match config.listen.https {
+        Some(addr) => Some(bind("listen.https", addr).await?),
+        None => None,
+    };
     let s2s = bind("listen.s2s", config.listen.s2s).await?;
     // Components only where some are configured: the port stays free otherwise.
     let component = if config.components.is_empty() {
@@ -82,6 +88,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     // The bound address, for URLs the server hands out (a configured port 0 is now a number).
     let mut config = config;
     config.listen.http = http_addr;
+    let https_addr = https
+        .as_ref()
+        .zip(config.listen.https)
+        .map(|(l, configured)| local(l, configured));
+    config.listen.https = https_addr;
     let s2s_addr = local(&s2s, config.listen.s2s);
     let component_addr = component
         .as_ref()
@@ -129,6 +140,17 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         )),
         tokio::spawn(crate::modules::mam::expire_loop(server.clone())),
     ];
+    if let (Some(https), Some(addr)) = (https, https_addr) {
+        let tls = crate::http::tls::config(&server.tls.config);
+        let https = crate::http::tls::HttpsListener::start(https, tls).map_err(|source| {
+            StartError::Listen {
+                key: "listen.https",
+                addr,
+                source,
+            }
+        })?;
+        listeners.push(tokio::spawn(crate::http::serve_tls(server.clone(), https)));
+    }
     if let Some(component) = component {
         listeners.push(tokio::spawn(listener::accept_loop(
             server.clone(),
@@ -145,6 +167,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         c2s_addr,
         c2s_tls_addr,
         http_addr,
+        https_addr,
         s2s_addr,
         component_addr,
         stop,

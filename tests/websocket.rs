@@ -27,13 +27,36 @@ struct WsClient {
 impl WsClient {
     async fn connect(server: &TestServer, subprotocol: Option<&str>) -> Result<WsClient, String> {
         let url = format!("ws://{}/xmpp-websocket", server.http);
+        Self::connect_to(&url, subprotocol, None).await
+    }
+
+    /// wss on `listen.https`, trusting the server's certificate, which names `localhost`.
+    async fn connect_tls(server: &TestServer) -> Result<WsClient, String> {
+        let port = server
+            .running
+            .as_ref()
+            .and_then(|r| r.https_addr)
+            .expect("listen.https")
+            .port();
+        let url = format!("wss://localhost:{port}/xmpp-websocket");
+        Self::connect_to(&url, Some("xmpp"), Some(server.tls())).await
+    }
+
+    async fn connect_to(
+        url: &str,
+        subprotocol: Option<&str>,
+        tls: Option<std::sync::Arc<tokio_rustls::rustls::ClientConfig>>,
+    ) -> Result<WsClient, String> {
         let mut request = url.into_client_request().map_err(|e| e.to_string())?;
         if let Some(p) = subprotocol {
             request
                 .headers_mut()
                 .insert("Sec-WebSocket-Protocol", p.parse().expect("header"));
         }
-        match tokio_tungstenite::connect_async(request).await {
+        let connector = tls.map(tokio_tungstenite::Connector::Rustls);
+        match tokio_tungstenite::connect_async_tls_with_config(request, None, false, connector)
+            .await
+        {
             Ok((ws, response)) => {
                 let protocol = response.headers().get("sec-websocket-protocol");
                 assert_eq!(protocol.and_then(|p| p.to_str().ok()), Some("xmpp"));
@@ -267,5 +290,60 @@ async fn websocket_bad_input_gets_clear_errors_and_discovery_names_the_endpoint(
         .await
         .expect("text");
     assert!(xrd.contains(&format!("href='{expected}'")), "{xrd}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn wss_and_https_on_the_tls_listener() {
+    let server = TestServer::start_with(|c| {
+        c.listen.https = Some("127.0.0.1:0".parse().expect("addr"));
+    })
+    .await;
+    server.add_user("alice", "secret").await;
+    server.add_user("bob", "secret").await;
+    let mut web = WsClient::connect_tls(&server).await.expect("wss upgrade");
+    assert_eq!(web.login("alice", "secret").await, "alice@localhost/web");
+    web.send("<presence xmlns='jabber:client'/>").await;
+    let mut bob = XmppClient::connect(&server, "bob@localhost/tcp", "secret").await;
+    bob.send("<message to='alice@localhost/web' type='chat'><body>over wss</body></message>")
+        .await;
+    web.expect("bob's message", |e| {
+        child(e, "body").is_some_and(|b| b.text() == "over wss")
+    })
+    .await;
+
+    // Discovery over HTTPS names the secure endpoints.
+    let port = server
+        .running
+        .as_ref()
+        .and_then(|r| r.https_addr)
+        .expect("https")
+        .port();
+    let tcp = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let mut tls = tokio_rustls::TlsConnector::from(server.tls())
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake");
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tls.write_all(
+        b"GET /.well-known/host-meta.json HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .expect("request");
+    let mut response = String::new();
+    tokio::time::timeout(WAIT, tls.read_to_string(&mut response))
+        .await
+        .expect("response in time")
+        .ok();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(
+        response.contains("wss://localhost/xmpp-websocket")
+            && response.contains("https://localhost/http-bind"),
+        "{response}"
+    );
+    bob.close().await;
     server.shutdown().await;
 }

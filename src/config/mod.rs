@@ -50,6 +50,8 @@ pub struct Listen {
     pub c2s_tls: SocketAddr,
     pub s2s: SocketAddr,
     pub http: SocketAddr,
+    /// The HTTP routes over TLS with the server's certificate (wss, https); off when absent.
+    pub https: Option<SocketAddr>,
     /// External components (XEP-0114).
     pub component: SocketAddr,
 }
@@ -99,7 +101,8 @@ pub struct Upload {
     /// What one user's files may take in all.
     pub quota_bytes: u64,
     /// The URL clients reach the HTTP listener at (as a TLS proxy in front of it publishes
-    /// it); empty means `http://<listen.http>`.
+    /// it); empty means `https://<domain>:<port of listen.https>` when that is set, else
+    /// `http://<listen.http>`.
     pub public_url: String,
 }
 
@@ -310,6 +313,7 @@ impl Default for Listen {
             c2s_tls: ([127, 0, 0, 1], 5223).into(),
             s2s: ([127, 0, 0, 1], 5269).into(),
             http: ([127, 0, 0, 1], 5280).into(),
+            https: None,
             component: ([127, 0, 0, 1], 5347).into(),
         }
     }

@@ -1,7 +1,9 @@
 //! The HTTP listener: health, Prometheus metrics, the REST bridge (`api`) and XMPP over
-//! WebSocket (`xmpp`); BOSH will share it.
+//! WebSocket and BOSH (`xmpp`), file upload (`upload`); the same routes over TLS on
+//! `listen.https` (`tls`).
 
 pub mod api;
+pub mod tls;
 pub mod upload;
 pub mod xmpp;
 
@@ -44,6 +46,22 @@ pub async fn serve(server: Arc<Server>, listener: TcpListener) {
         .await
     {
         tracing::warn!(error = %e, "HTTP listener failed");
+    }
+}
+
+/// Serves the same routes over TLS until the server shuts down.
+pub async fn serve_tls(server: Arc<Server>, listener: tls::HttpsListener) {
+    let mut stop = server.shutdown_signal();
+    let app = router(server).layer(axum::middleware::from_fn(tls::mark_secure));
+    let shutdown = async move {
+        let _ = stop.changed().await;
+    };
+    let app = app.into_make_service_with_connect_info::<tls::HttpsPeer>();
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        tracing::warn!(error = %e, "HTTPS listener failed");
     }
 }
 

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, State};
@@ -12,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 use super::api::ApiError;
+use super::tls::Secure;
 use crate::server::Server;
 use crate::session::c2s;
 use crate::transport::{bosh, websocket};
@@ -29,11 +31,11 @@ pub fn router() -> Router<Arc<Server>> {
         .route("/.well-known/host-meta.json", get(host_meta_json))
 }
 
-/// The HTTP listener speaks no TLS, so XMPP over it is only taken from this machine: from a
-/// TLS-terminating proxy in front of it, or a local client; from elsewhere the password would
-/// cross the network in the clear.
-fn tls_required(peer: &SocketAddr) -> Option<Response> {
-    (!peer.ip().is_loopback()).then(|| {
+/// Plain HTTP XMPP is only taken from this machine (a TLS-terminating proxy in front, or a
+/// local client): from elsewhere the password would cross the network in the clear. Over
+/// `listen.https` anyone may connect.
+fn tls_required(peer: &SocketAddr, secure: Option<Extension<Secure>>) -> Option<Response> {
+    (secure.is_none() && !peer.ip().is_loopback()).then(|| {
         ApiError::new(
             StatusCode::FORBIDDEN,
             "tls_required",
@@ -47,9 +49,10 @@ fn tls_required(peer: &SocketAddr) -> Option<Response> {
 async fn upgrade(
     State(server): State<Arc<Server>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    secure: Option<Extension<Secure>>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    if let Some(refused) = tls_required(&peer) {
+    if let Some(refused) = tls_required(&peer, secure) {
         return refused;
     }
     let ws = ws.protocols(["xmpp"]);
@@ -74,9 +77,10 @@ async fn upgrade(
 async fn bind(
     State(server): State<Arc<Server>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    secure: Option<Extension<Secure>>,
     text: String,
 ) -> Response {
-    if let Some(refused) = tls_required(&peer) {
+    if let Some(refused) = tls_required(&peer, secure) {
         return refused;
     }
     let (request, payload) = match bosh::split_request(&text) {
@@ -192,16 +196,17 @@ async fn preflight() -> impl IntoResponse {
 
 /// The WebSocket and BOSH URLs as the client reached us (a proxy sets Host and
 /// X-Forwarded-Proto).
-fn urls(headers: &HeaderMap) -> (String, String) {
+fn urls(headers: &HeaderMap, secure: Option<Extension<Secure>>) -> (String, String) {
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .filter(|h| !h.is_empty() && h.chars().all(|c| c.is_ascii_graphic()))
         .unwrap_or("localhost");
-    let secure = headers
-        .get("x-forwarded-proto")
-        .and_then(|h| h.to_str().ok())
-        .is_some_and(|p| p.eq_ignore_ascii_case("https"));
+    let secure = secure.is_some()
+        || headers
+            .get("x-forwarded-proto")
+            .and_then(|h| h.to_str().ok())
+            .is_some_and(|p| p.eq_ignore_ascii_case("https"));
     let (ws, http) = if secure {
         ("wss", "https")
     } else {
@@ -213,8 +218,8 @@ fn urls(headers: &HeaderMap) -> (String, String) {
     )
 }
 
-async fn host_meta_xml(headers: HeaderMap) -> impl IntoResponse {
-    let (websocket, bosh) = urls(&headers);
+async fn host_meta_xml(secure: Option<Extension<Secure>>, headers: HeaderMap) -> impl IntoResponse {
+    let (websocket, bosh) = urls(&headers, secure);
     let escape = crate::stream::writer::escape;
     let body = format!(
         "<?xml version='1.0' encoding='utf-8'?>\n\
@@ -233,8 +238,11 @@ async fn host_meta_xml(headers: HeaderMap) -> impl IntoResponse {
     )
 }
 
-async fn host_meta_json(headers: HeaderMap) -> impl IntoResponse {
-    let (websocket, bosh) = urls(&headers);
+async fn host_meta_json(
+    secure: Option<Extension<Secure>>,
+    headers: HeaderMap,
+) -> impl IntoResponse {
+    let (websocket, bosh) = urls(&headers, secure);
     let body = serde_json::json!({
         "links": [
             { "rel": ALT_WEBSOCKET, "href": websocket },
@@ -248,4 +256,19 @@ async fn host_meta_json(headers: HeaderMap) -> impl IntoResponse {
         ],
         body.to_string(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_xmpp_is_for_loopback_and_https_for_anyone() {
+        let remote: SocketAddr = "192.0.2.7:40000".parse().expect("addr");
+        let local: SocketAddr = "127.0.0.1:40000".parse().expect("addr");
+        let refused = tls_required(&remote, None).expect("refused");
+        assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+        assert!(tls_required(&local, None).is_none());
+        assert!(tls_required(&remote, Some(Extension(Secure))).is_none());
+    }
 }

@@ -246,10 +246,13 @@ fn request(server: &Server, iq: &Element, req: &Element) -> Result<Option<Elemen
 
 fn base_url(server: &Server) -> String {
     let configured = &server.config.upload.public_url;
-    if configured.is_empty() {
-        format!("http://{}", server.config.listen.http)
-    } else {
-        configured.clone()
+    if !configured.is_empty() {
+        return configured.clone();
+    }
+    // Over HTTPS the URL names the domain, which the certificate is for.
+    match server.config.listen.https {
+        Some(https) => format!("https://{}:{}", server.domain, https.port()),
+        None => format!("http://{}", server.config.listen.http),
     }
 }
 
