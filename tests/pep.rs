@@ -10,9 +10,6 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use common::*;
 use std::time::Duration;
 use tokio_xmpp::minidom::Element;
-use tokio_xmpp::parsers::caps::{compute_disco, hash_caps};
-use tokio_xmpp::parsers::disco::DiscoInfoResult;
-use tokio_xmpp::parsers::hashes::Algo;
 
 const PUBSUB: &str = "http://jabber.org/protocol/pubsub";
 const OWNER: &str = "http://jabber.org/protocol/pubsub#owner";
@@ -27,11 +24,21 @@ const AVATAR_METADATA: &str = "urn:xmpp:avatar:metadata";
 const BOOKMARKS: &str = "urn:xmpp:bookmarks:1";
 const DEVICELIST: &str = "eu.siacs.conversations.axolotl.devicelist";
 
-/// A client's disco#info with `+notify` for each node.
-fn client_info(notify: &[&str]) -> String {
+/// The features of a test client: `+notify` for each node.
+fn client_features(notify: &[&str]) -> Vec<String> {
     let mut features = vec![DISCO_INFO.to_owned(), CAPS.to_owned()];
-    features.extend(notify.iter().map(|n| format!("{n}+notify")));
-    let features: String = features
+    for n in notify {
+        // Both the node and its +notify, as real clients announce them: the order of the two
+        // in the hash input is where careless implementations go wrong.
+        features.push(n.to_string());
+        features.push(format!("{n}+notify"));
+    }
+    features
+}
+
+/// The client's disco#info answer.
+fn client_info(notify: &[&str]) -> String {
+    let features: String = client_features(notify)
         .iter()
         .map(|f| format!("<feature var='{f}'/>"))
         .collect();
@@ -41,12 +48,17 @@ fn client_info(notify: &[&str]) -> String {
     )
 }
 
-/// The XEP-0115 verification string of a disco#info answer.
-fn ver_of(info: &str) -> String {
-    let el: Element = info.parse().expect("disco info");
-    let info = DiscoInfoResult::try_from(el).expect("disco info result");
-    let hash = hash_caps(&compute_disco(&info), Algo::Sha_1).expect("hash");
-    BASE64.encode(hash.hash)
+/// The XEP-0115 §5.1 verification string's SHA-1, computed from the spec's steps.
+fn ver_of(notify: &[&str]) -> String {
+    use sha1::Digest;
+    let mut features = client_features(notify);
+    features.sort();
+    let mut input = "client/pc//test<".to_owned();
+    for f in features {
+        input.push_str(&f);
+        input.push('<');
+    }
+    BASE64.encode(sha1::Sha1::digest(input.as_bytes()))
 }
 
 /// Logs in and sends presence with capabilities; answers the server's question about them
@@ -59,7 +71,7 @@ async fn online_with_caps(
 ) -> XmppClient {
     let mut client = XmppClient::connect(server, jid, "pw").await;
     let info = client_info(notify);
-    let ver = ver_of(&info);
+    let ver = ver_of(notify);
     client
         .send(&format!(
             "<presence><c xmlns='{CAPS}' hash='sha-1' node='{CAPS_NODE}' ver='{ver}'/></presence>"

@@ -9,14 +9,13 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use minidom::Element;
-use xmpp_parsers::caps as xcaps;
-use xmpp_parsers::disco::DiscoInfoResult;
-use xmpp_parsers::hashes::Algo;
 
 use crate::jid::{BareJid, FullJid};
 
 pub const NS: &str = "http://jabber.org/protocol/caps";
 const DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
+const DATA: &str = "jabber:x:data";
+const XML_NS: &str = "http://www.w3.org/XML/1998/namespace";
 
 /// Hashes remembered; a full cache starts again empty (clients share few distinct hashes).
 const MAX_KNOWN: usize = 10_000;
@@ -156,15 +155,15 @@ impl CapsCache {
             return None;
         }
         let query = iq.get_child("query", DISCO_INFO)?;
-        let info = DiscoInfoResult::try_from(query.clone()).ok()?;
         let nodes: NotifyNodes = Arc::new(
-            info.features
-                .iter()
-                .filter_map(|f| f.strip_suffix("+notify"))
+            query
+                .children()
+                .filter(|f| f.is("feature", DISCO_INFO))
+                .filter_map(|f| f.attr("var")?.strip_suffix("+notify"))
                 .map(str::to_owned)
                 .collect(),
         );
-        if verifies(&info, &asking.caps) {
+        if verifies(query, &asking.caps) {
             if let Ok(mut known) = self.known.lock() {
                 if known.len() >= MAX_KNOWN {
                     known.clear();
@@ -185,14 +184,108 @@ impl CapsCache {
 }
 
 /// XEP-0115 §5.4: the answer hashes to the announced `ver`.
-fn verifies(info: &DiscoInfoResult, caps: &Announced) -> bool {
-    let Ok(algo) = caps.hash.parse::<Algo>() else {
+fn verifies(query: &Element, caps: &Announced) -> bool {
+    let Some(input) = verification_string(query) else {
         return false;
     };
-    match xcaps::hash_caps(&xcaps::compute_disco(info), algo) {
-        Ok(hash) => BASE64.encode(&hash.hash) == caps.ver,
-        Err(_) => false,
+    let digest = match caps.hash.as_str() {
+        "sha-1" => {
+            use sha1::Digest;
+            sha1::Sha1::digest(input.as_bytes()).to_vec()
+        }
+        "sha-256" => {
+            use sha2::Digest;
+            sha2::Sha256::digest(input.as_bytes()).to_vec()
+        }
+        _ => return false,
+    };
+    BASE64.encode(digest) == caps.ver
+}
+
+/// XEP-0115 §5.1's verification string; None for an answer §5.4 calls invalid (duplicate
+/// identities, features or form types). Written here because xmpp-parsers 0.23 appends `<`
+/// before sorting, which orders `x#y` before `x` and rejects most real clients' hashes.
+fn verification_string(query: &Element) -> Option<String> {
+    let mut identities: Vec<[&str; 4]> = query
+        .children()
+        .filter(|c| c.is("identity", DISCO_INFO))
+        .map(|i| {
+            [
+                i.attr("category").unwrap_or(""),
+                i.attr("type").unwrap_or(""),
+                i.attr_ns(XML_NS, "lang").unwrap_or(""),
+                i.attr("name").unwrap_or(""),
+            ]
+        })
+        .collect();
+    let mut features: Vec<&str> = query
+        .children()
+        .filter(|c| c.is("feature", DISCO_INFO))
+        .filter_map(|f| f.attr("var"))
+        .collect();
+    let mut forms = Vec::new();
+    for x in query.children().filter(|c| c.is("x", DATA)) {
+        let mut form_type = None;
+        let mut fields: Vec<(&str, Vec<String>)> = Vec::new();
+        for field in x.children().filter(|c| c.is("field", DATA)) {
+            let var = field.attr("var").unwrap_or("");
+            let mut values: Vec<String> = field
+                .children()
+                .filter(|v| v.is("value", DATA))
+                .map(|v| v.text())
+                .collect();
+            if var == "FORM_TYPE" {
+                form_type = values.pop();
+            } else {
+                values.sort();
+                fields.push((var, values));
+            }
+        }
+        // §5.4: a form without FORM_TYPE is left out of the string.
+        if let Some(form_type) = form_type {
+            fields.sort();
+            forms.push((form_type, fields));
+        }
     }
+    identities.sort_unstable();
+    features.sort_unstable();
+    forms.sort();
+    let distinct = |n: usize, mut keys: Vec<String>| {
+        keys.dedup();
+        keys.len() == n
+    };
+    if !distinct(
+        identities.len(),
+        identities.iter().map(|i| i.join("/")).collect(),
+    ) || !distinct(
+        features.len(),
+        features.iter().map(|f| f.to_string()).collect(),
+    ) || !distinct(forms.len(), forms.iter().map(|f| f.0.clone()).collect())
+    {
+        return None;
+    }
+    let mut s = String::new();
+    for identity in identities {
+        s.push_str(&identity.join("/"));
+        s.push('<');
+    }
+    for feature in features {
+        s.push_str(feature);
+        s.push('<');
+    }
+    for (form_type, fields) in forms {
+        s.push_str(&form_type);
+        s.push('<');
+        for (var, values) in fields {
+            s.push_str(var);
+            s.push('<');
+            for value in values {
+                s.push_str(&value);
+                s.push('<');
+            }
+        }
+    }
+    Some(s)
 }
 
 #[cfg(test)]
@@ -230,6 +323,70 @@ mod tests {
         );
         iq.append_child(query.parse().expect("query"));
         iq
+    }
+
+    fn verify(query: &str, ver: &str) -> bool {
+        let query: Element = query.parse().expect("query");
+        verifies(
+            &query,
+            &Announced {
+                node: String::new(),
+                ver: ver.into(),
+                hash: "sha-1".into(),
+            },
+        )
+    }
+
+    #[test]
+    fn the_verification_string_sorts_before_it_joins() {
+        // A slixmpp client's answer: `shim#SubID` and `metadata+notify` sort after `shim` and
+        // `metadata` only when the strings themselves are sorted (i;octet).
+        let slixmpp = format!(
+            "<query xmlns='{DISCO_INFO}'><identity category='client' type='bot'/>{}</query>",
+            [
+                "http://jabber.org/protocol/disco#info",
+                "urn:xmpp:ping",
+                "jabber:x:data",
+                "http://jabber.org/protocol/caps",
+                "http://jabber.org/protocol/shim",
+                "http://jabber.org/protocol/shim#SubID",
+                "urn:xmpp:avatar:metadata+notify",
+                "urn:xmpp:avatar:metadata",
+            ]
+            .iter()
+            .map(|f| format!("<feature var='{f}'/>"))
+            .collect::<String>()
+        );
+        assert!(verify(&slixmpp, "kwIV8tEtD/ks9sDgw6PFahvemVU="));
+        assert!(!verify(&slixmpp, "gpaHBhhNuRQjy5mX9nifDYBjvt0="));
+    }
+
+    #[test]
+    fn the_complex_example_of_the_spec_verifies() {
+        // XEP-0115 §5.3: identities in two languages and a software-information form.
+        let psi = "<query xmlns='http://jabber.org/protocol/disco#info'>\
+            <identity xml:lang='en' category='client' name='Psi 0.11' type='pc'/>\
+            <identity xml:lang='el' category='client' name='Ψ 0.11' type='pc'/>\
+            <feature var='http://jabber.org/protocol/caps'/>\
+            <feature var='http://jabber.org/protocol/disco#info'/>\
+            <feature var='http://jabber.org/protocol/disco#items'/>\
+            <feature var='http://jabber.org/protocol/muc'/>\
+            <x xmlns='jabber:x:data' type='result'>\
+            <field var='FORM_TYPE' type='hidden'><value>urn:xmpp:dataforms:softwareinfo</value></field>\
+            <field var='ip_version'><value>ipv6</value><value>ipv4</value></field>\
+            <field var='os'><value>Mac</value></field>\
+            <field var='os_version'><value>10.5.1</value></field>\
+            <field var='software'><value>Psi</value></field>\
+            <field var='software_version'><value>0.11</value></field></x></query>";
+        assert!(verify(psi, "q07IKJEyjvHSyhy//CH0CxmKi8w="));
+        let doubled = psi.replace(
+            "<feature var='http://jabber.org/protocol/muc'/>",
+            "<feature var='http://jabber.org/protocol/muc'/><feature var='http://jabber.org/protocol/muc'/>",
+        );
+        assert!(
+            !verify(&doubled, "q07IKJEyjvHSyhy//CH0CxmKi8w="),
+            "duplicates are invalid"
+        );
     }
 
     #[test]
