@@ -203,6 +203,57 @@ async fn the_same_full_jid_on_two_nodes_replaces_the_older_session() {
 }
 
 #[tokio::test]
+async fn a_stream_managed_session_resumes_on_another_node() {
+    use common::sm::*;
+    let (_redis, n1, n2) = two_nodes().await;
+    let mut carol = XmppClient::connect(&n2, "carol@localhost/c", "pw").await;
+    let (mut phone, id) = phone(&n1, "pw").await;
+    send_bodies(&mut carol, 1..=5).await;
+    let got = phone.read_until("m5</body>").await;
+    assert_eq!(bodies(&got), ["m1", "m2", "m3", "m4", "m5"], "{got}");
+    drop(phone);
+    send_bodies(&mut carol, 6..=8).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Back through the other node. The phone handled three stanzas: its own presence, m1, m2.
+    let mut back = authenticated(&n2, "pw").await;
+    back.send(&format!("<resume xmlns='{SM}' h='3' previd='{id}'/>"))
+        .await;
+    let resumed = back.read_until("m8</body>").await;
+    assert!(resumed.contains("<resumed"), "{resumed}");
+    assert_eq!(
+        bodies(&resumed),
+        ["m3", "m4", "m5", "m6", "m7", "m8"],
+        "no losses and no duplicates: {resumed}"
+    );
+    // The same resource, still available, now served by node 2 as every node sees.
+    let phone_jid = rookery::jid::FullJid::new("alice@localhost/phone").expect("jid");
+    let seen_from_n1 = n1
+        .running
+        .as_ref()
+        .and_then(|r| r.server.sessions.resource(&phone_jid))
+        .expect("bound");
+    assert!(!seen_from_n1.sender.is_local() && seen_from_n1.available());
+    send_bodies(&mut carol, 9..=9).await;
+    back.read_until("m9</body>").await;
+
+    // And back again to node 1: m3…m9 were handled too.
+    drop(back);
+    send_bodies(&mut carol, 10..=10).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut again = authenticated(&n1, "pw").await;
+    again
+        .send(&format!("<resume xmlns='{SM}' h='10' previd='{id}'/>"))
+        .await;
+    let resumed = again.read_until("m10</body>").await;
+    assert!(resumed.contains("<resumed"), "{resumed}");
+    assert_eq!(bodies(&resumed), ["m10"], "{resumed}");
+    carol.close().await;
+    n1.shutdown().await;
+    n2.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_burst_across_nodes_arrives_complete_and_in_order() {
     let (_redis, n1, n2) = two_nodes().await;
     let mut alice = XmppClient::connect(&n1, "alice@localhost/a", "pw").await;

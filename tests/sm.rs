@@ -7,76 +7,8 @@ mod common;
 
 use std::time::Duration;
 
+use common::sm::*;
 use common::*;
-
-const SM: &str = "urn:xmpp:sm:3";
-
-/// The value of attribute `name` in the first `<tag` of `text`.
-fn attr(text: &str, tag: &str, name: &str) -> Option<String> {
-    let start = text.find(&format!("<{tag}"))?;
-    let rest = &text[start..];
-    let end = rest.find('>')?;
-    let tag_text = &rest[..end];
-    for quote in ['\'', '"'] {
-        let key = format!("{name}={quote}");
-        if let Some(i) = tag_text.find(&key) {
-            let value = &tag_text[i + key.len()..];
-            return value.find(quote).map(|j| value[..j].to_owned());
-        }
-    }
-    None
-}
-
-/// Bodies "m1", "m2" … in the order they appear in `text`.
-fn bodies(text: &str) -> Vec<String> {
-    text.split("<body>")
-        .skip(1)
-        .filter_map(|b| b.split("</body>").next())
-        .map(str::to_owned)
-        .collect()
-}
-
-/// A phone logged in as alice/phone with stream management enabled; the resumption id.
-async fn phone(server: &TestServer) -> (Raw, String) {
-    let mut phone = Raw::login(server, "alice", "secret", "phone").await;
-    phone
-        .send(&format!("<enable xmlns='{SM}' resume='true'/>"))
-        .await;
-    let enabled = phone.read_until("/>").await;
-    let id = attr(&enabled, "enabled", "id").expect("a resumption id");
-    assert_eq!(attr(&enabled, "enabled", "resume").as_deref(), Some("true"));
-    phone.send("<presence/>").await;
-    (phone, id)
-}
-
-/// Authenticates a new connection as alice without binding, ready for `<resume/>`.
-async fn authenticated(server: &TestServer) -> Raw {
-    let mut raw = Raw::tls(server).await;
-    raw.send(&stream_header(DOMAIN)).await;
-    raw.read_until("</stream:features>").await;
-    raw.send(&format!(
-        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{}</auth>",
-        plain("alice", "secret")
-    ))
-    .await;
-    raw.read_until("<success").await;
-    raw.send(&stream_header(DOMAIN)).await;
-    let features = raw.read_until("</stream:features>").await;
-    assert!(
-        features.contains(SM),
-        "stream management is offered: {features}"
-    );
-    raw
-}
-
-async fn send_bodies(bob: &mut XmppClient, range: std::ops::RangeInclusive<u32>) {
-    for n in range {
-        bob.send(&format!(
-            "<message to='alice@localhost/phone' type='chat'><body>m{n}</body></message>"
-        ))
-        .await;
-    }
-}
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_dropped_connection_resumes_with_exactly_the_unacknowledged_stanzas() {
@@ -85,7 +17,7 @@ async fn a_dropped_connection_resumes_with_exactly_the_unacknowledged_stanzas() 
     server.add_user("bob", "secret").await;
     let mut bob = XmppClient::connect(&server, "bob@localhost/desk", "secret").await;
     bob.send("<presence/>").await;
-    let (mut phone, id) = phone(&server).await;
+    let (mut phone, id) = phone(&server, "secret").await;
 
     // Acks from the server count what the phone sent after enabling: its presence and a ping.
     phone
@@ -111,7 +43,7 @@ async fn a_dropped_connection_resumes_with_exactly_the_unacknowledged_stanzas() 
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // The phone handled four stanzas: its own presence, the ping's result, m1 and m2.
-    let mut back = authenticated(&server).await;
+    let mut back = authenticated(&server, "secret").await;
     back.send(&format!("<resume xmlns='{SM}' h='4' previd='{id}'/>"))
         .await;
     let resumed = back.read_until("m8</body>").await;
@@ -159,7 +91,7 @@ async fn a_session_not_resumed_in_time_leaves_its_unacknowledged_messages_offlin
     server.add_user("bob", "secret").await;
     let mut bob = XmppClient::connect(&server, "bob@localhost/desk", "secret").await;
     bob.send("<presence/>").await;
-    let (mut phone, id) = phone(&server).await;
+    let (mut phone, id) = phone(&server, "secret").await;
     send_bodies(&mut bob, 1..=3).await;
     phone.read_until("m3</body>").await;
     drop(phone);
@@ -172,7 +104,7 @@ async fn a_session_not_resumed_in_time_leaves_its_unacknowledged_messages_offlin
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Too late to resume: the client is told, binds anew and gets them from offline storage.
-    let mut back = authenticated(&server).await;
+    let mut back = authenticated(&server, "secret").await;
     back.send(&format!("<resume xmlns='{SM}' h='0' previd='{id}'/>"))
         .await;
     let failed = back.read_until("</failed>").await;
@@ -195,13 +127,13 @@ async fn stream_management_bad_input() {
     let server = TestServer::start().await;
     server.add_user("alice", "secret").await;
     // Enabling before binding a resource is refused.
-    let mut early = authenticated(&server).await;
+    let mut early = authenticated(&server, "secret").await;
     early.send(&format!("<enable xmlns='{SM}'/>")).await;
     let failed = early.read_until("</failed>").await;
     assert!(failed.contains("unexpected-request"), "{failed}");
 
     // Enabling twice is refused; the session goes on.
-    let (mut phone, _) = phone(&server).await;
+    let (mut phone, _) = phone(&server, "secret").await;
     phone.send(&format!("<enable xmlns='{SM}'/>")).await;
     let failed = phone.read_until("</failed>").await;
     assert!(failed.contains("unexpected-request"), "{failed}");

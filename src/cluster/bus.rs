@@ -56,6 +56,18 @@ pub enum Op {
         condition: String,
     },
     Replaced,
+    /// A client resumes session `id` of `owner` on node `reply_to` (XEP-0198 in a cluster).
+    Resume {
+        id: String,
+        owner: String,
+        reply_to: String,
+    },
+    /// The answer: the session's state, now gone from the node that sends it; None if that
+    /// node has no such session.
+    Moved {
+        id: String,
+        state: Option<Box<crate::session::sm::Moved>>,
+    },
 }
 
 /// A frame on its way out, with its destination node.
@@ -153,6 +165,22 @@ impl BusSender {
         }
     }
 
+    /// Sends a frame that concerns no session (resumption requests and answers), waiting for
+    /// room in the queue.
+    pub async fn control(&self, node: Arc<str>, op: Op) {
+        let out = Outgoing {
+            node,
+            frame: Frame {
+                jid: String::new(),
+                conn: 0,
+                op,
+            },
+        };
+        if self.tx.send(out).await.is_ok() {
+            crate::metrics::bus_frame("out");
+        }
+    }
+
     pub fn command(&self, to: &RemoteSession, cmd: SessionCommand) {
         let op = match cmd {
             SessionCommand::Stanza(s) => {
@@ -223,6 +251,8 @@ pub fn log_refused(node: &str, frames: &[Frame]) {
         Op::Stanza { xml } | Op::Room { xml } | Op::Fanout { xml, .. } => {
             xml.chars().take(160).collect::<String>()
         }
+        // A moving session's stanzas are not for the log.
+        Op::Resume { .. } | Op::Moved { .. } => "session resumption".to_owned(),
         other => format!("{other:?}"),
     });
     tracing::info!(node, frames = frames.len(), first = ?first, "node gone: frames refused, re-routing");

@@ -18,6 +18,7 @@
 //!   reaped meanwhile, announces their presence again).
 
 pub mod bus;
+mod moves;
 mod scripts;
 
 use std::collections::HashMap;
@@ -161,6 +162,8 @@ pub struct Cluster {
     server: std::sync::OnceLock<std::sync::Weak<Server>>,
     /// Room → hosting node, as last learnt, with when to ask again.
     room_hosts: Mutex<HashMap<String, (Arc<str>, std::time::Instant)>>,
+    /// Sessions this node asked another node for (XEP-0198 resumption).
+    waiting_moves: moves::Waiting,
 }
 
 /// Where a group chat room is hosted.
@@ -217,6 +220,7 @@ impl Cluster {
             stop,
             server: std::sync::OnceLock::new(),
             room_hosts: Mutex::new(HashMap::new()),
+            waiting_moves: moves::Waiting::default(),
         });
         // A node restarted under a fixed name may have left bindings behind: clear them.
         let leftovers = cluster.reap(&cluster.node, true).await.map_err(err)?;
@@ -889,6 +893,12 @@ impl Cluster {
                         .command(SessionCommand::Close(bus::condition(&condition)));
                 }
             }
+            Op::Resume {
+                id,
+                owner,
+                reply_to,
+            } => self.on_resume_request(server, id, &owner, reply_to),
+            Op::Moved { id, state } => self.on_moved(server, &id, state).await,
         }
     }
 }
@@ -935,7 +945,18 @@ impl Cluster {
                     }
                     continue;
                 }
-                Op::Close { .. } | Op::Replaced | Op::Fanout { .. } => continue,
+                // The asking node is gone: the moving session has no one to go to.
+                Op::Moved {
+                    state: Some(state), ..
+                } => {
+                    crate::session::c2s::abandon(server, *state).await;
+                    continue;
+                }
+                Op::Close { .. }
+                | Op::Replaced
+                | Op::Fanout { .. }
+                | Op::Resume { .. }
+                | Op::Moved { .. } => continue,
             };
             let Ok(stanza) = xml.parse::<Element>() else {
                 continue;

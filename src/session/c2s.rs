@@ -10,15 +10,17 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use minidom::Element;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span};
 
 use super::conn::{Failure, Socket, XmlConn};
-use super::sm::{self, Resumption, Sm};
+use super::sm::{self, Moved, Resumption, Sm};
 use crate::auth::{AuthError, plain, scram};
 use crate::jid::{self, BareJid, FullJid, Jid};
-use crate::modules::{self, IqTarget, blocking, carbons, csi, mam, pep, presence, push, register};
+use crate::modules::{
+    self, IqTarget, blocking, carbons, csi, mam, offline, pep, presence, push, register,
+};
 use crate::router::{self, table::SessionCommand, table::SessionSender, table::TableError};
 use crate::server::Server;
 use crate::stanza::{self, StanzaError};
@@ -87,7 +89,11 @@ async fn serve_socket(
         match Box::pin(negotiate(&server, conn, deadline)).await {
             Negotiated::Bound(conn, bound) => {
                 tracing::Span::current().record("jid", tracing::field::display(&bound.jid));
-                Box::pin(established(&server, conn, conn_id, bound)).await;
+                Box::pin(established(&server, conn, conn_id, Start::Bound(bound))).await;
+            }
+            Negotiated::Moved(conn, moved, h) => {
+                tracing::Span::current().record("jid", moved.jid.as_str());
+                Box::pin(established(&server, conn, conn_id, Start::Moved(moved, h))).await;
             }
             Negotiated::Resumed => debug!("handed over to the session it resumed"),
             Negotiated::Failed(mut conn, failure) => finish(&server, &mut conn, failure).await,
@@ -202,6 +208,8 @@ fn mechanisms(cb: &scram::ChannelBindingData) -> Vec<&'static str> {
 
 enum Negotiated {
     Bound(XmlConn, Bound),
+    /// A session from another cluster node, resumed on this connection.
+    Moved(XmlConn, Box<Moved>, u32),
     /// The connection went to the stream-managed session it resumed.
     Resumed,
     Failed(XmlConn, Failure),
@@ -212,6 +220,8 @@ enum Negotiated {
 enum AfterAuth {
     Bound(Bound),
     Resume(mpsc::Sender<Resumption>, u32),
+    /// The session was on another node and moved here.
+    Moved(Box<Moved>, u32),
 }
 
 /// The outcome of resource binding, before the session enters the session table.
@@ -236,13 +246,25 @@ async fn negotiate(server: &Server, mut conn: XmlConn, deadline: Instant) -> Neg
     }
     match tokio::time::timeout_at(deadline, authenticate_and_bind(server, &mut conn)).await {
         Ok(Ok(AfterAuth::Bound(bound))) => Negotiated::Bound(conn, bound),
-        Ok(Ok(AfterAuth::Resume(session, h))) => match session.send(Resumption { conn, h }).await {
-            Ok(()) => Negotiated::Resumed,
-            Err(back) => Negotiated::Failed(
-                back.0.conn,
-                Failure::stream("reset", "the session to resume has ended"),
-            ),
-        },
+        Ok(Ok(AfterAuth::Resume(session, h))) => {
+            match session
+                .send(Resumption::Here {
+                    conn: Box::new(conn),
+                    h,
+                })
+                .await
+            {
+                Ok(()) => Negotiated::Resumed,
+                Err(back) => match back.0 {
+                    Resumption::Here { conn, .. } => Negotiated::Failed(
+                        *conn,
+                        Failure::stream("reset", "the session to resume has ended"),
+                    ),
+                    Resumption::Elsewhere { .. } => Negotiated::Dropped(Failure::Closed),
+                },
+            }
+        }
+        Ok(Ok(AfterAuth::Moved(moved, h))) => Negotiated::Moved(conn, moved, h),
         Ok(Err(f)) => Negotiated::Failed(conn, f),
         Err(_) => Negotiated::Failed(conn, negotiation_timeout()),
     }
@@ -366,6 +388,9 @@ async fn authenticate_and_bind(server: &Server, conn: &mut XmlConn) -> Result<Af
             if let Some(resume) = resumable(server, &user, &el) {
                 return Ok(resume);
             }
+            if let Some(moved) = resumable_elsewhere(server, &user, &el).await {
+                return Ok(moved);
+            }
             conn.send(&sm::failed("item-not-found")).await?;
             continue;
         }
@@ -421,6 +446,18 @@ fn resumable(server: &Server, user: &str, resume: &Element) -> Option<AfterAuth>
     let owner = jid::parse_bare(&format!("{user}@{}", server.domain)).ok()?;
     let session = server.resumable.find(resume.attr("previd")?, &owner)?;
     Some(AfterAuth::Resume(session, h))
+}
+
+/// The session a `<resume/>` names, fetched from the cluster node that holds it.
+async fn resumable_elsewhere(server: &Server, user: &str, resume: &Element) -> Option<AfterAuth> {
+    let cluster = server.cluster.as_ref()?;
+    let h = resume.attr("h")?.parse::<u32>().ok()?;
+    let owner = jid::parse_bare(&format!("{user}@{}", server.domain)).ok()?;
+    let moved = cluster
+        .fetch_session(resume.attr("previd")?, &owner)
+        .await?;
+    info!(user, "session moved here from another node");
+    Some(AfterAuth::Moved(Box::new(moved), h))
 }
 
 /// Reads the client's next SASL response; `Ok(None)` when it aborts.
@@ -600,6 +637,16 @@ struct Session<'a> {
     resumptions: Option<mpsc::Receiver<Resumption>>,
     /// More stanzas wait for an acknowledgement than a session may hold.
     overflow: bool,
+    /// The session went on at another cluster node: nothing is left to end here.
+    moved: bool,
+}
+
+/// How a session begins on this node.
+enum Start {
+    /// A resource bound just now.
+    Bound(Bound),
+    /// A stream-managed session resumed here after another node held it (XEP-0198 §5).
+    Moved(Box<Moved>, u32),
 }
 
 /// The next connection that resumes this session; never, for a session that cannot be resumed.
@@ -618,10 +665,17 @@ enum Wake {
     Timer,
 }
 
-async fn established(server: &Server, mut conn: XmlConn, conn_id: u64, bound: Bound) {
+async fn established(server: &Server, mut conn: XmlConn, conn_id: u64, start: Start) {
+    let jid = match &start {
+        Start::Bound(bound) => bound.jid.clone(),
+        Start::Moved(moved, _) => match FullJid::new(&moved.jid) {
+            Ok(jid) => jid,
+            Err(_) => return conn.close_with_error("internal-server-error", None).await,
+        },
+    };
     let (tx, mut rx) = mpsc::channel(QUEUE_DEPTH);
     let sender = SessionSender { conn_id, tx };
-    match server.sessions.bind(bound.jid.clone(), sender).await {
+    match server.sessions.bind(jid.clone(), sender).await {
         Ok(Some(old)) => old.command(SessionCommand::Replaced),
         Ok(None) => {}
         Err(TableError::Conflict) => return conn.close_with_error("conflict", None).await,
@@ -630,16 +684,12 @@ async fn established(server: &Server, mut conn: XmlConn, conn_id: u64, bound: Bo
             return conn.close_with_error("internal-server-error", None).await;
         }
     }
-    let mut bind = Element::bare("bind", ns::BIND);
-    bind.append_child(modules::text_el("jid", ns::BIND, &bound.jid.to_string()));
-    conn.queue(&stanza::iq_result(&bound.request, Some(bind)));
-    info!("session started");
     let mut session = Session {
         server,
         conn,
-        jid_text: bound.jid.to_string(),
-        bare: bound.jid.to_bare(),
-        jid: bound.jid,
+        jid_text: jid.to_string(),
+        bare: jid.to_bare(),
+        jid,
         conn_id,
         presence: presence::SessionPresence::default(),
         last_read: Instant::now(),
@@ -649,9 +699,25 @@ async fn established(server: &Server, mut conn: XmlConn, conn_id: u64, bound: Bo
         sm: None,
         resumptions: None,
         overflow: false,
+        moved: false,
     };
-    let mut result = match session.conn.flush().await {
-        Ok(()) => session.run(&mut rx).await,
+    let arrived = match start {
+        Start::Bound(bound) => {
+            let mut bind = Element::bare("bind", ns::BIND);
+            bind.append_child(modules::text_el("jid", ns::BIND, &session.jid_text));
+            session
+                .conn
+                .queue(&stanza::iq_result(&bound.request, Some(bind)));
+            info!("session started");
+            Ok(())
+        }
+        Start::Moved(moved, h) => session.arrive(*moved, h).await,
+    };
+    let mut result = match arrived {
+        Ok(()) => match session.conn.flush().await {
+            Ok(()) => session.run(&mut rx).await,
+            Err(f) => f,
+        },
         Err(f) => f,
     };
     // XEP-0198 §5: a resumable session whose connection dropped waits for the client to come
@@ -666,7 +732,7 @@ async fn established(server: &Server, mut conn: XmlConn, conn_id: u64, bound: Bo
         let Some(resumption) = session.hibernate(&mut rx).await else {
             break;
         };
-        result = match session.take_over(resumption) {
+        result = match session.take_over(resumption, &mut rx).await {
             Ok(()) => match session.conn.flush().await {
                 Ok(()) => session.run(&mut rx).await,
                 Err(f) => f,
@@ -717,7 +783,7 @@ impl Session<'_> {
                 }
                 Wake::Timer => self.on_timer(),
                 // The client came back on a new connection before this one was seen to drop.
-                Wake::Resume(res) => self.take_over(*res),
+                Wake::Resume(res) => self.take_over(*res, rx).await,
             };
             if let Err(f) = step {
                 return f;
@@ -872,13 +938,22 @@ impl Session<'_> {
     }
 
     /// A new connection takes over (XEP-0198 §5): the old one, if still there, is dropped;
-    /// the client learns how much we handled and gets what it has not.
-    fn take_over(&mut self, res: Resumption) -> Result<(), Failure> {
+    /// the client learns how much we handled and gets what it has not. A resumption on
+    /// another node takes the session there.
+    async fn take_over(
+        &mut self,
+        res: Resumption,
+        rx: &mut mpsc::Receiver<SessionCommand>,
+    ) -> Result<(), Failure> {
+        let (conn, h) = match res {
+            Resumption::Here { conn, h } => (*conn, h),
+            Resumption::Elsewhere { reply } => return Err(self.move_away(reply, rx).await),
+        };
         let Some(sm) = self.sm.as_mut() else {
             return Ok(());
         };
-        self.conn = res.conn;
-        sm.acknowledge(res.h)
+        self.conn = conn;
+        sm.acknowledge(h)
             .map_err(|e| Failure::stream("undefined-condition", e.to_string()))?;
         self.conn.queue(&sm.resumed());
         for el in sm.pending() {
@@ -887,6 +962,132 @@ impl Session<'_> {
         self.last_read = Instant::now();
         self.ping = None;
         info!("session resumed");
+        Ok(())
+    }
+
+    /// Hands the session's state to the node the client resumed it at, and leaves the session
+    /// table without telling contacts: the resource lives on there. What waits for the client
+    /// goes along in order: unacknowledged, held back while inactive, not yet written.
+    async fn move_away(
+        &mut self,
+        reply: oneshot::Sender<Moved>,
+        rx: &mut mpsc::Receiver<SessionCommand>,
+    ) -> Failure {
+        let resource = self.server.sessions.resource(&self.jid);
+        if let Err(e) = self.server.sessions.unbind(&self.jid, self.conn_id).await {
+            tracing::warn!(error = %e, "cannot unbind a session moving away");
+        }
+        self.moved = true;
+        let Some(sm) = self.sm.as_mut() else {
+            return Failure::Closed;
+        };
+        let Some(id) = sm.id.clone() else {
+            return Failure::Closed;
+        };
+        self.server.resumable.forget(&id);
+        let (inbound, acked, mut unacked) = sm.export();
+        let held = self
+            .inactive
+            .take()
+            .map(|mut h| h.take())
+            .unwrap_or_default();
+        let mut queued = Vec::new();
+        while let Ok(cmd) = rx.try_recv() {
+            if let SessionCommand::Stanza(el) = cmd {
+                queued.push(*el);
+            }
+        }
+        unacked.extend(
+            held.into_iter()
+                .chain(queued)
+                .filter_map(|el| String::from_utf8(writer::element(&el)).ok()),
+        );
+        let (interested, carbons) = resource
+            .as_ref()
+            .map_or((false, false), |r| (r.interested, r.carbons));
+        let presence = resource.and_then(|r| {
+            let p = r.presence?;
+            Some((String::from_utf8(writer::element(&p)).ok()?, r.priority))
+        });
+        let moved = Moved {
+            jid: self.jid_text.clone(),
+            id,
+            inbound,
+            acked,
+            unacked,
+            presence,
+            initial_done: self.presence.initial_done,
+            offline_done: self.presence.offline_done,
+            directed: self.presence.directed.drain().collect(),
+            interested,
+            carbons,
+        };
+        info!("session moved to another node");
+        if let Err(moved) = reply.send(moved) {
+            abandon(self.server, moved).await;
+        }
+        Failure::stream("conflict", "the session was resumed on another connection")
+    }
+
+    /// The first steps of a session that moved here (XEP-0198 §5): the state it had, the
+    /// client told how much was handled and sent what it has not acknowledged.
+    async fn arrive(&mut self, moved: Moved, h: u32) -> Result<(), Failure> {
+        let mut sm = Sm::restore(&moved);
+        if let Some((xml, priority)) = &moved.presence
+            && let Ok(p) = xml.parse::<Element>()
+        {
+            let _ = self
+                .server
+                .sessions
+                .set_presence(&self.jid, self.conn_id, Some((Arc::new(p), *priority)))
+                .await;
+        }
+        if moved.interested {
+            let _ = self
+                .server
+                .sessions
+                .set_interested(&self.jid, self.conn_id)
+                .await;
+        }
+        if moved.carbons {
+            let _ = self
+                .server
+                .sessions
+                .set_carbons(&self.jid, self.conn_id, true)
+                .await;
+        }
+        self.presence = presence::SessionPresence {
+            available: moved.presence.is_some(),
+            initial_done: moved.initial_done,
+            offline_done: moved.offline_done,
+            directed: moved.directed.into_iter().collect(),
+        };
+        let (tx, rx) = mpsc::channel(1);
+        self.server
+            .resumable
+            .register(&moved.id, self.bare.clone(), tx);
+        self.resumptions = Some(rx);
+        let acknowledged = sm.acknowledge(h);
+        self.sm = Some(sm);
+        acknowledged.map_err(|e| Failure::stream("undefined-condition", e.to_string()))?;
+        if let Some(sm) = self.sm.as_mut() {
+            self.conn.queue(&sm.resumed());
+            for el in sm.pending() {
+                self.conn.queue(&el);
+            }
+        }
+        info!("session resumed from another node");
+        // Messages that reached the account while no node had the session waited offline.
+        if self.presence.offline_done {
+            for el in offline::take(
+                self.server,
+                self.bare.node().map(|n| n.as_str()).unwrap_or_default(),
+            )
+            .await
+            {
+                self.write(&el);
+            }
+        }
         Ok(())
     }
 
@@ -1128,6 +1329,9 @@ impl Session<'_> {
     /// Leaves the session table and hands on what was queued for this session but not written,
     /// so that no stanza disappears with the connection.
     async fn end(&mut self, rx: &mut mpsc::Receiver<SessionCommand>) {
+        if self.moved {
+            return;
+        }
         let mut ignored = Vec::new();
         presence::go_unavailable(
             self.server,
@@ -1162,6 +1366,22 @@ impl Session<'_> {
         }
         for el in unacked.into_iter().chain(queued) {
             router::redeliver(self.server, el).await;
+        }
+    }
+}
+
+/// A moved session that reached nobody: like a session not resumed in time, its contacts
+/// learn it is gone and its stanzas are routed again (other resources, offline storage, or an
+/// error to the sender).
+pub async fn abandon(server: &Server, moved: Moved) {
+    if moved.presence.is_some()
+        && let Ok(jid) = FullJid::new(&moved.jid)
+    {
+        presence::vanished(server, &jid).await;
+    }
+    for xml in moved.unacked {
+        if let Ok(el) = xml.parse::<Element>() {
+            router::redeliver(server, el).await;
         }
     }
 }

@@ -6,7 +6,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
 use minidom::Element;
-use tokio::sync::mpsc;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
 
 use super::conn::XmlConn;
 use crate::jid::BareJid;
@@ -117,6 +118,32 @@ impl Sm {
         self.unacked.iter().cloned().collect()
     }
 
+    /// The counters and the unacknowledged stanzas, for a session moving to another node.
+    pub fn export(&mut self) -> (u32, u32, Vec<String>) {
+        let unacked = self
+            .unacked
+            .drain(..)
+            .filter_map(|el| String::from_utf8(crate::stream::writer::element(&el)).ok())
+            .collect();
+        (self.inbound, self.acked, unacked)
+    }
+
+    /// The state of a session that moved here from another node; stanzas that no longer
+    /// parse are dropped.
+    pub fn restore(moved: &Moved) -> Sm {
+        Sm {
+            id: Some(moved.id.clone()),
+            inbound: moved.inbound,
+            acked: moved.acked,
+            unacked: moved
+                .unacked
+                .iter()
+                .filter_map(|xml| xml.parse().ok())
+                .collect(),
+            requested: false,
+        }
+    }
+
     /// Everything unacknowledged, for the session's end: such messages are routed again.
     pub fn take(&mut self) -> VecDeque<Element> {
         std::mem::take(&mut self.unacked)
@@ -130,11 +157,30 @@ pub fn failed(condition: &str) -> Element {
     el
 }
 
-/// A new connection taking over a session (XEP-0198 §5): it has authenticated as the
-/// session's user and says how many stanzas it handled.
-pub struct Resumption {
-    pub conn: XmlConn,
-    pub h: u32,
+/// A client resuming a session (XEP-0198 §5): it has authenticated as the session's user.
+pub enum Resumption {
+    /// On a new connection to this node, saying how many stanzas it handled.
+    Here { conn: Box<XmlConn>, h: u32 },
+    /// On another node of the cluster: the session hands its state over and ends here.
+    Elsewhere { reply: oneshot::Sender<Moved> },
+}
+
+/// A resumable session on its way to another cluster node: what the node that resumes it
+/// needs to carry on where it stopped. Stanzas travel as XML.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Moved {
+    pub jid: String,
+    pub id: String,
+    pub inbound: u32,
+    pub acked: u32,
+    pub unacked: Vec<String>,
+    /// The last available presence and its priority; None while unavailable.
+    pub presence: Option<(String, i8)>,
+    pub initial_done: bool,
+    pub offline_done: bool,
+    pub directed: Vec<String>,
+    pub interested: bool,
+    pub carbons: bool,
 }
 
 /// The resumable sessions of this node, by resumption id.
@@ -195,6 +241,39 @@ mod tests {
         sm.handled();
         sm.handled();
         assert_eq!(sm.ack().attr("h"), Some("2"));
+    }
+
+    #[test]
+    fn a_moved_session_keeps_its_counters_and_queue() {
+        let mut sm = Sm::new(true);
+        for n in 0..3 {
+            sm.sent(&msg(n));
+        }
+        sm.handled();
+        sm.acknowledge(1).unwrap();
+        let (inbound, acked, unacked) = sm.export();
+        let moved = Moved {
+            jid: "a@b/c".into(),
+            id: sm.id.clone().unwrap(),
+            inbound,
+            acked,
+            unacked,
+            presence: None,
+            initial_done: true,
+            offline_done: true,
+            directed: Vec::new(),
+            interested: true,
+            carbons: false,
+        };
+        let mut there = Sm::restore(&moved);
+        assert_eq!(there.resumed().attr("h"), Some("1"));
+        there.acknowledge(2).unwrap();
+        let ids: Vec<_> = there
+            .pending()
+            .iter()
+            .map(|m| m.attr("id").unwrap().to_owned())
+            .collect();
+        assert_eq!(ids, ["2"]);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod services;
+pub mod sm;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
