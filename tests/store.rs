@@ -160,7 +160,65 @@ async fn every_method(store: &dyn Store) {
     );
 }
 
+/// PEP nodes and items: newest first, pruned to the node's limit, an id published again
+/// becomes the newest, retract and purge.
+async fn pep_nodes_and_items(store: &dyn Store) {
+    let node = rookery::store::PepNode {
+        node: "urn:test".into(),
+        config: "{}".into(),
+    };
+    store.pep_set_node("alice", &node).await.unwrap();
+    assert_eq!(
+        store.pep_node("alice", "urn:test").await.unwrap(),
+        Some(node.clone())
+    );
+    let item = |id: &str, ms: i64| rookery::store::PepItem {
+        item_id: id.into(),
+        published_ms: ms,
+        payload: format!("<x xmlns='urn:test'>{id}</x>"),
+    };
+    for (i, id) in ["a", "b", "c", "a"].iter().enumerate() {
+        store
+            .pep_publish("alice", "urn:test", &item(id, i as i64), 2)
+            .await
+            .unwrap();
+    }
+    let ids = |items: Vec<rookery::store::PepItem>| -> Vec<String> {
+        items.into_iter().map(|i| i.item_id).collect()
+    };
+    let all = store.pep_items("alice", "urn:test", &[], 10).await.unwrap();
+    assert_eq!(ids(all), ["a", "c"], "newest first, two kept");
+    let named = store
+        .pep_items("alice", "urn:test", &["c".into(), "b".into()], 10)
+        .await
+        .unwrap();
+    assert_eq!(ids(named), ["c"]);
+    assert!(store.pep_retract("alice", "urn:test", "c").await.unwrap());
+    assert!(!store.pep_retract("alice", "urn:test", "c").await.unwrap());
+    store.pep_purge("alice", "urn:test").await.unwrap();
+    assert!(
+        store
+            .pep_items("alice", "urn:test", &[], 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    store
+        .pep_publish("alice", "urn:test", &item("d", 9), 1)
+        .await
+        .unwrap();
+    assert_eq!(store.pep_nodes("alice").await.unwrap().len(), 1);
+    let other = rookery::store::PepNode {
+        node: "urn:other".into(),
+        config: "{}".into(),
+    };
+    store.pep_set_node("alice", &other).await.unwrap();
+    assert!(store.pep_delete_node("alice", "urn:other").await.unwrap());
+    assert!(!store.pep_delete_node("alice", "urn:other").await.unwrap());
+}
+
 async fn deleted_without_a_trace(store: &dyn Store) {
+    pep_nodes_and_items(store).await;
     store
         .put_subscription_request(
             "alice",
@@ -184,6 +242,14 @@ async fn deleted_without_a_trace(store: &dyn Store) {
             .is_empty()
     );
     assert_eq!(store.vcard("alice").await.unwrap(), None);
+    assert!(store.pep_nodes("alice").await.unwrap().is_empty());
+    assert!(
+        store
+            .pep_items("alice", "urn:test", &[], 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(store.list_accounts().await.unwrap(), ["bob"]);
 }
 
