@@ -579,3 +579,68 @@ async fn an_idle_link_closes_and_a_new_message_opens_another() {
     alice.close().await;
     bob.close().await;
 }
+
+/// Mutual subscriptions between alice@rookery.test and bob@other.test, straight in the stores.
+async fn befriend_across(a: &TestServer, b: &TestServer) {
+    for (server, user, contact) in [
+        (a, "alice", "bob@other.test"),
+        (b, "bob", "alice@rookery.test"),
+    ] {
+        let item = rookery::store::RosterItem {
+            jid: contact.into(),
+            name: None,
+            subscription: rookery::store::Subscription::Both,
+            ask: false,
+            groups: Vec::new(),
+        };
+        let store = &server.running.as_ref().expect("running").server.store;
+        store.put_roster_item(user, &item).await.expect("roster");
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn personal_eventing_reaches_contacts_on_another_server() {
+    use common::caps::*;
+    const METADATA: &str = "urn:xmpp:avatar:metadata";
+    let (a, b) = two_servers(CA_AND_DIALBACK).await;
+    befriend_across(&a, &b).await;
+    let mut alice = XmppClient::connect(&a, "alice@rookery.test/a", "pw").await;
+    alice.send("<presence/>").await;
+    // Each server asks bob once about his capabilities: his own, and alice's, which learnt
+    // them from the presence he sent her.
+    let mut bob = XmppClient::connect(&b, "bob@other.test/b", "pw").await;
+    announce_caps(&mut bob, &[METADATA], 2).await;
+    alice
+        .expect("bob's presence", is_presence("bob@other.test/b", None))
+        .await;
+
+    let metadata = format!(
+        "<metadata xmlns='{METADATA}'><info bytes='3' id='h1' type='image/png'/></metadata>"
+    );
+    let published = alice
+        .iq(
+            "m1",
+            &format!(
+                "<iq type='set' id='m1'><pubsub xmlns='http://jabber.org/protocol/pubsub'>\
+                 <publish node='{METADATA}'><item id='h1'>{metadata}</item></publish></pubsub></iq>"
+            ),
+        )
+        .await;
+    assert_eq!(published.attr("type"), Some("result"));
+    bob.expect(
+        "alice's avatar across the servers",
+        is_items_event("alice@rookery.test", METADATA),
+    )
+    .await;
+    // A second resource with the same capabilities: nobody asks, and alice's server sends
+    // the last item when his presence reaches her.
+    let mut bob2 = XmppClient::connect(&b, "bob@other.test/two", "pw").await;
+    announce_caps(&mut bob2, &[METADATA], 0).await;
+    bob2.expect(
+        "the last avatar on coming online",
+        is_items_event("alice@rookery.test", METADATA),
+    )
+    .await;
+    a.shutdown().await;
+    b.shutdown().await;
+}

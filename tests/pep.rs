@@ -7,108 +7,19 @@ mod common;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use common::caps::*;
 use common::*;
 use std::time::Duration;
 use tokio_xmpp::minidom::Element;
 
 const PUBSUB: &str = "http://jabber.org/protocol/pubsub";
 const OWNER: &str = "http://jabber.org/protocol/pubsub#owner";
-const EVENT: &str = "http://jabber.org/protocol/pubsub#event";
 const ERRORS: &str = "http://jabber.org/protocol/pubsub#errors";
-const CAPS: &str = "http://jabber.org/protocol/caps";
-const DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
 const DISCO_ITEMS: &str = "http://jabber.org/protocol/disco#items";
-const CAPS_NODE: &str = "https://rookery.test/client";
 const AVATAR_DATA: &str = "urn:xmpp:avatar:data";
 const AVATAR_METADATA: &str = "urn:xmpp:avatar:metadata";
 const BOOKMARKS: &str = "urn:xmpp:bookmarks:1";
 const DEVICELIST: &str = "eu.siacs.conversations.axolotl.devicelist";
-
-/// The features of a test client: `+notify` for each node.
-fn client_features(notify: &[&str]) -> Vec<String> {
-    let mut features = vec![DISCO_INFO.to_owned(), CAPS.to_owned()];
-    for n in notify {
-        // Both the node and its +notify, as real clients announce them: the order of the two
-        // in the hash input is where careless implementations go wrong.
-        features.push(n.to_string());
-        features.push(format!("{n}+notify"));
-    }
-    features
-}
-
-/// The client's disco#info answer.
-fn client_info(notify: &[&str]) -> String {
-    let features: String = client_features(notify)
-        .iter()
-        .map(|f| format!("<feature var='{f}'/>"))
-        .collect();
-    format!(
-        "<query xmlns='{DISCO_INFO}'><identity category='client' type='pc' name='test'/>\
-         {features}</query>"
-    )
-}
-
-/// The XEP-0115 §5.1 verification string's SHA-1, computed from the spec's steps.
-fn ver_of(notify: &[&str]) -> String {
-    use sha1::Digest;
-    let mut features = client_features(notify);
-    features.sort();
-    let mut input = "client/pc//test<".to_owned();
-    for f in features {
-        input.push_str(&f);
-        input.push('<');
-    }
-    BASE64.encode(sha1::Sha1::digest(input.as_bytes()))
-}
-
-/// Logs in and sends presence with capabilities; answers the server's question about them
-/// when `asked` (the first client with these capabilities).
-async fn online_with_caps(
-    server: &TestServer,
-    jid: &str,
-    notify: &[&str],
-    asked: bool,
-) -> XmppClient {
-    let mut client = XmppClient::connect(server, jid, "pw").await;
-    let info = client_info(notify);
-    let ver = ver_of(notify);
-    client
-        .send(&format!(
-            "<presence><c xmlns='{CAPS}' hash='sha-1' node='{CAPS_NODE}' ver='{ver}'/></presence>"
-        ))
-        .await;
-    if asked {
-        let node = format!("{CAPS_NODE}#{ver}");
-        let question = client
-            .expect("the server's capabilities question", |e| {
-                e.name() == "iq"
-                    && e.attr("type") == Some("get")
-                    && e.get_child("query", DISCO_INFO)
-                        .and_then(|q| q.attr("node"))
-                        == Some(node.as_str())
-            })
-            .await;
-        let answer = info.replacen("<query ", &format!("<query node='{node}' "), 1);
-        client
-            .send(&format!(
-                "<iq type='result' to='{}' id='{}'>{answer}</iq>",
-                question.attr("from").expect("from"),
-                question.attr("id").expect("id"),
-            ))
-            .await;
-    }
-    client
-}
-
-fn is_items_event(from: &'static str, node: &'static str) -> impl Fn(&Element) -> bool {
-    move |e| {
-        e.name() == "message"
-            && e.attr("from") == Some(from)
-            && e.get_child("event", EVENT)
-                .and_then(|ev| ev.get_child("items", EVENT))
-                .is_some_and(|i| i.attr("node") == Some(node))
-    }
-}
 
 fn event_item_ids(message: &Element) -> Vec<String> {
     message

@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+pub mod caps;
 pub mod services;
 pub mod sm;
 
