@@ -76,7 +76,7 @@ async fn serve_socket(
         };
         let mut conn = XmlConn::new(socket, limits);
         if direct_tls {
-            conn = match tls_accept(&server, conn).await {
+            conn = match Box::pin(tls_accept(&server, conn)).await {
                 Ok(c) => c,
                 Err(e) => return debug!(error = %e, "TLS handshake failed"),
             };
@@ -96,7 +96,9 @@ async fn serve_socket(
                 Box::pin(established(&server, conn, conn_id, Start::Moved(moved, h))).await;
             }
             Negotiated::Resumed => debug!("handed over to the session it resumed"),
-            Negotiated::Failed(mut conn, failure) => finish(&server, &mut conn, failure).await,
+            Negotiated::Failed(mut conn, failure) => {
+                Box::pin(finish(&server, &mut conn, failure)).await
+            }
             Negotiated::Dropped(reason) => debug!(%reason, "connection dropped during negotiation"),
         }
     }
@@ -711,7 +713,7 @@ async fn established(server: &Server, mut conn: XmlConn, conn_id: u64, start: St
             info!("session started");
             Ok(())
         }
-        Start::Moved(moved, h) => session.arrive(*moved, h).await,
+        Start::Moved(moved, h) => Box::pin(session.arrive(*moved, h)).await,
     };
     let mut result = match arrived {
         Ok(()) => match session.conn.flush().await {
@@ -729,10 +731,10 @@ async fn established(server: &Server, mut conn: XmlConn, conn_id: u64, start: St
         )
     {
         info!(reason = %result, "connection lost; the session waits to be resumed");
-        let Some(resumption) = session.hibernate(&mut rx).await else {
+        let Some(resumption) = Box::pin(session.hibernate(&mut rx)).await else {
             break;
         };
-        result = match session.take_over(resumption, &mut rx).await {
+        result = match Box::pin(session.take_over(resumption, &mut rx)).await {
             Ok(()) => match session.conn.flush().await {
                 Ok(()) => session.run(&mut rx).await,
                 Err(f) => f,
@@ -740,9 +742,9 @@ async fn established(server: &Server, mut conn: XmlConn, conn_id: u64, start: St
             Err(f) => f,
         };
     }
-    session.end(&mut rx).await;
+    Box::pin(session.end(&mut rx)).await;
     let Session { mut conn, .. } = session;
-    finish(server, &mut conn, result).await;
+    Box::pin(finish(server, &mut conn, result)).await;
     info!("session ended");
 }
 
@@ -766,8 +768,11 @@ impl Session<'_> {
             };
             let step = match wake {
                 Wake::Command(cmd) => self.on_command(cmd, rx),
+                // Boxed, like the other rare or deep steps: a session's future lives as long as
+                // the connection, and holding the largest step inline would cost every idle
+                // connection kilobytes.
                 Wake::Read(r) => match r {
-                    Ok(()) => self.on_read().await,
+                    Ok(()) => Box::pin(self.on_read()).await,
                     Err(f) => Err(f),
                 },
                 Wake::Shutdown => {
@@ -783,7 +788,7 @@ impl Session<'_> {
                 }
                 Wake::Timer => self.on_timer(),
                 // The client came back on a new connection before this one was seen to drop.
-                Wake::Resume(res) => self.take_over(*res, rx).await,
+                Wake::Resume(res) => Box::pin(self.take_over(*res, rx)).await,
             };
             if let Err(f) = step {
                 return f;

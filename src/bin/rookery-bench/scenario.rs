@@ -271,11 +271,12 @@ pub async fn run(args: &RunArgs) -> Report {
 }
 
 async fn idle(args: &RunArgs, conns: Vec<Option<Connection>>, report: &mut Report) {
-    // Let the server settle (lazy allocations, pending writes) before reading its memory.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Memory is read at the end of the idle period, so that it is what idle connections hold
+    // (every server has settled: lazy allocations, pending writes, buffers it frees when
+    // connections go quiet).
+    tokio::time::sleep(Duration::from_secs(args.duration)).await;
     let after = procstat::sample(&args.pid).unwrap_or_default();
     report.rss_after_kb = after.rss_kb;
-    tokio::time::sleep(Duration::from_secs(args.duration)).await;
     for c in conns.into_iter().flatten() {
         c.close().await;
     }
