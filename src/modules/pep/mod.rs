@@ -210,6 +210,24 @@ impl Pep {
             .map_err(store_error)
     }
 
+    /// An existing node, for the operations only its owner may do.
+    async fn owned_node<'e>(
+        &self,
+        req: &IqRequest<'_>,
+        owner: &BareJid,
+        is_owner: bool,
+        op: &'e Element,
+    ) -> Result<(&'e str, NodeConfig), StanzaError> {
+        if !is_owner {
+            return Err(not_owner());
+        }
+        let node = node_name(op)?;
+        match self.node(req.server, owner, node).await? {
+            Some(config) => Ok((node, config)),
+            None => Err(StanzaError::item_not_found()),
+        }
+    }
+
     /// The node's configuration if `req`'s sender may read it; the error to answer otherwise.
     async fn readable(
         &self,
@@ -450,13 +468,7 @@ impl Pep {
         is_owner: bool,
         op: &Element,
     ) -> IqResult {
-        if !is_owner {
-            return Err(not_owner());
-        }
-        let node = node_name(op)?;
-        let Some(current) = self.node(req.server, owner, node).await? else {
-            return Err(StanzaError::item_not_found());
-        };
+        let (node, current) = self.owned_node(req, owner, is_owner, op).await?;
         if !req.is_set {
             let configure = el("configure", OWNER, &[("node", node)]).with_child(current.form());
             return Ok(Some(owner_payload(configure)));
@@ -482,13 +494,7 @@ impl Pep {
         is_owner: bool,
         op: &Element,
     ) -> IqResult {
-        if !is_owner {
-            return Err(not_owner());
-        }
-        let node = node_name(op)?;
-        let Some(config) = self.node(req.server, owner, node).await? else {
-            return Err(StanzaError::item_not_found());
-        };
+        let (node, config) = self.owned_node(req, owner, is_owner, op).await?;
         let to = if config.notify_delete {
             notify::recipients(req.server, self, owner, node, &config).await
         } else {
@@ -512,13 +518,7 @@ impl Pep {
         is_owner: bool,
         op: &Element,
     ) -> IqResult {
-        if !is_owner {
-            return Err(not_owner());
-        }
-        let node = node_name(op)?;
-        let Some(config) = self.node(req.server, owner, node).await? else {
-            return Err(StanzaError::item_not_found());
-        };
+        let (node, config) = self.owned_node(req, owner, is_owner, op).await?;
         req.server
             .store
             .pep_purge(user_of(owner), node)
