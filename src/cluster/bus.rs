@@ -184,7 +184,7 @@ impl BusSender {
     pub fn command(&self, to: &RemoteSession, cmd: SessionCommand) {
         let op = match cmd {
             SessionCommand::Stanza(s) => {
-                let _ = self.stanza(to, *s);
+                let _ = self.stanza(to, s.into_element());
                 return;
             }
             SessionCommand::Replaced => Op::Replaced,

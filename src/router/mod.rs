@@ -90,6 +90,8 @@ pub async fn fan_out(server: &Server, message: Element, to: Vec<FullJid>) {
     /// A node's bus, and its sessions the message is for.
     type NodeTargets = (crate::cluster::bus::BusSender, Vec<(String, u64)>);
     let mut remote: HashMap<Arc<str>, NodeTargets> = HashMap::new();
+    // Local sessions share the one message and write it with their own `to`.
+    let message = Arc::new(message);
     for jid in to {
         let found = server.sessions.resource(&jid);
         match found.as_ref().map(|r| &r.sender) {
@@ -100,15 +102,13 @@ pub async fn fan_out(server: &Server, message: Element, to: Vec<FullJid>) {
                     .1
                     .push((jid.to_string(), rs.conn_id));
             }
-            _ => {
-                let mut m = message.clone();
-                stanza::set_attr(&mut m, "to", &jid.to_string());
-                match found {
-                    Some(r) => {
-                        let _ = deliver(&r, m);
-                    }
-                    None => route(server, m).await,
-                }
+            Some(table::Endpoint::Local(session)) => {
+                let _ = session.deliver_outgoing(table::Outgoing::addressed(message.clone(), jid));
+            }
+            None => {
+                let mut m = (*message).clone();
+                stanza::set_attr(&mut m, "to", jid.as_str());
+                route(server, m).await;
             }
         }
     }
@@ -116,7 +116,7 @@ pub async fn fan_out(server: &Server, message: Element, to: Vec<FullJid>) {
         if let Err(targets) = bus.fan_out(&node, &message, targets) {
             // The bus is full: one at a time, as the router would.
             for (jid, _) in targets {
-                let mut m = message.clone();
+                let mut m = (*message).clone();
                 stanza::set_attr(&mut m, "to", &jid);
                 route(server, m).await;
             }

@@ -14,13 +14,59 @@ use crate::jid::{BareJid, FullJid};
 /// What a session's task receives from the rest of the server.
 #[derive(Debug)]
 pub enum SessionCommand {
-    /// A stanza to write to the client. Boxed: the channel allocates slots of the enum's size
-    /// in blocks, and an inline Element would make every idle connection's block large.
-    Stanza(Box<Element>),
+    /// A stanza to write to the client.
+    Stanza(Outgoing),
     /// Another login bound the same full JID: close with a `conflict` stream error.
     Replaced,
     /// Close the stream with this stream error condition.
     Close(&'static str),
+}
+
+/// A stanza on its way to a session. Both kinds are boxed: the channel allocates slots of the
+/// command's size in blocks, and an inline Element would make every idle connection's block
+/// large.
+#[derive(Debug)]
+pub enum Outgoing {
+    /// A stanza of its own.
+    Owned(Box<Element>),
+    /// One of many copies of a stanza that differ only in `to` (a room's message to each
+    /// occupant): shared rather than cloned, until a session needs a copy of its own.
+    Addressed(Box<(Arc<Element>, FullJid)>),
+}
+
+impl Outgoing {
+    pub fn addressed(stanza: Arc<Element>, to: FullJid) -> Outgoing {
+        Outgoing::Addressed(Box::new((stanza, to)))
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            Outgoing::Owned(el) => el.name(),
+            Outgoing::Addressed(a) => a.0.name(),
+        }
+    }
+
+    pub fn into_element(self) -> Element {
+        match self {
+            Outgoing::Owned(el) => *el,
+            Outgoing::Addressed(a) => {
+                let (stanza, to) = *a;
+                let mut el = Arc::unwrap_or_clone(stanza);
+                crate::stanza::set_attr(&mut el, "to", to.as_str());
+                el
+            }
+        }
+    }
+
+    /// Appends the stanza's XML to `out`; a shared one is not copied for it.
+    pub fn write_into(&self, out: &mut Vec<u8>) {
+        match self {
+            Outgoing::Owned(el) => crate::stream::writer::element_into(el, out),
+            Outgoing::Addressed(a) => {
+                crate::stream::writer::element_to_into(&a.0, a.1.as_str(), out)
+            }
+        }
+    }
 }
 
 /// The address of a session's task: a bounded channel, so a slow reader cannot make the
@@ -43,17 +89,22 @@ impl SessionSender {
     /// Queues a stanza without waiting. A full queue means the client does not read: the
     /// session is told to close, and the stanza comes back so the caller can store or bounce it.
     pub fn deliver(&self, stanza: Element) -> Result<(), DeliveryError> {
-        match self.tx.try_send(SessionCommand::Stanza(Box::new(stanza))) {
+        self.deliver_outgoing(Outgoing::Owned(Box::new(stanza)))
+    }
+
+    /// [`deliver`](Self::deliver) for either kind of outgoing stanza.
+    pub fn deliver_outgoing(&self, stanza: Outgoing) -> Result<(), DeliveryError> {
+        match self.tx.try_send(SessionCommand::Stanza(stanza)) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(SessionCommand::Stanza(s))) => {
                 let tx = self.tx.clone();
                 tokio::spawn(async move {
                     let _ = tx.send(SessionCommand::Close("policy-violation")).await;
                 });
-                Err(DeliveryError::Full(*s))
+                Err(DeliveryError::Full(s.into_element()))
             }
             Err(mpsc::error::TrySendError::Closed(SessionCommand::Stanza(s))) => {
-                Err(DeliveryError::Closed(*s))
+                Err(DeliveryError::Closed(s.into_element()))
             }
             Err(_) => Err(DeliveryError::Closed(Element::bare("message", ""))),
         }

@@ -21,7 +21,8 @@ use crate::jid::{self, BareJid, FullJid, Jid};
 use crate::modules::{
     self, IqTarget, blocking, carbons, csi, mam, offline, pep, presence, push, register,
 };
-use crate::router::{self, table::SessionCommand, table::SessionSender, table::TableError};
+use crate::router;
+use crate::router::table::{Outgoing, SessionCommand, SessionSender, TableError};
 use crate::server::Server;
 use crate::stanza::{self, StanzaError};
 use crate::stream::parser::{ParserLimits, StreamEvent, StreamHeader};
@@ -779,7 +780,7 @@ impl Session<'_> {
                     // What was queued before the shutdown (a room's goodbye, say) goes first.
                     self.wake_up();
                     while let Ok(SessionCommand::Stanza(el)) = rx.try_recv() {
-                        self.write(&el);
+                        self.write(&el.into_element());
                     }
                     Err(Failure::stream(
                         "system-shutdown",
@@ -816,7 +817,7 @@ impl Session<'_> {
     ) -> Result<(), Failure> {
         for drained in 1..=256 {
             match cmd {
-                Some(SessionCommand::Stanza(el)) => self.deliver(*el),
+                Some(SessionCommand::Stanza(el)) => self.deliver(el),
                 Some(SessionCommand::Replaced) => {
                     return Err(Failure::stream(
                         "conflict",
@@ -999,7 +1000,7 @@ impl Session<'_> {
         let mut queued = Vec::new();
         while let Ok(cmd) = rx.try_recv() {
             if let SessionCommand::Stanza(el) = cmd {
-                queued.push(*el);
+                queued.push(el.into_element());
             }
         }
         unacked.extend(
@@ -1107,6 +1108,7 @@ impl Session<'_> {
             tokio::select! {
                 cmd = rx.recv() => match cmd {
                     Some(SessionCommand::Stanza(el)) => {
+                        let el = el.into_element();
                         let sm = self.sm.as_mut()?;
                         if !sm.sent(&el) {
                             return None;
@@ -1124,7 +1126,12 @@ impl Session<'_> {
     }
 
     /// Writes a stanza for the client, or holds it while the client is inactive.
-    fn deliver(&mut self, el: Element) {
+    fn deliver(&mut self, out: Outgoing) {
+        if self.inactive.is_none() && self.sm.is_none() {
+            // Nothing keeps a copy: a shared stanza is written without one of its own.
+            return self.conn.queue_outgoing(&out);
+        }
+        let el = out.into_element();
         let Some(held) = self.inactive.as_mut() else {
             return self.write(&el);
         };
@@ -1366,7 +1373,7 @@ impl Session<'_> {
         let mut queued = Vec::new();
         while let Ok(cmd) = rx.try_recv() {
             if let SessionCommand::Stanza(el) = cmd {
-                queued.push(*el);
+                queued.push(el.into_element());
             }
         }
         for el in unacked.into_iter().chain(queued) {

@@ -158,7 +158,12 @@ async fn established(
     rx.close();
     // Messages that were on their way to the component go back to their senders.
     while let Ok(SessionCommand::Stanza(el)) = rx.try_recv() {
-        router::bounce(server, &el, StanzaError::service_unavailable()).await;
+        router::bounce(
+            server,
+            &el.into_element(),
+            StanzaError::service_unavailable(),
+        )
+        .await;
     }
     info!("component disconnected");
     result
@@ -175,7 +180,7 @@ async fn run(
         let step = tokio::select! {
             cmd = rx.recv() => match cmd {
                 Some(SessionCommand::Stanza(el)) => {
-                    conn.queue(&stanza::renamespace(*el, ns::CLIENT, ns::COMPONENT));
+                    conn.queue(&stanza::renamespace(el.into_element(), ns::CLIENT, ns::COMPONENT));
                     Ok(())
                 }
                 Some(SessionCommand::Replaced) => Err(Failure::stream("conflict", "replaced")),

@@ -277,10 +277,14 @@ impl XmlConn {
         self.out.extend_from_slice(&writer::dialback(el));
     }
 
+    pub fn queue_outgoing(&mut self, stanza: &crate::router::table::Outgoing) {
+        crate::metrics::stanza_out(stanza.name());
+        stanza.write_into(&mut self.out);
+    }
+
     pub fn queue(&mut self, el: &Element) {
         crate::metrics::stanza_out(el.name());
-        let bytes = writer::element(el);
-        self.out.extend_from_slice(&bytes);
+        writer::element_into(el, &mut self.out);
     }
 
     /// Writes what is queued.
