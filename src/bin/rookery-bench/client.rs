@@ -17,6 +17,8 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls;
 
+use crate::split::{self, Piece, Seen};
+
 const SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
 
 #[derive(Debug, thiserror::Error)]
@@ -122,7 +124,10 @@ pub fn tls_config() -> Arc<rustls::ClientConfig> {
 pub struct Conn<S> {
     io: S,
     parser: StreamParser,
-    buf: Box<[u8]>,
+    /// Bytes read and not yet cut into pieces (see [`split`]).
+    unread: Vec<u8>,
+    /// Whether this stream's header was read.
+    open: bool,
     pending: std::collections::VecDeque<Element>,
     pub jid: String,
 }
@@ -146,7 +151,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         Conn {
             io,
             parser: StreamParser::new(limits()),
-            buf: vec![0; 16 * 1024].into_boxed_slice(),
+            unread: Vec::new(),
+            open: false,
             pending: Default::default(),
             jid: String::new(),
         }
@@ -164,18 +170,68 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         if !out.is_empty() {
             return Ok(());
         }
-        let n = self.io.read(&mut self.buf).await?;
-        if n == 0 {
-            return Err(ClientError::Closed);
-        }
         let mut events = Vec::new();
-        self.parser.feed(&self.buf[..n], &mut events)?;
+        let parser = &mut self.parser;
+        let mut parsed = Ok(());
+        Self::read_pieces(&mut self.io, &mut self.unread, &mut self.open, |bytes| {
+            if parsed.is_ok() {
+                parsed = parser.feed(bytes, &mut events);
+            }
+        })
+        .await?;
+        parsed?;
         for ev in events {
             match ev {
                 StreamEvent::Stanza(el) => out.push(el),
                 StreamEvent::Close => return Err(ClientError::Closed),
                 StreamEvent::Open(_) => {}
             }
+        }
+        Ok(())
+    }
+
+    /// Reads some bytes and tells `seen` what each stanza they finished is, without parsing
+    /// them (the measured part of a run).
+    pub async fn read_seen(&mut self, mut seen: impl FnMut(Seen)) -> Result<(), ClientError> {
+        if !self.pending.is_empty() {
+            for el in self.pending.drain(..) {
+                seen(seen_element(&el));
+            }
+            return Ok(());
+        }
+        Self::read_pieces(&mut self.io, &mut self.unread, &mut self.open, |bytes| {
+            seen(split::classify(bytes))
+        })
+        .await
+    }
+
+    /// One read, and each complete piece it finished handed to `each`; the stream's end is
+    /// [`ClientError::Closed`].
+    async fn read_pieces(
+        io: &mut S,
+        unread: &mut Vec<u8>,
+        open: &mut bool,
+        mut each: impl FnMut(&[u8]),
+    ) -> Result<(), ClientError> {
+        unread.reserve(16 * 1024);
+        if io.read_buf(unread).await? == 0 {
+            return Err(ClientError::Closed);
+        }
+        let mut used = 0;
+        while let Some(piece) = split::next_piece(&unread[used..], *open) {
+            let bytes = &unread[used..used + piece.len()];
+            used += piece.len();
+            match piece {
+                Piece::Close(_) => return Err(ClientError::Closed),
+                Piece::Header(_) => *open = true,
+                Piece::Stanza(_) => {}
+            }
+            each(bytes);
+        }
+        unread.drain(..used);
+        // A burst can grow the buffer; a quiet connection should not keep it.
+        if unread.is_empty() && unread.capacity() > 64 * 1024 {
+            *unread = Vec::new();
         }
         Ok(())
     }
@@ -193,6 +249,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 
     fn restart(&mut self) {
         self.parser = StreamParser::new(limits());
+        self.open = false;
         self.pending.clear();
     }
 
@@ -364,4 +421,18 @@ async fn scram_sha1<S: AsyncRead + AsyncWrite + Unpin>(
         return Err(protocol(format!("authentication failed for {user}")));
     }
     Ok(())
+}
+
+/// [`split::classify`] for a stanza that was parsed already.
+fn seen_element(el: &Element) -> Seen {
+    if el.name() != "message" {
+        return Seen::Other;
+    }
+    if el.attr("type") == Some("error") {
+        return Seen::Error;
+    }
+    el.children()
+        .find(|c| c.name() == "body")
+        .and_then(|b| b.text().strip_prefix("b:").and_then(|t| t.parse().ok()))
+        .map_or(Seen::Other, Seen::Stamped)
 }

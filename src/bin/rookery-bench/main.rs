@@ -14,12 +14,18 @@ mod provision;
 mod relay;
 mod rest;
 mod scenario;
+mod split;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+
+/// The load generator shares the cores with the server under test, so it takes the allocator
+/// that costs it least (as the server does; see src/main.rs).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[derive(Debug, Parser)]
 #[command(

@@ -11,6 +11,7 @@ use tokio_rustls::client::TlsStream;
 
 use crate::client::{self, ClientError, Conn, Target};
 use crate::procstat::{self, Sample};
+use crate::split::Seen;
 use crate::{RunArgs, Scenario};
 
 /// How long in-flight messages may take to arrive after sending stops.
@@ -331,7 +332,7 @@ async fn conn_task(
     mut sending: Sending,
     epoch: Instant,
 ) {
-    let mut stanzas = Vec::new();
+    let mut latencies = Vec::new();
     if conn.send("<presence/>").await.is_err() {
         return;
     }
@@ -345,37 +346,36 @@ async fn conn_task(
         }
     }
     loop {
-        stanzas.clear();
         let wake = tokio::select! {
-            r = conn.read_stanzas(&mut stanzas) => Wake::Read(r),
+            r = conn.read_seen(|seen| match seen {
+                Seen::Stamped(sent_at) => latencies.push(sent_at),
+                Seen::Error => {
+                    stats.errors.fetch_add(1, Ordering::Relaxed);
+                }
+                Seen::Other => {}
+            }) => Wake::Read(r),
             j = rx.recv() => Wake::Send(j),
             _ = stop.changed() => Wake::Stop,
         };
         match wake {
             Wake::Read(Err(_)) | Wake::Stop | Wake::Send(None) => break,
             Wake::Read(Ok(())) => {
-                let now = epoch.elapsed().as_micros() as u64;
-                for el in &stanzas {
-                    if el.name() != "message" {
-                        continue;
-                    }
-                    if el.attr("type") == Some("error") {
-                        stats.errors.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                    let sent_at = el.children().find(|c| c.name() == "body").and_then(|b| {
-                        b.text()
-                            .strip_prefix("b:")
-                            .and_then(|t| t.parse::<u64>().ok())
-                    });
-                    if let Some(sent_at) = sent_at {
-                        stats.delivered.fetch_add(1, Ordering::Relaxed);
-                        let us = now.saturating_sub(sent_at).min(u32::MAX as u64) as u32;
-                        if let Ok(mut l) = stats.latencies_us.lock() {
-                            l.push(us);
-                        }
-                    }
+                if latencies.is_empty() {
+                    continue;
                 }
+                // One lock for all the messages of a read: fan-out delivers them in bursts.
+                let now = epoch.elapsed().as_micros() as u64;
+                stats
+                    .delivered
+                    .fetch_add(latencies.len() as u64, Ordering::Relaxed);
+                if let Ok(mut l) = stats.latencies_us.lock() {
+                    l.extend(
+                        latencies.iter().map(|&sent_at| {
+                            now.saturating_sub(sent_at).min(u32::MAX as u64) as u32
+                        }),
+                    );
+                }
+                latencies.clear();
             }
             Wake::Send(Some(j)) => {
                 let stamp = epoch.elapsed().as_micros();
