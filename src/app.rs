@@ -66,6 +66,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         &config.tls.key,
         &config.data_dir,
         &config.domain,
+        config.tls.post_quantum,
     )?;
     let c2s = bind("listen.c2s", config.listen.c2s).await?;
     let c2s_tls = bind("listen.c2s_tls", config.listen.c2s_tls).await?;

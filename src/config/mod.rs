@@ -125,12 +125,25 @@ pub struct Component {
     pub secret: String,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Tls {
     /// PEM certificate chain; empty means a self-signed certificate generated into data_dir.
     pub cert: String,
     pub key: String,
+    /// Whether a client that offers the hybrid post-quantum key exchange (X25519MLKEM768) gets
+    /// it; off, every client gets a classical one (X25519 or a NIST curve).
+    pub post_quantum: bool,
+}
+
+impl Default for Tls {
+    fn default() -> Self {
+        Tls {
+            cert: String::new(),
+            key: String::new(),
+            post_quantum: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
