@@ -189,7 +189,7 @@ impl BusSender {
             }
             SessionCommand::Replaced => Op::Replaced,
             SessionCommand::Close(c) => Op::Close {
-                condition: c.to_owned(),
+                condition: c.condition().to_owned(),
             },
         };
         let out = Outgoing {
@@ -204,17 +204,6 @@ impl BusSender {
         tokio::spawn(async move {
             let _ = tx.send(out).await;
         });
-    }
-}
-
-/// Maps a received close condition back to the static names sessions use.
-pub fn condition(name: &str) -> &'static str {
-    match name {
-        "not-authorized" => "not-authorized",
-        "conflict" => "conflict",
-        "system-shutdown" => "system-shutdown",
-        "policy-violation" => "policy-violation",
-        _ => "reset",
     }
 }
 

@@ -889,8 +889,9 @@ impl Cluster {
             }
             Op::Close { condition } => {
                 if let Some(r) = target {
-                    r.sender
-                        .command(SessionCommand::Close(bus::condition(&condition)));
+                    r.sender.command(SessionCommand::Close(
+                        crate::router::table::CloseReason::from_condition(&condition),
+                    ));
                 }
             }
             Op::Resume {

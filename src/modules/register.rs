@@ -136,7 +136,9 @@ impl Module for Register {
             tracing::info!(user = %user, "account removed in-band");
             // XEP-0077 §3.2: the result goes out first, then every stream of the account closes.
             for r in req.server.sessions.resources(&req.from.to_bare()) {
-                r.sender.command(SessionCommand::Close("not-authorized"));
+                r.sender.command(SessionCommand::Close(
+                    crate::router::table::CloseReason::NotAuthorized,
+                ));
             }
             return Ok(None);
         }

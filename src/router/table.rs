@@ -19,7 +19,44 @@ pub enum SessionCommand {
     /// Another login bound the same full JID: close with a `conflict` stream error.
     Replaced,
     /// Close the stream with this stream error condition.
-    Close(&'static str),
+    Close(CloseReason),
+}
+
+// Every idle connection's queue holds a block of 32 commands.
+const _: () = assert!(std::mem::size_of::<SessionCommand>() == 16);
+
+/// The stream errors another part of the server can close a session with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    NotAuthorized,
+    Conflict,
+    SystemShutdown,
+    PolicyViolation,
+    Reset,
+}
+
+impl CloseReason {
+    /// The stream error condition (RFC 6120 §4.9.3).
+    pub fn condition(self) -> &'static str {
+        match self {
+            CloseReason::NotAuthorized => "not-authorized",
+            CloseReason::Conflict => "conflict",
+            CloseReason::SystemShutdown => "system-shutdown",
+            CloseReason::PolicyViolation => "policy-violation",
+            CloseReason::Reset => "reset",
+        }
+    }
+
+    /// The reason a condition names, as it comes over the cluster bus.
+    pub fn from_condition(name: &str) -> CloseReason {
+        match name {
+            "not-authorized" => CloseReason::NotAuthorized,
+            "conflict" => CloseReason::Conflict,
+            "system-shutdown" => CloseReason::SystemShutdown,
+            "policy-violation" => CloseReason::PolicyViolation,
+            _ => CloseReason::Reset,
+        }
+    }
 }
 
 /// A stanza on its way to a session. Both kinds are boxed: the channel allocates slots of the
@@ -99,7 +136,9 @@ impl SessionSender {
             Err(mpsc::error::TrySendError::Full(SessionCommand::Stanza(s))) => {
                 let tx = self.tx.clone();
                 tokio::spawn(async move {
-                    let _ = tx.send(SessionCommand::Close("policy-violation")).await;
+                    let _ = tx
+                        .send(SessionCommand::Close(CloseReason::PolicyViolation))
+                        .await;
                 });
                 Err(DeliveryError::Full(s.into_element()))
             }

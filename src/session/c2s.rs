@@ -824,9 +824,9 @@ impl Session<'_> {
                         "replaced by a new connection for the same resource",
                     ));
                 }
-                Some(SessionCommand::Close(condition)) => {
+                Some(SessionCommand::Close(reason)) => {
                     return Err(Failure::Stream {
-                        condition,
+                        condition: reason.condition(),
                         text: None,
                     });
                 }

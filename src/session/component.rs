@@ -184,7 +184,7 @@ async fn run(
                     Ok(())
                 }
                 Some(SessionCommand::Replaced) => Err(Failure::stream("conflict", "replaced")),
-                Some(SessionCommand::Close(condition)) => Err(Failure::Stream { condition, text: None }),
+                Some(SessionCommand::Close(reason)) => Err(Failure::Stream { condition: reason.condition(), text: None }),
                 None => Err(Failure::stream("internal-server-error", "session removed")),
             },
             r = conn.read_and_parse() => match r {

@@ -259,9 +259,16 @@ impl XmlConn {
         })
     }
 
-    /// Frees parser buffers while the connection is quiet.
+    /// Frees parser buffers, and the event queue and output buffer a burst left, while the
+    /// connection is quiet.
     pub fn release_buffers(&mut self) {
         self.parser.release_buffers();
+        if self.events.is_empty() {
+            self.events = VecDeque::new();
+        }
+        if self.out.is_empty() {
+            self.out = Vec::new();
+        }
     }
 
     pub fn take_event(&mut self) -> Option<StreamEvent> {
