@@ -187,8 +187,17 @@ fn check_name(name: &str) -> Result<(), BadName> {
 /// (there also quotes and the whitespace that attribute normalisation would turn into spaces).
 const TEXT: u8 = 1;
 const ATTR: u8 = 2;
+/// Control characters XML 1.0 does not allow, not even as references.
+const INVALID: u8 = 4;
+/// The last byte of U+FFFE and U+FFFF (EF BF BE, EF BF BF), which XML does not allow either.
+const NONCHARACTER_END: u8 = 8;
 const ESCAPED: [u8; 256] = {
     let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        t[b] = INVALID;
+        b += 1;
+    }
     t[b'&' as usize] = TEXT | ATTR;
     t[b'<' as usize] = TEXT | ATTR;
     t[b'>' as usize] = TEXT | ATTR;
@@ -197,27 +206,46 @@ const ESCAPED: [u8; 256] = {
     t[b'"' as usize] = ATTR;
     t[b'\n' as usize] = ATTR;
     t[b'\t' as usize] = ATTR;
+    t[0xBE] = NONCHARACTER_END;
+    t[0xBF] = NONCHARACTER_END;
     t
 };
+
+/// U+FFFD, written in place of a character XML cannot carry (text from the REST bridge, say),
+/// so that the stanza still goes out and the stream stays well-formed.
+const REPLACEMENT: &[u8] = "\u{FFFD}".as_bytes();
 
 fn escape_into(s: &str, context: u8, out: &mut Vec<u8>) {
     let bytes = s.as_bytes();
     let mut plain = 0;
     for (i, &b) in bytes.iter().enumerate() {
-        if ESCAPED[b as usize] & context == 0 {
+        let class = ESCAPED[b as usize];
+        if class & (context | INVALID | NONCHARACTER_END) == 0 {
             continue;
         }
-        out.extend_from_slice(&bytes[plain..i]);
-        out.extend_from_slice(match b {
-            b'&' => b"&amp;",
-            b'<' => b"&lt;",
-            b'>' => b"&gt;",
-            b'\'' => b"&apos;",
-            b'"' => b"&quot;",
-            b'\r' => b"&#xD;",
-            b'\n' => b"&#xA;",
-            _ => b"&#x9;",
-        });
+        let (start, replacement): (usize, &[u8]) = if class & NONCHARACTER_END != 0 {
+            if i >= 2 && bytes[i - 2] == 0xEF && bytes[i - 1] == 0xBF {
+                (i - 2, REPLACEMENT)
+            } else {
+                continue;
+            }
+        } else if class & INVALID != 0 {
+            (i, REPLACEMENT)
+        } else {
+            let reference: &[u8] = match b {
+                b'&' => b"&amp;",
+                b'<' => b"&lt;",
+                b'>' => b"&gt;",
+                b'\'' => b"&apos;",
+                b'"' => b"&quot;",
+                b'\r' => b"&#xD;",
+                b'\n' => b"&#xA;",
+                _ => b"&#x9;",
+            };
+            (i, reference)
+        };
+        out.extend_from_slice(&bytes[plain..start]);
+        out.extend_from_slice(replacement);
         plain = i + 1;
     }
     out.extend_from_slice(&bytes[plain..]);
@@ -357,6 +385,22 @@ mod tests {
         let mut out = Vec::new();
         element_to_into(el, to, &mut out);
         out
+    }
+
+    #[test]
+    fn characters_xml_cannot_carry_are_replaced() {
+        let el = Element::builder("body", "jabber:client")
+            .attr("id".try_into().expect("name"), "a\u{1}b")
+            .append("x\u{0}y\u{b}z\u{FFFF}\u{FFFE}\u{FFFD}\u{FFBF}\ttab\nline")
+            .build();
+        let written = String::from_utf8(element(&el)).expect("utf-8");
+        assert_eq!(
+            written,
+            "<body xmlns='jabber:client' id='a\u{FFFD}b'>\
+             x\u{FFFD}y\u{FFFD}z\u{FFFD}\u{FFFD}\u{FFFD}\u{FFBF}\ttab\nline</body>"
+        );
+        let back: Element = written.parse().expect("parses");
+        assert_eq!(back.attr("id"), Some("a\u{FFFD}b"));
     }
 
     #[test]
