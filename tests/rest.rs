@@ -657,3 +657,60 @@ async fn concurrent_posts_get_numbers_one_to_two_hundred() {
     tokio::time::sleep(Duration::from_millis(10)).await;
     server.shutdown().await;
 }
+
+/// Text XML cannot carry (a control character, U+FFFF) is stored as posted, and reaches the
+/// room's occupants as U+FFFD: their stream stays well-formed and nothing else is lost.
+#[tokio::test(flavor = "current_thread")]
+async fn characters_xml_cannot_carry_reach_the_room_replaced() {
+    let server = TestServer::start().await;
+    server.add_user("alice", "pw").await;
+    let api = Api::new(&server);
+    let token = api.new_app("bell").await;
+    let chats = format!("/applications/{token}/chats");
+    let (_, chat) = api.call("POST", &chats, None).await;
+    let room = chat["jid"].as_str().expect("the room's JID").to_owned();
+    api.call(
+        "POST",
+        &format!("{chats}/1/members"),
+        Some(json!({"jid": "alice@localhost"})),
+    )
+    .await;
+    let mut alice = XmppClient::connect(&server, "alice@localhost/r", "pw").await;
+    alice.send("<presence/>").await;
+    alice
+        .send(&format!(
+            "<presence to='{room}/alice'><x xmlns='http://jabber.org/protocol/muc'/></presence>"
+        ))
+        .await;
+    alice
+        .expect("the join", |e| {
+            e.name() == "presence" && e.attr("from") == Some(format!("{room}/alice").as_str())
+        })
+        .await;
+
+    let messages = format!("{chats}/1/messages");
+    let (status, created) = api
+        .call(
+            "POST",
+            &messages,
+            Some(json!({"body": "ring \u{7} the \u{FFFF} bell"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let live = alice
+        .expect(
+            "the message, its characters replaced",
+            is_message_with_body("ring \u{FFFD} the \u{FFFD} bell"),
+        )
+        .await;
+    assert_eq!(live.attr("type"), Some("groupchat"));
+    // The stream goes on: the next message arrives too.
+    api.call("POST", &messages, Some(json!({"body": "after"})))
+        .await;
+    alice
+        .expect("the next message", is_message_with_body("after"))
+        .await;
+    let (_, listed) = api.call("GET", &messages, None).await;
+    assert_eq!(numbers(&listed), [1, 2]);
+    server.shutdown().await;
+}
