@@ -9,6 +9,7 @@ use common::*;
 use futures::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use tokio_xmpp::minidom::Element;
 
 struct Api {
     http: reqwest::Client,
@@ -119,6 +120,22 @@ async fn read_events(
     events
 }
 
+/// Sends initial presence and joins `room` as `nick`; the room's answer for that nickname.
+async fn join(client: &mut XmppClient, room: &str, nick: &str) -> Element {
+    client.send("<presence/>").await;
+    client
+        .send(&format!(
+            "<presence to='{room}/{nick}'><x xmlns='http://jabber.org/protocol/muc'/></presence>"
+        ))
+        .await;
+    let occupant = format!("{room}/{nick}");
+    client
+        .expect("the join", |e| {
+            e.name() == "presence" && e.attr("from") == Some(occupant.as_str())
+        })
+        .await
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn applications_chats_and_messages_live_with_the_room() {
     let server = TestServer::start().await;
@@ -186,17 +203,7 @@ async fn applications_chats_and_messages_live_with_the_room() {
     let (_, members) = api.call("GET", &format!("{chats}/1/members"), None).await;
     assert_eq!(members, json!([{"jid": "alice@localhost"}]));
     let mut alice = XmppClient::connect(&server, "alice@localhost/r", "pw").await;
-    alice.send("<presence/>").await;
-    alice
-        .send(&format!(
-            "<presence to='{room}/alice'><x xmlns='http://jabber.org/protocol/muc'/></presence>"
-        ))
-        .await;
-    let joined = alice
-        .expect("the join", |e| {
-            e.name() == "presence" && e.attr("from") == Some(format!("{room}/alice").as_str())
-        })
-        .await;
+    let joined = join(&mut alice, &room, "alice").await;
     assert_eq!(joined.attr("type"), None, "{}", String::from(&joined));
     // No occupant may speak as the application.
     alice
@@ -676,17 +683,7 @@ async fn characters_xml_cannot_carry_reach_the_room_replaced() {
     )
     .await;
     let mut alice = XmppClient::connect(&server, "alice@localhost/r", "pw").await;
-    alice.send("<presence/>").await;
-    alice
-        .send(&format!(
-            "<presence to='{room}/alice'><x xmlns='http://jabber.org/protocol/muc'/></presence>"
-        ))
-        .await;
-    alice
-        .expect("the join", |e| {
-            e.name() == "presence" && e.attr("from") == Some(format!("{room}/alice").as_str())
-        })
-        .await;
+    join(&mut alice, &room, "alice").await;
 
     let messages = format!("{chats}/1/messages");
     let (status, created) = api

@@ -254,10 +254,17 @@ mod tests {
         assert!(err.to_string().contains("garbage.pem"), "{err}");
     }
 
-    #[tokio::test]
-    async fn handshake_and_exporter_agree() {
+    /// A default rustls client (hybrid key exchange and AES-256 first) connected to a server
+    /// configured with `post_quantum`, after one write: the client's stream and the server's
+    /// exporter value.
+    async fn handshake(
+        post_quantum: bool,
+    ) -> (
+        tokio_rustls::client::TlsStream<tokio::io::DuplexStream>,
+        Vec<u8>,
+    ) {
         let dir = tempfile::tempdir().unwrap();
-        let setup = server_config("", "", dir.path(), "localhost", true).unwrap();
+        let setup = server_config("", "", dir.path(), "localhost", post_quantum).unwrap();
         let mut roots = rustls::RootCertStore::empty();
         roots
             .add(CertificateDer::from(setup.leaf_der.clone()))
@@ -280,37 +287,19 @@ mod tests {
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
         let mut c = connector.connect(name, b).await.unwrap();
         c.write_all(b"ping").await.unwrap();
-        let client_value = tls_exporter(c.get_ref().1).unwrap();
-        assert_eq!(server.await.unwrap(), client_value);
+        let exported = server.await.unwrap();
+        (c, exported)
     }
 
-    /// What a default rustls client (hybrid key exchange and AES-256 first) gets.
+    #[tokio::test]
+    async fn handshake_and_exporter_agree() {
+        let (client, server_value) = handshake(true).await;
+        assert_eq!(tls_exporter(client.get_ref().1).unwrap(), server_value);
+    }
+
     async fn negotiated(post_quantum: bool) -> (rustls::NamedGroup, rustls::CipherSuite) {
-        let dir = tempfile::tempdir().unwrap();
-        let setup = server_config("", "", dir.path(), "localhost", post_quantum).unwrap();
-        let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(CertificateDer::from(setup.leaf_der.clone()))
-            .unwrap();
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let client = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let (a, b) = tokio::io::duplex(64 * 1024);
-        let acceptor = tokio_rustls::TlsAcceptor::from(setup.config.clone());
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
-        let server = tokio::spawn(async move {
-            let mut s = acceptor.accept(a).await.unwrap();
-            let mut buf = [0u8; 4];
-            s.read_exact(&mut buf).await.unwrap();
-        });
-        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-        let mut c = connector.connect(name, b).await.unwrap();
-        c.write_all(b"ping").await.unwrap();
-        server.await.unwrap();
-        let conn = c.get_ref().1;
+        let (client, _) = handshake(post_quantum).await;
+        let conn = client.get_ref().1;
         (
             conn.negotiated_key_exchange_group().unwrap().name(),
             conn.negotiated_cipher_suite().unwrap().suite(),
