@@ -577,6 +577,15 @@ mod tests {
     }
 
     #[test]
+    fn post_quantum_key_exchange_is_on_unless_turned_off() {
+        assert!(Config::from_toml("").unwrap().tls.post_quantum);
+        let c = Config::from_toml("[tls]\npost_quantum = false\n").unwrap();
+        assert!(!c.tls.post_quantum);
+        let err = Config::from_toml("[tls]\npost_quantum = \"no\"\n").unwrap_err();
+        assert!(err.to_string().contains("post_quantum"), "{err}");
+    }
+
+    #[test]
     fn unknown_key_is_named() {
         let err = Config::from_toml("[listen]\nc2z = \"127.0.0.1:1\"\n").unwrap_err();
         assert!(err.to_string().contains("c2z"), "{err}");

@@ -103,7 +103,8 @@ pub async fn fan_out(server: &Server, message: Element, to: Vec<FullJid>) {
                     .push((jid.to_string(), rs.conn_id));
             }
             Some(table::Endpoint::Local(session)) => {
-                let _ = session.deliver_outgoing(table::Outgoing::addressed(message.clone(), jid));
+                let _ =
+                    session.deliver_queued(table::QueuedStanza::addressed(message.clone(), jid));
             }
             None => {
                 let mut m = (*message).clone();

@@ -15,7 +15,7 @@ use crate::jid::{BareJid, FullJid};
 #[derive(Debug)]
 pub enum SessionCommand {
     /// A stanza to write to the client.
-    Stanza(Outgoing),
+    Stanza(QueuedStanza),
     /// Another login bound the same full JID: close with a `conflict` stream error.
     Replaced,
     /// Close the stream with this stream error condition.
@@ -63,7 +63,7 @@ impl CloseReason {
 /// command's size in blocks, and an inline Element would make every idle connection's block
 /// large.
 #[derive(Debug)]
-pub enum Outgoing {
+pub enum QueuedStanza {
     /// A stanza of its own.
     Owned(Box<Element>),
     /// One of many copies of a stanza that differ only in `to` (a room's message to each
@@ -71,22 +71,22 @@ pub enum Outgoing {
     Addressed(Box<(Arc<Element>, FullJid)>),
 }
 
-impl Outgoing {
-    pub fn addressed(stanza: Arc<Element>, to: FullJid) -> Outgoing {
-        Outgoing::Addressed(Box::new((stanza, to)))
+impl QueuedStanza {
+    pub fn addressed(stanza: Arc<Element>, to: FullJid) -> QueuedStanza {
+        QueuedStanza::Addressed(Box::new((stanza, to)))
     }
 
     pub fn name(&self) -> &str {
         match self {
-            Outgoing::Owned(el) => el.name(),
-            Outgoing::Addressed(a) => a.0.name(),
+            QueuedStanza::Owned(el) => el.name(),
+            QueuedStanza::Addressed(a) => a.0.name(),
         }
     }
 
     pub fn into_element(self) -> Element {
         match self {
-            Outgoing::Owned(el) => *el,
-            Outgoing::Addressed(a) => {
+            QueuedStanza::Owned(el) => *el,
+            QueuedStanza::Addressed(a) => {
                 let (stanza, to) = *a;
                 let mut el = Arc::unwrap_or_clone(stanza);
                 crate::stanza::set_attr(&mut el, "to", to.as_str());
@@ -98,8 +98,8 @@ impl Outgoing {
     /// Appends the stanza's XML to `out`; a shared one is not copied for it.
     pub fn write_into(&self, out: &mut Vec<u8>) {
         match self {
-            Outgoing::Owned(el) => crate::stream::writer::element_into(el, out),
-            Outgoing::Addressed(a) => {
+            QueuedStanza::Owned(el) => crate::stream::writer::element_into(el, out),
+            QueuedStanza::Addressed(a) => {
                 crate::stream::writer::element_to_into(&a.0, a.1.as_str(), out)
             }
         }
@@ -126,11 +126,11 @@ impl SessionSender {
     /// Queues a stanza without waiting. A full queue means the client does not read: the
     /// session is told to close, and the stanza comes back so the caller can store or bounce it.
     pub fn deliver(&self, stanza: Element) -> Result<(), DeliveryError> {
-        self.deliver_outgoing(Outgoing::Owned(Box::new(stanza)))
+        self.deliver_queued(QueuedStanza::Owned(Box::new(stanza)))
     }
 
     /// [`deliver`](Self::deliver) for either kind of outgoing stanza.
-    pub fn deliver_outgoing(&self, stanza: Outgoing) -> Result<(), DeliveryError> {
+    pub fn deliver_queued(&self, stanza: QueuedStanza) -> Result<(), DeliveryError> {
         match self.tx.try_send(SessionCommand::Stanza(stanza)) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(SessionCommand::Stanza(s))) => {
@@ -562,5 +562,29 @@ mod tests {
         s.deliver(m.clone()).unwrap();
         s.deliver(m.clone()).unwrap();
         assert!(matches!(s.deliver(m), Err(DeliveryError::Full(_))));
+    }
+
+    #[tokio::test]
+    async fn a_shared_stanza_handed_back_carries_its_recipient() {
+        let (s, _rx) = sender(1);
+        let room_message = Arc::new(
+            Element::builder("message", "jabber:client")
+                .attr("type".try_into().unwrap(), "groupchat")
+                .build(),
+        );
+        let to = |r: &str| FullJid::new(&format!("u@x/{r}")).unwrap();
+        s.deliver_queued(QueuedStanza::addressed(room_message.clone(), to("a")))
+            .unwrap();
+        s.deliver_queued(QueuedStanza::addressed(room_message.clone(), to("b")))
+            .unwrap();
+        match s.deliver_queued(QueuedStanza::addressed(room_message.clone(), to("c"))) {
+            Err(DeliveryError::Full(el)) => {
+                assert_eq!(el.attr("to"), Some("u@x/c"));
+                assert_eq!(el.attr("type"), Some("groupchat"));
+            }
+            other => panic!("expected a full queue, got {other:?}"),
+        }
+        // The shared original is untouched.
+        assert_eq!(room_message.attr("to"), None);
     }
 }

@@ -22,7 +22,7 @@ use crate::modules::{
     self, IqTarget, blocking, carbons, csi, mam, offline, pep, presence, push, register,
 };
 use crate::router;
-use crate::router::table::{Outgoing, SessionCommand, SessionSender, TableError};
+use crate::router::table::{QueuedStanza, SessionCommand, SessionSender, TableError};
 use crate::server::Server;
 use crate::stanza::{self, StanzaError};
 use crate::stream::parser::{ParserLimits, StreamEvent, StreamHeader};
@@ -1126,10 +1126,10 @@ impl Session<'_> {
     }
 
     /// Writes a stanza for the client, or holds it while the client is inactive.
-    fn deliver(&mut self, out: Outgoing) {
+    fn deliver(&mut self, out: QueuedStanza) {
         if self.inactive.is_none() && self.sm.is_none() {
             // Nothing keeps a copy: a shared stanza is written without one of its own.
-            return self.conn.queue_outgoing(&out);
+            return self.conn.queue_stanza(&out);
         }
         let el = out.into_element();
         let Some(held) = self.inactive.as_mut() else {

@@ -284,7 +284,7 @@ impl XmlConn {
         self.out.extend_from_slice(&writer::dialback(el));
     }
 
-    pub fn queue_outgoing(&mut self, stanza: &crate::router::table::Outgoing) {
+    pub fn queue_stanza(&mut self, stanza: &crate::router::table::QueuedStanza) {
         crate::metrics::stanza_out(stanza.name());
         stanza.write_into(&mut self.out);
     }

@@ -7,20 +7,12 @@ use minidom::Element;
 
 use super::ns;
 
-/// Escapes text for use inside an attribute value or character data.
+/// Escapes text for use inside an attribute value or character data (see [`escape_into`]).
 pub fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            c => out.push(c),
-        }
-    }
-    out
+    let mut out = Vec::with_capacity(s.len());
+    escape_into(s, ATTR, &mut out);
+    // Only ASCII references and U+FFFD replace whole characters, so this stays UTF-8.
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The response stream header (RFC 6120 §4.7).
@@ -115,7 +107,7 @@ fn write_element(
     let ns = match parent_ns {
         Some(p) if el.has_ns(p) => None,
         None if el.has_ns("") => None,
-        _ => Some(el.ns()),
+        _ => Some(namespace_of(el)),
     };
     if let Some(ns) = &ns {
         out.extend_from_slice(b" xmlns='");
@@ -135,10 +127,9 @@ fn write_element(
         }
         check_name(attr)?;
         out.push(b' ');
-        if attr_ns.is_none() {
-        } else if attr_ns.as_str() == rxml::Namespace::XML.as_str() {
+        if attr_ns.as_str() == rxml::Namespace::XML.as_str() {
             out.extend_from_slice(b"xml:");
-        } else {
+        } else if !attr_ns.is_none() {
             // Namespaced attributes are rare in XMPP; each gets a prefix of its own.
             let prefix = format!("a{prefixes}");
             prefixes += 1;
@@ -158,7 +149,7 @@ fn write_element(
     out.push(b'>');
     // The children's parent namespace: this element's, whether declared here or inherited.
     let own_ns = match (&ns, parent_ns) {
-        (Some(ns), _) => ns.as_str(),
+        (Some(ns), _) => ns.as_ref(),
         (None, Some(p)) => p,
         (None, None) => "",
     };
@@ -172,6 +163,15 @@ fn write_element(
     out.extend_from_slice(name.as_bytes());
     out.push(b'>');
     Ok(())
+}
+
+/// An element's namespace. Every stanza's top element declares its own, so the stream
+/// namespaces are matched without the copy minidom's `ns()` makes.
+fn namespace_of(el: &Element) -> std::borrow::Cow<'static, str> {
+    [ns::CLIENT, ns::SERVER, ns::COMPONENT]
+        .into_iter()
+        .find(|known| el.has_ns(*known))
+        .map_or_else(|| el.ns().into(), Into::into)
 }
 
 /// Bytes that cannot be part of an element or attribute name as written here.

@@ -13,6 +13,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
+use crate::split::find;
+
 type Routes = Arc<Mutex<HashMap<String, mpsc::Sender<Vec<u8>>>>>;
 
 pub async fn run(listen: SocketAddr, domain: String) -> std::io::Result<()> {
@@ -58,10 +60,6 @@ impl Reader {
             self.buf.extend_from_slice(&chunk[..n]);
         }
     }
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 fn between<'a>(hay: &'a [u8], start: &[u8], end: &[u8]) -> Option<&'a [u8]> {
