@@ -9,6 +9,8 @@
 #   SERVERS="rookery rookery-mam" bench/compare.sh   # message archiving off, then on
 #   SERVERS="rookery-mam prosody-mam ejabberd-mam" bench/compare.sh   # archiving on everywhere
 #   SERVERS="rookery-s2s prosody-s2s ejabberd-s2s" bench/compare.sh   # two of each, federating
+#   SCENARIOS="login" SERVERS="rookery ejabberd" bench/compare.sh   # only some scenarios
+#   SERVERS="rookery-held" bench/compare.sh   # HELD (100,000) idle connections held at once
 #
 # Each server runs on its own loopback address with the standard port, in a throwaway
 # directory, with TLS (STARTTLS required), SCRAM-SHA-1 accounts, rosters and offline storage,
@@ -28,6 +30,7 @@ MUC_RATES=${MUC_RATES:-"10 25 50 100 200 400 800 1200 1600 2400 3200"}   # room 
 REST_RATES=${REST_RATES:-"250 500 1000 2000 4000"}   # REST bridge message posts per second (rookery only)
 FED_RATES=${FED_RATES:-"1000 2000 5000 10000 20000 40000"}   # messages per second from one server's users to the other's
 SERVERS=${SERVERS:-"rookery prosody ejabberd relay"}
+SCENARIOS=${SCENARIOS:-"idle chat muc login rest"}   # which of them measure() runs
 WORK=$(mktemp -d /tmp/rookery-bench.XXXXXX)
 # The servers run as their own users and must reach their directories inside.
 chmod 755 "$WORK"
@@ -52,7 +55,7 @@ for s in $SERVERS; do
     prosody-s2s) wanted+=(prosody) ;;
     ejabberd-s2s) wanted+=(ejabberd) ;;
     rookery-pg) wanted+=(postgresql) ;;
-    rookery-cluster) wanted+=(postgresql redis-server) ;;
+    rookery-cluster|rookery-held) wanted+=(postgresql redis-server) ;;
   esac
 done
 for p in "${wanted[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || need+=("$p"); done
@@ -80,28 +83,32 @@ run() {  # label addr[:port][,addr:port…] pid[,pid…] scenario extra-args...
   local label=$1 addr=$2 pid=$3 scenario=$4
   shift 4
   [[ "$addr" == *:* ]] || addr="$addr:5222"
-  timeout $((DURATION * 3 + 120)) "$BENCH" run --json --label "$label" --server "$addr" \
+  timeout "${RUN_TIMEOUT:-$((DURATION * 3 + 120))}" "$BENCH" run --json --label "$label" --server "$addr" \
     --pid "$pid" --scenario "$scenario" --duration "$DURATION" "$@" | tee -a "$RESULTS"
 }
 
+wanted_scenario() { [[ " $SCENARIOS " == *" $1 "* ]]; }
+
 measure() {  # label addr[,addr…] pid[,pid…]; labels ending in -mam run the chat scenario only
   local label=$1 addr=$2 pid=$3
-  [[ "$label" == *-mam ]] || run "$label" "$addr" "$pid" idle --users "$IDLE_USERS" --login-rate 2000 || true
-  for rate in $RATES; do
+  if [[ "$label" != *-mam ]] && wanted_scenario idle; then
+    run "$label" "$addr" "$pid" idle --users "$IDLE_USERS" --login-rate 2000 || true
+  fi
+  wanted_scenario chat && for rate in $RATES; do
     out=$(run "$label" "$addr" "$pid" chat --users "$USERS" --rate "$rate" --login-rate 1000) || break
     # Stop raising the rate once the server no longer keeps up.
     python3 bench/table.py --kept-up "$out" || break
   done
   [[ "$label" == *-mam ]] && return 0
-  for rate in $MUC_RATES; do
+  wanted_scenario muc && for rate in $MUC_RATES; do
     # Occupants of the previous run leave their rooms before the next run joins them.
     sleep 2
     out=$(run "$label" "$addr" "$pid" muc --users "$USERS" --room-size "$ROOM_SIZE" \
       --rate "$rate" --login-rate 1000) || break
     python3 bench/table.py --kept-up "$out" || break
   done
-  run "$label" "$addr" "$pid" login --users "$USERS" --concurrency 16 || true
-  [ -n "${HTTP_ADDR:-}" ] || return 0
+  wanted_scenario login && { run "$label" "$addr" "$pid" login --users "$USERS" --concurrency 16 || true; }
+  [ -n "${HTTP_ADDR:-}" ] && wanted_scenario rest || return 0
   for rate in $REST_RATES; do
     out=$(run "$label" "$addr" "$pid" rest --http "$HTTP_ADDR" --rate "$rate" --concurrency 32) || break
     python3 bench/table.py --kept-up "$out" || break
@@ -196,6 +203,36 @@ rookery_cluster() {
   # Users alternate between the nodes, so about half of all messages cross the cluster bus.
   measure rookery-cluster "127.0.0.6:5222,127.0.0.7:5222" "$p1,$p2"
   kill "$p1" "$p2"; wait "$p1" "$p2" 2>/dev/null || true
+}
+
+# --- HELD idle connections at once ------------------------------------------------------------
+# One process may open only `ulimit -n` files. Where that is too few for HELD connections, the
+# connections are held by a cluster of as many rookery nodes as it takes (on PostgreSQL and
+# Redis, as in rookery-cluster), from as many load generator processes: the figure is still
+# the memory the nodes hold per connection, with every node's baseline counted.
+HELD=${HELD:-100000}
+rookery_held() {
+  local per nodes addrs="" pids="" k
+  per=$(( $(ulimit -n) - 1000 ))
+  nodes=$(( (HELD + per - 1) / per ))
+  pg_up
+  redis_up
+  "$BENCH" provision --kind rookery --target "$PG_URL" --users "$HELD"
+  for k in $(seq 1 "$nodes"); do
+    if [ "$nodes" -eq 1 ]; then
+      rookery_node held "127.0.1.$k" ""
+    else
+      rookery_node "held$k" "127.0.1.$k" \
+        "$(printf '[cluster]\nredis_url = "%s"\nnode = "held%s"' "$REDIS_URL" "$k")"
+    fi
+    addrs+="${addrs:+,}127.0.1.$k:5222"
+    pids+="${pids:+,}$NODE_PID"
+  done
+  for k in $(seq 1 "$nodes"); do wait_port "127.0.1.$k" 5222; done
+  echo "rookery-held: $HELD connections over $nodes node(s) (ulimit -n $(ulimit -n))" >&2
+  RUN_TIMEOUT=$(( DURATION * 3 + 300 + HELD / 500 )) run rookery-held "$addrs" "$pids" idle \
+    --users "$HELD" --login-rate "${HELD_LOGIN_RATE:-500}" --processes "$nodes" || true
+  kill ${pids//,/ }; wait ${pids//,/ } 2>/dev/null || true
 }
 
 # --- federation: two servers of a kind, USERS/2 users on each, every message crossing s2s -------
@@ -546,6 +583,7 @@ for s in $SERVERS; do
     rookery-mam) rookery rookery-mam always ;;
     rookery-pg) rookery_pg ;;
     rookery-cluster) rookery_cluster ;;
+    rookery-held) rookery_held ;;
     prosody) prosody_run ;;
     prosody-mam) prosody_run prosody-mam 1 ;;
     ejabberd) ejabberd_run || echo "ejabberd run failed; see $WORK/ejabberd/logs" >&2 ;;

@@ -186,6 +186,60 @@ fn chat_run_against_the_relay_delivers_everything() {
     check_chat(&json);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_run_spread_over_processes_holds_every_user() {
+    let server = TestServer::start().await;
+    for i in 1..=5 {
+        server.add_user(&format!("held{i}"), "pw").await;
+    }
+    let addr = server.c2s.to_string();
+    let pid = std::process::id().to_string();
+    let idle = tokio::task::spawn_blocking(move || {
+        bench(&[
+            "run",
+            "--scenario",
+            "idle",
+            "--server",
+            &addr,
+            "--pid",
+            &pid,
+            "--users",
+            "5",
+            "--processes",
+            "2",
+            "--prefix",
+            "held",
+            "--password",
+            "pw",
+            "--duration",
+            "0",
+            "--json",
+        ])
+    })
+    .await
+    .expect("bench");
+    // Users 1-2 in one process and 3-5 in the other: every account exists only once, so a
+    // share that logged in the wrong users would count errors.
+    assert_eq!(field(&idle, "connected"), 5.0, "{idle}");
+    assert_eq!(field(&idle, "connect_errors"), 0.0, "{idle}");
+    assert!(field(&idle, "rss_after_kb") > 0.0, "{idle}");
+    server.shutdown().await;
+}
+
+#[test]
+fn spreading_over_processes_is_only_for_the_idle_scenario() {
+    for (scenario, processes) in [("chat", "2"), ("idle", "0"), ("idle", "65")] {
+        let out = Command::new(env!("CARGO_BIN_EXE_rookery-bench"))
+            .args(["run", "--scenario", scenario, "--server", "127.0.0.1:5222"])
+            .args(["--processes", processes])
+            .output()
+            .expect("runs");
+        assert!(!out.status.success(), "{scenario} over {processes}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("processes"), "{err}");
+    }
+}
+
 #[test]
 fn refuses_targets_off_loopback() {
     let out = Command::new(env!("CARGO_BIN_EXE_rookery-bench"))

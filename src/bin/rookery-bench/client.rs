@@ -2,7 +2,7 @@
 //! It does STARTTLS, SCRAM-SHA-1 (the mechanism Prosody, ejabberd and rookery all offer),
 //! binds a resource and then only sends and reads raw stanzas.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
@@ -17,7 +17,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls;
 
-use crate::split::{self, Piece, Seen};
+use crate::split::{self, Piece, Seen, Top};
 
 const SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
 
@@ -136,12 +136,18 @@ pub fn tls_config() -> Arc<rustls::ClientConfig> {
 /// A logged-in connection.
 pub struct Conn<S> {
     io: S,
-    parser: StreamParser,
+    /// Built only when a stanza must be read as a tree (after the login, which reads bytes).
+    parser: Option<StreamParser>,
+    /// This stream's header, for a parser built after it was read.
+    header: Vec<u8>,
     /// Bytes read and not yet cut into pieces (see [`split`]).
     unread: Vec<u8>,
     /// Whether this stream's header was read.
     open: bool,
-    pending: std::collections::VecDeque<Element>,
+    /// Stanzas read as trees and not yet handed out.
+    pending: VecDeque<Element>,
+    /// Stanzas cut out and not yet handed out.
+    raw: VecDeque<Vec<u8>>,
     pub jid: String,
 }
 
@@ -163,10 +169,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     fn new(io: S) -> Self {
         Conn {
             io,
-            parser: StreamParser::new(limits()),
+            parser: None,
+            header: Vec::new(),
             unread: Vec::new(),
             open: false,
-            pending: Default::default(),
+            pending: VecDeque::new(),
+            raw: VecDeque::new(),
             jid: String::new(),
         }
     }
@@ -177,22 +185,38 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         Ok(())
     }
 
-    /// Reads some bytes and returns the complete stanzas they finished.
+    /// Reads some bytes and returns the complete stanzas they finished, as trees.
     pub async fn read_stanzas(&mut self, out: &mut Vec<Element>) -> Result<(), ClientError> {
         out.extend(self.pending.drain(..));
-        if !out.is_empty() {
-            return Ok(());
-        }
         let mut events = Vec::new();
-        let parser = &mut self.parser;
-        let mut parsed = Ok(());
-        Self::read_pieces(&mut self.io, &mut self.unread, &mut self.open, |bytes| {
-            if parsed.is_ok() {
-                parsed = parser.feed(bytes, &mut events);
+        let parser = match &mut self.parser {
+            Some(parser) => parser,
+            None => {
+                let mut parser = StreamParser::new(limits());
+                if self.open {
+                    parser.feed(&self.header, &mut events)?;
+                }
+                self.parser.insert(parser)
             }
-        })
-        .await?;
-        parsed?;
+        };
+        for piece in self.raw.drain(..) {
+            parser.feed(&piece, &mut events)?;
+        }
+        if out.is_empty() && events.iter().all(|e| matches!(e, StreamEvent::Open(_))) {
+            let mut parsed = Ok(());
+            Self::read_pieces(
+                &mut self.io,
+                &mut self.unread,
+                &mut self.open,
+                |_, bytes| {
+                    if parsed.is_ok() {
+                        parsed = parser.feed(bytes, &mut events);
+                    }
+                },
+            )
+            .await?;
+            parsed?;
+        }
         for ev in events {
             match ev {
                 StreamEvent::Stanza(el) => out.push(el),
@@ -206,15 +230,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// Reads some bytes and tells `seen` what each stanza they finished is, without parsing
     /// them (the measured part of a run).
     pub async fn read_seen(&mut self, mut seen: impl FnMut(Seen)) -> Result<(), ClientError> {
-        if !self.pending.is_empty() {
+        if !self.pending.is_empty() || !self.raw.is_empty() {
             for el in self.pending.drain(..) {
                 seen(seen_element(&el));
             }
+            for piece in self.raw.drain(..) {
+                seen(split::classify(&piece));
+            }
             return Ok(());
         }
-        Self::read_pieces(&mut self.io, &mut self.unread, &mut self.open, |bytes| {
-            seen(split::classify(bytes))
-        })
+        Self::read_pieces(
+            &mut self.io,
+            &mut self.unread,
+            &mut self.open,
+            |_, bytes| seen(split::classify(bytes)),
+        )
         .await
     }
 
@@ -224,7 +254,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         io: &mut S,
         unread: &mut Vec<u8>,
         open: &mut bool,
-        mut each: impl FnMut(&[u8]),
+        mut each: impl FnMut(Piece, &[u8]),
     ) -> Result<(), ClientError> {
         unread.reserve(16 * 1024);
         if io.read_buf(unread).await? == 0 {
@@ -239,7 +269,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 Piece::Header(_) => *open = true,
                 Piece::Stanza(_) => {}
             }
-            each(bytes);
+            each(piece, bytes);
         }
         unread.drain(..used);
         // A burst can grow the buffer; a quiet connection should not keep it.
@@ -249,40 +279,60 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         Ok(())
     }
 
-    pub async fn next(&mut self) -> Result<Element, ClientError> {
+    /// The next stanza's bytes (read them with [`split::Top`]).
+    async fn next_raw(&mut self) -> Result<Vec<u8>, ClientError> {
+        if self.parser.is_some() || !self.pending.is_empty() {
+            return Err(protocol("a stanza was read as a tree already"));
+        }
         loop {
-            if let Some(el) = self.pending.pop_front() {
-                return Ok(el);
+            if let Some(piece) = self.raw.pop_front() {
+                return Ok(piece);
             }
-            let mut out = Vec::new();
-            self.read_stanzas(&mut out).await?;
-            self.pending.extend(out);
+            let (header, raw) = (&mut self.header, &mut self.raw);
+            Self::read_pieces(
+                &mut self.io,
+                &mut self.unread,
+                &mut self.open,
+                |piece, bytes| match piece {
+                    Piece::Header(_) => *header = bytes.to_vec(),
+                    _ => raw.push_back(bytes.to_vec()),
+                },
+            )
+            .await?;
         }
     }
 
     fn restart(&mut self) {
-        self.parser = StreamParser::new(limits());
+        self.parser = None;
+        self.header.clear();
         self.open = false;
         self.pending.clear();
+        self.raw.clear();
     }
 
-    async fn open(&mut self, domain: &str) -> Result<Element, ClientError> {
+    /// Opens a new stream and returns the bytes of its features.
+    async fn open(&mut self, domain: &str) -> Result<Vec<u8>, ClientError> {
         self.restart();
         self.send(&header(domain)).await?;
-        let features = self.next().await?;
-        if features.name() != "features" {
-            return Err(protocol(format!(
+        let features = self.next_raw().await?;
+        match Top::new(&features) {
+            Some(top) if top.name() == "features" => Ok(features),
+            other => Err(protocol(format!(
                 "expected features, got <{}>",
-                features.name()
-            )));
+                other.map_or("", |t| t.name())
+            ))),
         }
-        Ok(features)
     }
 
     pub async fn close(mut self) {
         let _ = self.send("</stream:stream>").await;
         let _ = self.io.shutdown().await;
     }
+}
+
+/// The name of the stanza `bytes` holds, and a view of it.
+fn top(bytes: &[u8]) -> Result<Top<'_>, ClientError> {
+    Top::new(bytes).ok_or_else(|| protocol("not a stanza"))
 }
 
 async fn tcp(target: &Target, n: usize) -> Result<TcpStream, ClientError> {
@@ -311,14 +361,14 @@ pub async fn login(
 ) -> Result<Conn<TlsStream<TcpStream>>, ClientError> {
     let mut plain = Conn::new(tcp(target, n).await?);
     let features = plain.open(&target.domain).await?;
-    if !features.children().any(|c| c.name() == "starttls") {
+    if !top(&features)?.has_child("starttls") {
         return Err(protocol("no STARTTLS offered"));
     }
     plain
         .send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
         .await?;
-    let proceed = plain.next().await?;
-    if proceed.name() != "proceed" {
+    let proceed = plain.next_raw().await?;
+    if top(&proceed)?.name() != "proceed" {
         return Err(protocol("STARTTLS refused"));
     }
     let name = rustls::pki_types::ServerName::try_from(target.domain.clone())
@@ -330,7 +380,7 @@ pub async fn login(
     conn.open(&target.domain).await?;
     scram_sha1(&mut conn, target, user, password).await?;
     let features = conn.open(&target.domain).await?;
-    if !features.children().any(|c| c.name() == "bind") {
+    if !top(&features)?.has_child("bind") {
         return Err(protocol("no resource binding offered"));
     }
     conn.send(&format!(
@@ -338,8 +388,8 @@ pub async fn login(
          <resource>{resource}</resource></bind></iq>"
     ))
     .await?;
-    let bound = conn.next().await?;
-    if bound.attr("type") != Some("result") {
+    let bound = conn.next_raw().await?;
+    if top(&bound)?.attr("type") != Some("result") {
         return Err(protocol("bind failed"));
     }
     // Older servers still want the session request before they route.
@@ -347,7 +397,7 @@ pub async fn login(
         "<iq type='set' id='sess'><session xmlns='urn:ietf:params:xml:ns:xmpp-session'/></iq>",
     )
     .await?;
-    let _ = conn.next().await?;
+    let _ = conn.next_raw().await?;
     conn.jid = format!("{user}@{}/{resource}", target.domain);
     Ok(conn)
 }
@@ -377,7 +427,8 @@ async fn scram_sha1<S: AsyncRead + AsyncWrite + Unpin>(
         BASE64.encode(format!("n,,{first_bare}"))
     ))
     .await?;
-    let challenge = conn.next().await?;
+    let challenge = conn.next_raw().await?;
+    let challenge = top(&challenge)?;
     if challenge.name() != "challenge" {
         return Err(protocol(format!("SASL: got <{}>", challenge.name())));
     }
@@ -429,8 +480,8 @@ async fn scram_sha1<S: AsyncRead + AsyncWrite + Unpin>(
         BASE64.encode(format!("{without_proof},p={}", BASE64.encode(proof)))
     ))
     .await?;
-    let outcome = conn.next().await?;
-    if outcome.name() != "success" {
+    let outcome = conn.next_raw().await?;
+    if top(&outcome)?.name() != "success" {
         return Err(protocol(format!("authentication failed for {user}")));
     }
     Ok(())

@@ -132,6 +132,17 @@ pub struct RunArgs {
     /// login: concurrent login loops; rest: concurrent HTTP requests.
     #[arg(long, default_value_t = 8)]
     pub concurrency: usize,
+    /// idle: hold the connections from this many processes, each holding its share. One
+    /// process may open only as many files as its limit (`ulimit -n`) allows.
+    #[arg(long, default_value_t = 1)]
+    pub processes: usize,
+    /// The number of the first user minus one (for a process holding a share of a run).
+    #[arg(long, default_value_t = 0, hide = true)]
+    pub first_user: usize,
+    /// Print "held <connected> <errors> <seconds>" once the users are connected, then hold
+    /// them until standard input closes (a process holding a share of a run).
+    #[arg(long, hide = true)]
+    pub hold: bool,
     /// Source addresses in 127.0.0.0/8 to spread connections over.
     #[arg(long, value_delimiter = ',')]
     pub sources: Vec<IpAddr>,
@@ -161,8 +172,11 @@ fn loopback_only(args: &RunArgs) -> Result<(), String> {
     if let Some(bad) = args.sources.iter().find(|s| !s.is_loopback()) {
         return Err(format!("source {bad} is not a loopback address"));
     }
-    if args.duration > 600 || args.users > 200_000 {
-        return Err("runs are bounded: at most 600 s and 200,000 users".into());
+    if args.duration > 600 || args.users > 200_000 || args.processes > 64 {
+        return Err("runs are bounded: at most 600 s, 200,000 users and 64 processes".into());
+    }
+    if args.processes == 0 || (args.processes > 1 && args.scenario != Scenario::Idle) {
+        return Err("--processes spreads only the idle scenario, over at least one".into());
     }
     Ok(())
 }
@@ -175,6 +189,8 @@ enum BenchError {
     Provision(#[from] provision::ProvisionError),
     #[error("relay: {0}")]
     Relay(std::io::Error),
+    #[error("holding connections: {0}")]
+    Hold(std::io::Error),
 }
 
 fn main() {
@@ -193,6 +209,9 @@ fn main() {
         match cli.command {
             Command::Run(args) => {
                 loopback_only(&args).map_err(BenchError::Usage)?;
+                if args.hold {
+                    return scenario::hold(&args).await.map_err(BenchError::Hold);
+                }
                 let report = scenario::run(&args).await;
                 if args.json {
                     println!("{}", report.to_json());

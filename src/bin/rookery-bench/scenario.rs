@@ -183,7 +183,7 @@ async fn connect_all(args: &RunArgs, target: &Target) -> (Vec<Option<Connection>
     connect_users(args, target, args.users).await
 }
 
-/// Logs users 1..=`users` in at `args.login_rate` per second.
+/// Logs users 1..=`users` (after `args.first_user`) in at `args.login_rate` per second.
 async fn connect_users(
     args: &RunArgs,
     target: &Target,
@@ -195,12 +195,13 @@ async fn connect_users(
         let due = start + Duration::from_secs_f64(i as f64 / args.login_rate.max(1) as f64);
         tokio::time::sleep_until(due.into()).await;
         let target = target.clone();
-        let user = format!("{}{}", args.prefix, i + 1);
+        let n = args.first_user + i;
+        let user = format!("{}{}", args.prefix, n + 1);
         let password = args.password.clone();
         handles.push(tokio::spawn(async move {
             tokio::time::timeout(
                 Duration::from_secs(60),
-                client::login(&target, i, &user, &password, "r"),
+                client::login(&target, n, &user, &password, "r"),
             )
             .await
         }));
@@ -245,6 +246,12 @@ pub async fn run(args: &RunArgs) -> Report {
         ..Report::default()
     };
     let target = target(args);
+    if args.scenario == Scenario::Idle && args.processes > 1 {
+        if let Err(e) = idle_spread(args, &mut report).await {
+            eprintln!("idle over {} processes: {e}", args.processes);
+        }
+        return report;
+    }
     if args.scenario == Scenario::Login {
         login_loops(args, &target, &mut report).await;
         return report;
@@ -281,6 +288,104 @@ async fn idle(args: &RunArgs, conns: Vec<Option<Connection>>, report: &mut Repor
     for c in conns.into_iter().flatten() {
         c.close().await;
     }
+}
+
+/// The idle scenario with its users spread over `args.processes` copies of this program, each
+/// holding its share (see [`hold`]): one process may open only as many files as its limit
+/// allows, and holding 100,000 connections takes more than one process where that limit is
+/// lower. Memory is read when every share is connected and has been idle for the run's
+/// duration.
+async fn idle_spread(args: &RunArgs, report: &mut Report) -> std::io::Result<()> {
+    use tokio::io::AsyncBufReadExt;
+
+    report.rss_before_kb = procstat::sample(&args.pid).unwrap_or_default().rss_kb;
+    let exe = std::env::current_exe()?;
+    let processes = args.processes;
+    let joined = |items: Vec<String>| items.join(",");
+    let mut children = Vec::with_capacity(processes);
+    for k in 0..processes {
+        let first = args.users * k / processes;
+        let users = args.users * (k + 1) / processes - first;
+        let mut cmd = tokio::process::Command::new(&exe);
+        cmd.args(["run", "--scenario", "idle", "--hold"])
+            .arg("--server")
+            .arg(joined(args.server.iter().map(|a| a.to_string()).collect()))
+            .args(["--domain", &args.domain, "--prefix", &args.prefix])
+            .args(["--password", &args.password])
+            .args(["--users", &users.to_string()])
+            .args(["--first-user", &first.to_string()])
+            .arg("--login-rate")
+            .arg((args.login_rate / processes as u32).max(1).to_string())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        if !args.sources.is_empty() {
+            cmd.arg("--sources")
+                .arg(joined(args.sources.iter().map(|a| a.to_string()).collect()));
+        }
+        children.push(cmd.spawn()?);
+    }
+    // Each share says when its users are connected.
+    let connecting =
+        Duration::from_secs(120 + (args.users as u64) / u64::from(args.login_rate.max(1)));
+    for child in &mut children {
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| std::io::Error::other("no standard output"))?;
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(connecting, lines.next_line())
+            .await
+            .map_err(|_| std::io::Error::other("a share did not finish connecting"))??
+            .unwrap_or_default();
+        let held: Vec<&str> = line.split_whitespace().collect();
+        match held.as_slice() {
+            ["held", connected, errors, seconds] => {
+                report.connected += connected.parse::<usize>().unwrap_or(0);
+                report.connect_errors += errors.parse::<usize>().unwrap_or(0);
+                report.connect_seconds = report
+                    .connect_seconds
+                    .max(seconds.parse::<f64>().unwrap_or(0.0));
+            }
+            _ => return Err(std::io::Error::other(format!("a share said {line:?}"))),
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(args.duration)).await;
+    report.rss_after_kb = procstat::sample(&args.pid).unwrap_or_default().rss_kb;
+    // Closing a share's standard input lets it close its connections and end.
+    for child in &mut children {
+        drop(child.stdin.take());
+    }
+    for mut child in children {
+        if tokio::time::timeout(Duration::from_secs(60), child.wait())
+            .await
+            .is_err()
+        {
+            let _ = child.kill().await;
+        }
+    }
+    Ok(())
+}
+
+/// One share of [`idle_spread`]: connects its users, says so on standard output, and holds
+/// them until standard input closes.
+pub async fn hold(args: &RunArgs) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let target = target(args);
+    let (conns, errors, seconds) = connect_all(args, &target).await;
+    let connected = conns.iter().filter(|c| c.is_some()).count();
+    let mut stdout = tokio::io::stdout();
+    stdout
+        .write_all(format!("held {connected} {errors} {seconds:.3}\n").as_bytes())
+        .await?;
+    stdout.flush().await?;
+    let mut sink = Vec::new();
+    tokio::io::stdin().read_to_end(&mut sink).await?;
+    for c in conns.into_iter().flatten() {
+        c.close().await;
+    }
+    Ok(())
 }
 
 #[derive(Default)]
