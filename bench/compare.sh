@@ -31,6 +31,7 @@ REST_RATES=${REST_RATES:-"250 500 1000 2000 4000"}   # REST bridge message posts
 FED_RATES=${FED_RATES:-"1000 2000 5000 10000 20000 40000"}   # messages per second from one server's users to the other's
 SERVERS=${SERVERS:-"rookery prosody ejabberd relay"}
 SCENARIOS=${SCENARIOS:-"idle chat muc login rest"}   # which of them measure() runs
+LOGIN_LOOPS=${LOGIN_LOOPS:-"16 64"}   # concurrent login loops: each server's best counts
 WORK=$(mktemp -d /tmp/rookery-bench.XXXXXX)
 # The servers run as their own users and must reach their directories inside.
 chmod 755 "$WORK"
@@ -107,7 +108,9 @@ measure() {  # label addr[,addr…] pid[,pid…]; labels ending in -mam run the 
       --rate "$rate" --login-rate 1000) || break
     python3 bench/table.py --kept-up "$out" || break
   done
-  wanted_scenario login && { run "$label" "$addr" "$pid" login --users "$USERS" --concurrency 16 || true; }
+  wanted_scenario login && for loops in $LOGIN_LOOPS; do
+    run "$label" "$addr" "$pid" login --users "$USERS" --concurrency "$loops" || true
+  done
   [ -n "${HTTP_ADDR:-}" ] && wanted_scenario rest || return 0
   for rate in $REST_RATES; do
     out=$(run "$label" "$addr" "$pid" rest --http "$HTTP_ADDR" --rate "$rate" --concurrency 32) || break

@@ -64,8 +64,10 @@ def figures(label, runs):
         f["idle connected"] = idle[-1]["connected"]
     login = runs.get("login", [])
     if login:
-        f["logins/s"] = login[-1]["logins_per_second"]
-        f["login errors"] = login[-1]["errors"]
+        # Runs with more or fewer concurrent loops: the server's best.
+        best = max(login, key=lambda r: r["logins_per_second"])
+        f["logins/s"] = best["logins_per_second"]
+        f["login errors"] = best["errors"]
     return f
 
 
