@@ -8,6 +8,7 @@
 #   SERVERS="rookery rookery-pg rookery-cluster" bench/compare.sh   # the cluster shape
 #   SERVERS="rookery rookery-mam" bench/compare.sh   # message archiving off, then on
 #   SERVERS="rookery-mam prosody-mam ejabberd-mam" bench/compare.sh   # archiving on everywhere
+#   SERVERS="rookery-mam rookery-pg-mam" bench/compare.sh   # rookery archiving to SQLite, to PostgreSQL
 #   SERVERS="rookery-s2s prosody-s2s ejabberd-s2s" bench/compare.sh   # two of each, federating
 #   SCENARIOS="login" SERVERS="rookery ejabberd" bench/compare.sh   # only some scenarios
 #   SERVERS="rookery-held" bench/compare.sh   # HELD (100,000) idle connections held at once
@@ -55,7 +56,7 @@ for s in $SERVERS; do
     prosody-mam|ejabberd-mam) wanted+=("${s%-mam}") ;;
     prosody-s2s) wanted+=(prosody) ;;
     ejabberd-s2s) wanted+=(ejabberd) ;;
-    rookery-pg) wanted+=(postgresql) ;;
+    rookery-pg|rookery-pg-mam) wanted+=(postgresql) ;;
     rookery-cluster|rookery-held) wanted+=(postgresql redis-server) ;;
   esac
 done
@@ -176,20 +177,21 @@ redis_up() {
 rookery_node() {  # name addr extra-toml: starts a node in the background, pid in NODE_PID
   local dir="$WORK/$1"
   mkdir -p "$dir"
-  printf 'data_dir = "%s"\n[listen]\nc2s = "%s:5222"\nc2s_tls = "%s:5223"\ns2s = "%s:5269"\nhttp = "%s:5280"\n[storage]\nurl = "%s"\n[archive]\ndefault = "never"\n[muc]\nmessage_rate = 0\n[tls]\npost_quantum = false\n%s\n' \
-    "$dir/data" "$2" "$2" "$2" "$2" "$PG_URL" "$3" > "$dir/rookery.toml"
+  printf 'data_dir = "%s"\n[listen]\nc2s = "%s:5222"\nc2s_tls = "%s:5223"\ns2s = "%s:5269"\nhttp = "%s:5280"\n[storage]\nurl = "%s"\n[archive]\ndefault = "%s"\n[muc]\nmessage_rate = 0\n[tls]\npost_quantum = false\n%s\n' \
+    "$dir/data" "$2" "$2" "$2" "$2" "$PG_URL" "${NODE_ARCHIVE:-never}" "$3" > "$dir/rookery.toml"
   RUST_LOG=warn "$ROOKERY" serve --config "$dir/rookery.toml" 2> "$dir/log" &
   NODE_PID=$!
   PIDS+=("$NODE_PID")
 }
 
-rookery_pg() {
+rookery_pg() {  # [label archive-default]
+  local label=${1:-rookery-pg} archive=${2:-never}
   pg_up
   "$BENCH" provision --kind rookery --target "$PG_URL" --users "$MAXUSERS"
-  rookery_node rookery-pg 127.0.0.6 ""
+  NODE_ARCHIVE=$archive rookery_node "$label" 127.0.0.6 ""
   local pid=$NODE_PID
   wait_port 127.0.0.6 5222
-  HTTP_ADDR=127.0.0.6:5280 measure rookery-pg 127.0.0.6 "$pid"
+  HTTP_ADDR=127.0.0.6:5280 measure "$label" 127.0.0.6 "$pid"
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }
 
@@ -585,6 +587,7 @@ for s in $SERVERS; do
     rookery) rookery ;;
     rookery-mam) rookery rookery-mam always ;;
     rookery-pg) rookery_pg ;;
+    rookery-pg-mam) rookery_pg rookery-pg-mam always ;;
     rookery-cluster) rookery_cluster ;;
     rookery-held) rookery_held ;;
     prosody) prosody_run ;;
