@@ -330,7 +330,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 }
 
-/// The name of the stanza `bytes` holds, and a view of it.
+/// A view of the stanza `bytes` hold; a protocol error if they hold none.
 fn top(bytes: &[u8]) -> Result<Top<'_>, ClientError> {
     Top::new(bytes).ok_or_else(|| protocol("not a stanza"))
 }
