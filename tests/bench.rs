@@ -31,6 +31,43 @@ fn bench(args: &[&str]) -> String {
     String::from_utf8(out.stdout).expect("utf-8")
 }
 
+/// Runs a scenario against `server` as users `<prefix>1..=<users>` (password `pw`), with the
+/// test process's pid for the /proc figures, and returns the JSON report.
+async fn run_against(
+    server: &TestServer,
+    scenario: &str,
+    users: usize,
+    prefix: &str,
+    extra: &[&str],
+) -> String {
+    let mut args: Vec<String> = [
+        "run",
+        "--scenario",
+        scenario,
+        "--server",
+        &server.c2s.to_string(),
+        "--pid",
+        &std::process::id().to_string(),
+        "--users",
+        &users.to_string(),
+        "--prefix",
+        prefix,
+        "--password",
+        "pw",
+        "--json",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    args.extend(extra.iter().map(|a| a.to_string()));
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        bench(&args)
+    })
+    .await
+    .expect("bench")
+}
+
 fn check_chat(json: &str) {
     let sent = field(json, "sent");
     assert!(sent >= 100.0, "{json}");
@@ -55,32 +92,14 @@ async fn chat_run_against_rookery_delivers_everything() {
     for i in 1..=10 {
         server.add_user(&format!("load{i}"), "pw").await;
     }
-    let addr = server.c2s.to_string();
-    let pid = std::process::id().to_string();
-    let json = tokio::task::spawn_blocking(move || {
-        bench(&[
-            "run",
-            "--scenario",
-            "chat",
-            "--server",
-            &addr,
-            "--pid",
-            &pid,
-            "--users",
-            "10",
-            "--prefix",
-            "load",
-            "--password",
-            "pw",
-            "--rate",
-            "100",
-            "--duration",
-            "2",
-            "--json",
-        ])
-    })
-    .await
-    .expect("bench");
+    let json = run_against(
+        &server,
+        "chat",
+        10,
+        "load",
+        &["--rate", "100", "--duration", "2"],
+    )
+    .await;
     check_chat(&json);
     assert_eq!(field(&json, "connected"), 10.0, "{json}");
     assert!(field(&json, "cpu_seconds") >= 0.0, "{json}");
@@ -93,57 +112,17 @@ async fn login_and_idle_runs_report_their_figures() {
     for i in 1..=4 {
         server.add_user(&format!("load{i}"), "pw").await;
     }
-    let addr = server.c2s.to_string();
-    let pid = std::process::id().to_string();
-    let (a, p) = (addr.clone(), pid.clone());
-    let login = tokio::task::spawn_blocking(move || {
-        bench(&[
-            "run",
-            "--scenario",
-            "login",
-            "--server",
-            &a,
-            "--pid",
-            &p,
-            "--users",
-            "4",
-            "--prefix",
-            "load",
-            "--password",
-            "pw",
-            "--duration",
-            "1",
-            "--concurrency",
-            "2",
-            "--json",
-        ])
-    })
-    .await
-    .expect("bench");
+    let login = run_against(
+        &server,
+        "login",
+        4,
+        "load",
+        &["--duration", "1", "--concurrency", "2"],
+    )
+    .await;
     assert!(field(&login, "logins") >= 1.0, "{login}");
     assert_eq!(field(&login, "errors"), 0.0, "{login}");
-    let idle = tokio::task::spawn_blocking(move || {
-        bench(&[
-            "run",
-            "--scenario",
-            "idle",
-            "--server",
-            &addr,
-            "--pid",
-            &pid,
-            "--users",
-            "4",
-            "--prefix",
-            "load",
-            "--password",
-            "pw",
-            "--duration",
-            "0",
-            "--json",
-        ])
-    })
-    .await
-    .expect("bench");
+    let idle = run_against(&server, "idle", 4, "load", &["--duration", "0"]).await;
     assert_eq!(field(&idle, "connected"), 4.0, "{idle}");
     assert!(field(&idle, "rss_after_kb") > 0.0, "{idle}");
     server.shutdown().await;
@@ -192,34 +171,15 @@ async fn an_idle_run_spread_over_processes_holds_every_user() {
     for i in 1..=5 {
         server.add_user(&format!("held{i}"), "pw").await;
     }
-    let addr = server.c2s.to_string();
-    let pid = std::process::id().to_string();
-    let idle = tokio::task::spawn_blocking(move || {
-        bench(&[
-            "run",
-            "--scenario",
-            "idle",
-            "--server",
-            &addr,
-            "--pid",
-            &pid,
-            "--users",
-            "5",
-            "--processes",
-            "2",
-            "--prefix",
-            "held",
-            "--password",
-            "pw",
-            "--duration",
-            "0",
-            "--json",
-        ])
-    })
-    .await
-    .expect("bench");
-    // Users 1-2 in one process and 3-5 in the other: every account exists only once, so a
-    // share that logged in the wrong users would count errors.
+    let idle = run_against(
+        &server,
+        "idle",
+        5,
+        "held",
+        &["--processes", "2", "--duration", "0"],
+    )
+    .await;
+    // Users 1-2 in one process and 3-5 in the other (see `scenario::share`).
     assert_eq!(field(&idle, "connected"), 5.0, "{idle}");
     assert_eq!(field(&idle, "connect_errors"), 0.0, "{idle}");
     assert!(field(&idle, "rss_after_kb") > 0.0, "{idle}");
@@ -256,34 +216,14 @@ async fn muc_run_counts_every_occupants_copy() {
     for i in 1..=12 {
         server.add_user(&format!("occ{i}"), "pw").await;
     }
-    let addr = server.c2s.to_string();
-    let pid = std::process::id().to_string();
-    let json = tokio::task::spawn_blocking(move || {
-        bench(&[
-            "run",
-            "--scenario",
-            "muc",
-            "--server",
-            &addr,
-            "--pid",
-            &pid,
-            "--users",
-            "12",
-            "--room-size",
-            "5",
-            "--prefix",
-            "occ",
-            "--password",
-            "pw",
-            "--rate",
-            "50",
-            "--duration",
-            "2",
-            "--json",
-        ])
-    })
-    .await
-    .expect("bench");
+    let json = run_against(
+        &server,
+        "muc",
+        12,
+        "occ",
+        &["--room-size", "5", "--rate", "50", "--duration", "2"],
+    )
+    .await;
     // Rooms of 5, 5 and 2: every message is expected once per occupant of its room.
     let sent = field(&json, "sent");
     let expected = field(&json, "expected");

@@ -304,8 +304,7 @@ async fn idle_spread(args: &RunArgs, report: &mut Report) -> std::io::Result<()>
     let joined = |items: Vec<String>| items.join(",");
     let mut children = Vec::with_capacity(processes);
     for k in 0..processes {
-        let first = args.users * k / processes;
-        let users = args.users * (k + 1) / processes - first;
+        let (first, users) = share(args.users, processes, k);
         let mut cmd = tokio::process::Command::new(&exe);
         cmd.args(["run", "--scenario", "idle", "--hold"])
             .arg("--server")
@@ -365,6 +364,13 @@ async fn idle_spread(args: &RunArgs, report: &mut Report) -> std::io::Result<()>
         }
     }
     Ok(())
+}
+
+/// Share `k` of `users` split over `processes`: the number of users before it, and its size.
+/// The shares are contiguous, disjoint, cover every user and differ in size by at most one.
+fn share(users: usize, processes: usize, k: usize) -> (usize, usize) {
+    let first = users * k / processes;
+    (first, users * (k + 1) / processes - first)
 }
 
 /// One share of [`idle_spread`]: connects its users, says so on standard output, and holds
@@ -870,4 +876,25 @@ async fn login_loops(args: &RunArgs, target: &Target, report: &mut Report) {
     report.cpu_seconds = cpu_delta(before, after);
     report.rss_before_kb = before.rss_kb;
     report.rss_after_kb = after.rss_kb;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::share;
+
+    #[test]
+    fn shares_cover_every_user_once() {
+        assert_eq!(share(5, 2, 0), (0, 2));
+        assert_eq!(share(5, 2, 1), (2, 3));
+        for (users, processes) in [(100_000, 6), (7, 7), (3, 5), (1, 1)] {
+            let mut next = 0;
+            for k in 0..processes {
+                let (first, n) = share(users, processes, k);
+                assert_eq!(first, next, "{users} over {processes}");
+                assert!(n.abs_diff(users / processes) <= 1);
+                next = first + n;
+            }
+            assert_eq!(next, users, "{users} over {processes}");
+        }
+    }
 }
