@@ -397,6 +397,8 @@ pub async fn hold(args: &RunArgs) -> std::io::Result<()> {
 #[derive(Default)]
 struct ChatStats {
     sent: AtomicU64,
+    /// Messages a connection took from its queue and could not write (its stream failed).
+    unsent: AtomicU64,
     expected: AtomicU64,
     delivered: AtomicU64,
     errors: AtomicU64,
@@ -405,7 +407,13 @@ struct ChatStats {
 
 impl ChatStats {
     fn reset(&self) {
-        for counter in [&self.sent, &self.expected, &self.delivered, &self.errors] {
+        for counter in [
+            &self.sent,
+            &self.unsent,
+            &self.expected,
+            &self.delivered,
+            &self.errors,
+        ] {
             counter.store(0, Ordering::Relaxed);
         }
         if let Ok(mut l) = self.latencies_us.lock() {
@@ -495,6 +503,7 @@ async fn conn_task(
                     sending.targets[j], sending.kind
                 );
                 if conn.send(&msg).await.is_err() {
+                    stats.unsent.fetch_add(1, Ordering::Relaxed);
                     break;
                 }
                 stats.sent.fetch_add(1, Ordering::Relaxed);
@@ -690,7 +699,11 @@ async fn federation(args: &RunArgs, target: &Target, report: &mut Report, rss_be
     tokio::time::sleep(Duration::from_millis(500)).await;
     let _ = load.senders[0].try_send(0);
     let opened = Instant::now();
-    while load.stats.delivered.load(Ordering::Relaxed) == 0 && opened.elapsed() < DRAIN {
+    // Both counts, so that the warm-up message is counted before the reset and never after.
+    while (load.stats.delivered.load(Ordering::Relaxed) == 0
+        || load.stats.sent.load(Ordering::Relaxed) == 0)
+        && opened.elapsed() < DRAIN
+    {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     load.stats.reset();
@@ -795,6 +808,7 @@ async fn drive(
     let start = Instant::now();
     let window = Duration::from_secs(args.duration);
     let mut scheduled = 0u64;
+    let mut queued = 0u64;
     let mut ticker = tokio::time::interval(Duration::from_millis(2));
     while start.elapsed() < window {
         ticker.tick().await;
@@ -803,14 +817,20 @@ async fn drive(
             let (from, to) = pick(&mut rng);
             // A full queue means this connection cannot keep up: the message is not sent,
             // so it counts neither as sent nor as lost.
-            let _ = senders[from].try_send(to);
+            if senders[from].try_send(to).is_ok() {
+                queued += 1;
+            }
             scheduled += 1;
         }
     }
     let window_seconds = start.elapsed().as_secs_f64();
     let drain_until = Instant::now() + DRAIN;
-    // Messages still queued at the senders go out first; only then is anything in flight.
-    while Instant::now() < drain_until && senders.iter().any(|s| s.capacity() < s.max_capacity()) {
+    // Every queued message is written (or its connection failed) before the wait for
+    // deliveries: a message taken from its queue but not yet counted as sent would otherwise
+    // let that wait end early and lose its deliveries.
+    while Instant::now() < drain_until
+        && stats.sent.load(Ordering::Relaxed) + stats.unsent.load(Ordering::Relaxed) < queued
+    {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     while Instant::now() < drain_until
