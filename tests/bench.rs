@@ -92,17 +92,46 @@ async fn chat_run_against_rookery_delivers_everything() {
     for i in 1..=10 {
         server.add_user(&format!("load{i}"), "pw").await;
     }
+    let trace = tempfile::NamedTempFile::new().expect("temp file");
+    let trace_path = trace.path().to_string_lossy().into_owned();
     let json = run_against(
         &server,
         "chat",
         10,
         "load",
-        &["--rate", "100", "--duration", "2"],
+        &[
+            "--rate",
+            "100",
+            "--duration",
+            "2",
+            "--latency-trace",
+            &trace_path,
+        ],
     )
     .await;
     check_chat(&json);
     assert_eq!(field(&json, "connected"), 10.0, "{json}");
     assert!(field(&json, "cpu_seconds") >= 0.0, "{json}");
+    // The trace has a line per delivery: when it was sent in the window, and its latency.
+    let rows: Vec<(f64, f64)> = std::fs::read_to_string(trace.path())
+        .expect("trace")
+        .lines()
+        .map(|l| {
+            let (sent, latency) = l.split_once(' ').expect("two numbers");
+            (
+                sent.parse().expect("sent"),
+                latency.parse().expect("latency"),
+            )
+        })
+        .collect();
+    assert_eq!(rows.len() as f64, field(&json, "delivered"), "{json}");
+    assert!(rows.windows(2).all(|w| w[0].0 <= w[1].0), "in send order");
+    assert!(
+        rows.iter()
+            .all(|&(sent, latency)| (0.0..10_000.0).contains(&sent)
+                && latency > 0.0
+                && latency <= field(&json, "max_ms"))
+    );
     server.shutdown().await;
 }
 

@@ -310,6 +310,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         self.raw.clear();
     }
 
+    /// Pings the server and reads until the answer (a result or an error, whichever the server
+    /// gives). A server handles one stream's stanzas in order, so once the answer is back,
+    /// everything sent before the ping (the initial presence, say) has been handled. What
+    /// arrives before the answer is dropped: call it before anything is measured.
+    pub async fn round_trip(&mut self) -> Result<(), ClientError> {
+        let domain = self.jid.split(['@', '/']).nth(1).unwrap_or_default();
+        self.send(&format!(
+            "<iq type='get' id='bench-rt' to='{domain}'><ping xmlns='urn:xmpp:ping'/></iq>"
+        ))
+        .await?;
+        loop {
+            let piece = self.next_raw().await?;
+            if let Some(top) = Top::new(&piece)
+                && top.name() == "iq"
+                && top.attr("id") == Some("bench-rt")
+            {
+                return Ok(());
+            }
+        }
+    }
+
     /// Opens a new stream and returns the bytes of its features.
     async fn open(&mut self, domain: &str) -> Result<Vec<u8>, ClientError> {
         self.restart();

@@ -143,6 +143,10 @@ pub struct RunArgs {
     /// them until standard input closes (a process holding a share of a run).
     #[arg(long, hide = true)]
     pub hold: bool,
+    /// chat, muc, federation: write each delivery to this file as a line "<sent> <latency>"
+    /// (milliseconds; sent since the measured window began), to see when the slow ones were.
+    #[arg(long, hide = true)]
+    pub latency_trace: Option<std::path::PathBuf>,
     /// Source addresses in 127.0.0.0/8 to spread connections over.
     #[arg(long, value_delimiter = ',')]
     pub sources: Vec<IpAddr>,

@@ -1,7 +1,8 @@
 //! The reference relay: the least work a server could do for the `chat` scenario. It speaks
 //! just enough of the negotiation for the load client (STARTTLS, a SCRAM exchange whose proof
-//! it does not check, binding), then forwards each `<message/>` to the connection named in its
-//! `to` by scanning bytes, without parsing XML. What it reaches is what the machine allows.
+//! it does not check, binding), answers the one ping a load connection sends before a run, then
+//! forwards each `<message/>` to the connection named in its `to` by scanning bytes, without
+//! parsing XML. What it reaches is what the machine allows.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -211,6 +212,14 @@ async fn forward<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 if find(&r.buf, b"</stream:stream>").is_some() {
                     return Ok(());
+                }
+                // The load's round trip before a run is answered, as a server would.
+                if let Some(at) = find(&r.buf, b"id='bench-rt'")
+                    && let Some(end) = find(&r.buf[at..], b"</iq>")
+                {
+                    r.buf.drain(..at + end + b"</iq>".len());
+                    io.write_all(b"<iq type='result' id='bench-rt'/>").await?;
+                    io.flush().await?;
                 }
                 // Presence and other stanzas the load sends are dropped once complete.
                 if find(&r.buf, b"<message").is_none() {

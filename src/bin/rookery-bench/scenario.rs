@@ -1,7 +1,7 @@
 //! The scenarios and their report.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,8 +16,8 @@ use crate::{RunArgs, Scenario};
 
 /// How long in-flight messages may take to arrive after sending stops.
 const DRAIN: Duration = Duration::from_secs(5);
-/// How long joining a room may take.
-const JOIN_WAIT: Duration = Duration::from_secs(30);
+/// How long joining a room, or a connection's first round trip, may take.
+const READY_WAIT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Default)]
 pub struct Report {
@@ -403,6 +403,10 @@ struct ChatStats {
     delivered: AtomicU64,
     errors: AtomicU64,
     latencies_us: Mutex<Vec<u32>>,
+    /// Whether `traced` is filled (`--latency-trace`).
+    tracing: AtomicBool,
+    /// (send stamp, latency) of each delivery, in microseconds.
+    traced: Mutex<Vec<(u64, u32)>>,
 }
 
 impl ChatStats {
@@ -429,18 +433,12 @@ enum Wake {
 }
 
 /// What one connection sends: `kind` messages to `targets[index]` for each index it is handed,
-/// each expected to arrive `fanout` times; a room to join first, if any.
+/// each expected to arrive `fanout` times; a room to join first (as room@service/nick), if any.
 struct Sending {
     targets: Arc<Vec<String>>,
     kind: &'static str,
     fanout: u64,
-    join: Option<Join>,
-}
-
-/// A room to join as `occupant` (room@service/nick); whether it worked goes to `ready`.
-struct Join {
-    occupant: String,
-    ready: oneshot::Sender<bool>,
+    join: Option<String>,
 }
 
 async fn conn_task(
@@ -448,21 +446,29 @@ async fn conn_task(
     mut rx: mpsc::Receiver<usize>,
     mut stop: watch::Receiver<bool>,
     stats: Arc<ChatStats>,
-    mut sending: Sending,
+    sending: Sending,
+    ready: oneshot::Sender<bool>,
     epoch: Instant,
 ) {
     let mut latencies = Vec::new();
     if conn.send("<presence/>").await.is_err() {
+        let _ = ready.send(false);
         return;
     }
-    if let Some(join) = sending.join.take() {
-        let joined = tokio::time::timeout(JOIN_WAIT, join_room(&mut conn, &join.occupant))
+    // Ready once the server has handled the presence (and the join): a run's first messages
+    // would otherwise queue behind every user's presence and measure the logins' aftermath.
+    let settled = match &sending.join {
+        Some(occupant) => tokio::time::timeout(READY_WAIT, join_room(&mut conn, occupant))
             .await
-            .unwrap_or(false);
-        let _ = join.ready.send(joined);
-        if !joined {
-            return;
-        }
+            .unwrap_or(false),
+        None => matches!(
+            tokio::time::timeout(READY_WAIT, conn.round_trip()).await,
+            Ok(Ok(()))
+        ),
+    };
+    let _ = ready.send(settled);
+    if !settled {
+        return;
     }
     loop {
         let wake = tokio::select! {
@@ -487,12 +493,15 @@ async fn conn_task(
                 stats
                     .delivered
                     .fetch_add(latencies.len() as u64, Ordering::Relaxed);
+                let latency =
+                    |sent_at: u64| now.saturating_sub(sent_at).min(u32::MAX as u64) as u32;
                 if let Ok(mut l) = stats.latencies_us.lock() {
-                    l.extend(
-                        latencies.iter().map(|&sent_at| {
-                            now.saturating_sub(sent_at).min(u32::MAX as u64) as u32
-                        }),
-                    );
+                    l.extend(latencies.iter().map(|&sent_at| latency(sent_at)));
+                }
+                if stats.tracing.load(Ordering::Relaxed)
+                    && let Ok(mut t) = stats.traced.lock()
+                {
+                    t.extend(latencies.iter().map(|&s| (s, latency(s))));
                 }
                 latencies.clear();
             }
@@ -601,8 +610,10 @@ impl Load {
         }
     }
 
-    fn spawn(&mut self, conn: Connection, sending: Sending) {
+    /// Starts a connection's task; the answer says whether it got ready (see `conn_task`).
+    fn spawn(&mut self, conn: Connection, sending: Sending) -> oneshot::Receiver<bool> {
         let (tx, rx) = mpsc::channel(1024);
+        let (ready, is_ready) = oneshot::channel();
         self.senders.push(tx);
         self.live.push(tokio::spawn(conn_task(
             conn,
@@ -610,15 +621,32 @@ impl Load {
             self.stop.subscribe(),
             self.stats.clone(),
             sending,
+            ready,
             self.epoch,
         )));
+        is_ready
     }
+}
+
+/// Waits until every connection is ready; returns how many could not get so.
+async fn unready(readies: Vec<oneshot::Receiver<bool>>) -> usize {
+    let mut failed = 0;
+    for rx in readies {
+        if !rx.await.unwrap_or(false) {
+            failed += 1;
+        }
+    }
+    if failed > 0 {
+        eprintln!("{failed} connections did not get ready");
+    }
+    failed
 }
 
 async fn chat(args: &RunArgs, conns: Vec<Option<Connection>>, report: &mut Report) {
     let mut load = Load::new();
     let jids: Vec<String> = conns.iter().flatten().map(|c| c.jid.clone()).collect();
     let jids = Arc::new(jids);
+    let mut readies = Vec::new();
     for c in conns.into_iter().flatten() {
         let sending = Sending {
             targets: jids.clone(),
@@ -626,14 +654,15 @@ async fn chat(args: &RunArgs, conns: Vec<Option<Connection>>, report: &mut Repor
             fanout: 1,
             join: None,
         };
-        load.spawn(c, sending);
+        readies.push(load.spawn(c, sending));
     }
     let n = load.senders.len();
     if n < 2 {
         eprintln!("chat needs at least two connected users");
         return;
     }
-    // Presence broadcasts settle before the measured window.
+    report.connect_errors += unready(readies).await;
+    // Presence broadcasts to contacts settle before the measured window.
     tokio::time::sleep(Duration::from_millis(500)).await;
     drive(args, load, report, |rng| {
         let from = rng.below(n);
@@ -671,6 +700,7 @@ async fn federation(args: &RunArgs, target: &Target, report: &mut Report, rss_be
     let mut load = Load::new();
     let peers: Vec<String> = receivers.iter().flatten().map(|c| c.jid.clone()).collect();
     let peers = Arc::new(peers);
+    let mut readies = Vec::new();
     for c in senders.into_iter().flatten() {
         let sending = Sending {
             targets: peers.clone(),
@@ -678,7 +708,7 @@ async fn federation(args: &RunArgs, target: &Target, report: &mut Report, rss_be
             fanout: 1,
             join: None,
         };
-        load.spawn(c, sending);
+        readies.push(load.spawn(c, sending));
     }
     let n = load.senders.len();
     for c in receivers.into_iter().flatten() {
@@ -688,12 +718,13 @@ async fn federation(args: &RunArgs, target: &Target, report: &mut Report, rss_be
             fanout: 0,
             join: None,
         };
-        load.spawn(c, receiving);
+        readies.push(load.spawn(c, receiving));
     }
     if n == 0 || peers.is_empty() {
         eprintln!("federation needs users on both servers");
         return;
     }
+    report.connect_errors += unready(readies).await;
     // One message opens the server-to-server streams before the measured window; it is not
     // counted.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -746,20 +777,15 @@ async fn muc(args: &RunArgs, conns: Vec<Option<Connection>>, report: &mut Report
         let mut waiting = Vec::new();
         for (i, c) in batch {
             let r = i / size;
-            let (tx, rx) = oneshot::channel();
             let nick = c.jid.split('@').next().unwrap_or("occupant").to_owned();
             let sending = Sending {
                 targets: rooms.clone(),
                 kind: "groupchat",
                 fanout: fanouts[r],
-                join: Some(Join {
-                    occupant: format!("{}/{nick}", rooms[r]),
-                    ready: tx,
-                }),
+                join: Some(format!("{}/{nick}", rooms[r])),
             };
-            load.spawn(c, sending);
+            waiting.push(load.spawn(c, sending));
             occupant_rooms.push(r);
-            waiting.push(rx);
         }
         for rx in waiting {
             readies.push(rx.await.unwrap_or(false));
@@ -801,10 +827,13 @@ async fn drive(
         live,
         stats,
         stop,
-        ..
+        epoch,
     } = load;
     let cpu_before = procstat::sample(&args.pid).unwrap_or_default();
     let mut rng = Rng::new();
+    stats
+        .tracing
+        .store(args.latency_trace.is_some(), Ordering::Relaxed);
     let start = Instant::now();
     let window = Duration::from_secs(args.duration);
     let mut scheduled = 0u64;
@@ -850,8 +879,31 @@ async fn drive(
     report.errors = stats.errors.load(Ordering::Relaxed);
     report.window_seconds = window_seconds;
     report.latency_ms = latency_summary(&stats.latencies_us);
+    if let Some(path) = &args.latency_trace {
+        let since = start.saturating_duration_since(epoch).as_micros() as u64;
+        write_trace(path, &stats.traced, since);
+    }
     report.cpu_seconds = cpu_delta(cpu_before, cpu_after);
     report.rss_after_kb = cpu_after.rss_kb;
+}
+
+/// Writes the traced deliveries in the order they were sent, stamps taken relative to `since`.
+fn write_trace(path: &std::path::Path, traced: &Mutex<Vec<(u64, u32)>>, since: u64) {
+    let mut rows = traced.lock().map(|t| t.clone()).unwrap_or_default();
+    rows.sort_unstable();
+    let text: String = rows
+        .iter()
+        .map(|&(sent, latency)| {
+            format!(
+                "{:.3} {:.3}\n",
+                sent.saturating_sub(since) as f64 / 1000.0,
+                latency as f64 / 1000.0
+            )
+        })
+        .collect();
+    if let Err(e) = std::fs::write(path, text) {
+        eprintln!("cannot write {}: {e}", path.display());
+    }
 }
 
 fn cpu_delta(before: Sample, after: Sample) -> f64 {
