@@ -13,10 +13,9 @@ pub enum JidError {
     InvalidDomain(String),
 }
 
-/// Lowercases a domain and strips one trailing dot (RFC 7622 §3.2).
-pub fn normalize_domain(domain: &str) -> Result<String, JidError> {
-    let d = domain.strip_suffix('.').unwrap_or(domain).to_lowercase();
-    let valid = !d.is_empty()
+/// Whether a domain without its trailing dot has the labels a server's name may have.
+fn valid_labels(d: &str) -> bool {
+    !d.is_empty()
         && d.len() <= 1023
         && d.split('.').all(|label| {
             !label.is_empty()
@@ -24,8 +23,13 @@ pub fn normalize_domain(domain: &str) -> Result<String, JidError> {
                 && label
                     .chars()
                     .all(|c| c.is_alphanumeric() || c == '-' || c == '_')
-        });
-    if valid {
+        })
+}
+
+/// Lowercases a domain and strips one trailing dot (RFC 7622 §3.2).
+pub fn normalize_domain(domain: &str) -> Result<String, JidError> {
+    let d = domain.strip_suffix('.').unwrap_or(domain).to_lowercase();
+    if valid_labels(&d) {
         // Round-trip through the jid crate so that the domain is also what it would produce.
         let parsed = BareJid::new(&d).map_err(|_| JidError::InvalidDomain(domain.into()))?;
         Ok(parsed.domain().as_str().to_owned())
@@ -38,6 +42,16 @@ pub fn normalize_domain(domain: &str) -> Result<String, JidError> {
 pub fn parse(s: &str) -> Result<Jid, JidError> {
     let jid = Jid::new(s)?;
     let domain = jid.domain().as_str();
+    // The common case, a lowercase ASCII domain as the jid crate gave it back, is normal
+    // already: a second pass through the crate (IDNA included) would return it unchanged.
+    if !domain.ends_with('.')
+        && domain
+            .bytes()
+            .all(|b| b.is_ascii() && !b.is_ascii_uppercase())
+        && valid_labels(domain)
+    {
+        return Ok(jid);
+    }
     let normal = normalize_domain(domain)?;
     if normal == domain {
         return Ok(jid);
@@ -83,6 +97,14 @@ mod tests {
             parse("a@Example.com./r").unwrap().to_string(),
             "a@example.com/r"
         );
+        // Already normal: returned as parsed.
+        assert_eq!(
+            parse("a@example.com/R").unwrap().to_string(),
+            "a@example.com/R"
+        );
+        assert!(parse("a@bad domain").is_err());
+        assert!(parse("a@exa_mple.com").is_ok());
+        assert!(parse("a@Bücher.example").is_ok());
     }
 
     #[test]
