@@ -70,14 +70,13 @@ impl Drop for ConnectionGuard {
     }
 }
 
-/// The stanza kind's place in [`KINDS`].
+/// The stanza kind's place in [`KINDS`]; any other name is the last, "other".
 fn kind_index(name: &str) -> usize {
-    match name {
-        "message" => 0,
-        "presence" => 1,
-        "iq" => 2,
-        _ => 3,
-    }
+    let last = KINDS.len() - 1;
+    KINDS[..last]
+        .iter()
+        .position(|k| *k == name)
+        .unwrap_or(last)
 }
 
 // Without an installed recorder there is nothing to count.
@@ -124,4 +123,18 @@ pub fn bus_frame(direction: &'static str) {
 /// Frames that could not be handed to their node and were re-routed (offline or bounced).
 pub fn bus_rerouted(n: usize) {
     metrics::counter!("rookery_cluster_bus_rerouted_total").increment(n as u64);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_stanza_name_counts_under_its_kind() {
+        for name in ["message", "presence", "iq"] {
+            assert_eq!(KINDS[kind_index(name)], name);
+        }
+        assert_eq!(KINDS[kind_index("stream:error")], "other");
+        assert_eq!(KINDS[kind_index("other")], "other");
+    }
 }
