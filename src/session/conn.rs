@@ -20,6 +20,9 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bytes taken from the socket per read: small batches keep latency low under load (16 kB
 /// doubled p99 at 40k msg/s).
 const READ_BUFFER: usize = 4 * 1024;
+/// Up to this much queued output is handed to TLS together with the close_notify alert
+/// (rustls buffers up to 64 kB); more is written the usual way first.
+const CLOSE_IN_ONE_WRITE: usize = 16 * 1024;
 
 thread_local! {
     // One read buffer per worker thread rather than per connection: a read fills it and the
@@ -330,12 +333,30 @@ impl XmlConn {
     /// Sends a stream error and the closing tag, then shuts the connection down.
     pub async fn close_with_error(&mut self, condition: &str, text: Option<&str>) {
         self.queue_bytes(&writer::stream_error(condition, text));
-        let _ = self.flush().await;
-        let _ = tokio::time::timeout(WRITE_TIMEOUT, self.socket.shutdown()).await;
+        self.finish().await;
     }
 
     pub async fn close(&mut self) {
         self.queue_bytes(writer::STREAM_CLOSE);
+        self.finish().await;
+    }
+
+    /// Writes what is queued and shuts the connection down. Over TLS the last bytes and the
+    /// close_notify alert leave in one write: a client that closes right after its own
+    /// closing tag would otherwise make the second write fail, and each write on a login's
+    /// short connection is a tenth of its cost in the kernel.
+    async fn finish(&mut self) {
+        if let Socket::Tls(tls) = &mut self.socket
+            && self.out.len() <= CLOSE_IN_ONE_WRITE
+        {
+            let (_, session) = tls.get_mut();
+            // Whatever TLS did not take is written the usual way below, alert or not.
+            let taken = io::Write::write(&mut session.writer(), &self.out).unwrap_or(0);
+            self.out.drain(..taken);
+            if self.out.is_empty() {
+                session.send_close_notify();
+            }
+        }
         let _ = self.flush().await;
         let _ = tokio::time::timeout(WRITE_TIMEOUT, self.socket.shutdown()).await;
     }

@@ -550,6 +550,29 @@ impl Raw {
     }
 
     /// Reads until the server closes the connection; returns all that arrived.
+    /// Reads until a TLS stream ends with the server's close_notify alert, not a bare TCP close.
+    pub async fn read_to_tls_close(&mut self) -> String {
+        let RawIo::Tls(t) = &mut self.io else {
+            panic!("not a TLS connection");
+        };
+        let mut chunk = [0u8; 8192];
+        let ended = tokio::time::timeout(WAIT, async {
+            loop {
+                match t.read(&mut chunk).await {
+                    Ok(0) => return Ok(()),
+                    Ok(n) => self.buf.push_str(&String::from_utf8_lossy(&chunk[..n])),
+                    Err(e) => return Err(e),
+                }
+            }
+        })
+        .await;
+        match ended {
+            Ok(Ok(())) => std::mem::take(&mut self.buf),
+            Ok(Err(e)) => panic!("TLS did not end cleanly ({e}); got {:?}", self.buf),
+            Err(_) => panic!("server did not close; got {:?}", self.buf),
+        }
+    }
+
     pub async fn read_to_close(&mut self) -> String {
         let r = tokio::time::timeout(WAIT, async { while self.read_chunk().await > 0 {} }).await;
         assert!(r.is_ok(), "server did not close; got {:?}", self.buf);
