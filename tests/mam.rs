@@ -173,6 +173,14 @@ async fn both_directions_are_archived_with_stanza_ids() {
     assert_eq!(ids.len(), 1);
     assert_ne!(ids[0], "1");
 
+    // A sender's next stanza is handled once its copy is in its archive: a query right
+    // behind a message finds it.
+    alice
+        .send("<message to='bob@localhost' type='chat'><body>right behind</body></message>")
+        .await;
+    let page = query(&mut alice, "a2", "").await.expect("alice's archive");
+    assert_eq!(page.bodies().last().copied(), Some("right behind"));
+
     // Disco of one's own account lists MAM.
     let info = alice
         .iq(

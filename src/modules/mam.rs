@@ -372,7 +372,7 @@ pub fn forget_cached(server: &Server, user: &str) {
 
 /// Which way a message passes the archive's owner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
+enum Direction {
     /// The owner sent it.
     Outgoing,
     /// The owner receives it.
@@ -389,58 +389,77 @@ fn archivable(msg: &Element) -> bool {
         && !msg.has_child("no-permanent-store", HINTS)
 }
 
-/// Archives `msg` in `owner`'s archive if the rules and the owner's preferences say so. For an
-/// incoming message, any stanza id claiming to be from `owner`'s archive is removed (it could
-/// only be forged) and the real one added (XEP-0359 §5).
-pub async fn archive(server: &Server, owner: &BareJid, direction: Direction, msg: &mut Element) {
+/// Archives a message `owner` receives, if the rules and the owner's preferences say so, and
+/// marks it with its archive id before it is delivered. Any stanza id claiming to be from
+/// `owner`'s archive is removed first: it could only be forged (XEP-0359 §5).
+pub async fn archive(server: &Server, owner: &BareJid, msg: &mut Element) {
     let owner_str = owner.to_string();
-    if direction == Direction::Incoming {
-        strip_stanza_ids(msg, &owner_str);
-    }
-    let (Some(m), Some(user)) = (module(server), owner.node()) else {
+    strip_stanza_ids(msg, &owner_str);
+    let Some(pending) = enqueue(server, owner, Direction::Incoming, msg).await else {
         return;
     };
-    if !server.is_local_domain(owner.domain().as_str()) || !archivable(msg) {
-        return;
-    }
-    let peer_attr = match direction {
-        Direction::Outgoing => "to",
-        Direction::Incoming => "from",
-    };
-    let Some(peer) = msg.attr(peer_attr).and_then(|p| jid::parse(p).ok()) else {
-        return;
-    };
-    let user = user.as_str();
-    // Accounts that do not exist have no archive (and get no cached preferences); checked
-    // after the cheap tests, since it can cost a store read.
-    if !crate::router::account_exists(server, owner).await {
-        return;
-    }
-    let prefs = m.prefs(server, user).await;
-    if !wanted(server, &prefs, user, &peer).await {
-        return;
-    }
-    let Some((job, id)) = job(
-        false,
-        user,
-        peer.to_bare().to_string(),
-        peer.to_string(),
-        msg,
-    ) else {
-        return;
-    };
-    if m.append(server, job).await.is_none() {
-        return;
-    }
-    if let Ok(Some(id)) = id.await
-        && direction == Direction::Incoming
-    {
+    if let Some(id) = pending.committed().await {
         msg.append_child(el(
             "stanza-id",
             SID,
             &[("by", &owner_str), ("id", &id.to_string())],
         ));
     }
+}
+
+/// Queues a message `owner` sent for their archive, if the rules and their preferences say
+/// so. Nothing in the routed message depends on the row, so the caller routes it before
+/// waiting for the commit: the recipient's copy then joins the same batch, and the message
+/// waits for one commit instead of two.
+pub async fn archive_sent(server: &Server, owner: &BareJid, msg: &Element) -> Option<Pending> {
+    enqueue(server, owner, Direction::Outgoing, msg).await
+}
+
+/// An archive row on its way to the store.
+pub struct Pending(oneshot::Receiver<Option<i64>>);
+
+impl Pending {
+    /// The row's id once the writer has committed it; None if the write failed.
+    pub async fn committed(self) -> Option<i64> {
+        self.0.await.ok().flatten()
+    }
+}
+
+/// Hands `msg` to the archive writer if it belongs in `owner`'s archive.
+async fn enqueue(
+    server: &Server,
+    owner: &BareJid,
+    direction: Direction,
+    msg: &Element,
+) -> Option<Pending> {
+    let (m, user) = (module(server)?, owner.node()?);
+    if !server.is_local_domain(owner.domain().as_str()) || !archivable(msg) {
+        return None;
+    }
+    let peer_attr = match direction {
+        Direction::Outgoing => "to",
+        Direction::Incoming => "from",
+    };
+    let peer = msg.attr(peer_attr).and_then(|p| jid::parse(p).ok())?;
+    let user = user.as_str();
+    // Accounts that do not exist have no archive (and get no cached preferences); checked
+    // after the cheap tests, since it can cost a store read.
+    if !crate::router::account_exists(server, owner).await {
+        return None;
+    }
+    let prefs = m.prefs(server, user).await;
+    if !wanted(server, &prefs, user, &peer).await {
+        return None;
+    }
+    let (job, id) = job(
+        false,
+        user,
+        peer.to_bare().to_string(),
+        peer.to_string(),
+        msg,
+    )?;
+    m.append(server, job).await?;
+    Some(Pending(id))
 }
 
 /// XEP-0441: the always and never lists first, then the default mode.

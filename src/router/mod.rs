@@ -210,7 +210,7 @@ fn candidates(server: &Server, bare: &BareJid) -> Vec<Resource> {
 
 async fn route_message(server: &Server, to: &Jid, mut stanza: Element) {
     let bare = to.to_bare();
-    mam::archive(server, &bare, mam::Direction::Incoming, &mut stanza).await;
+    mam::archive(server, &bare, &mut stanza).await;
     if let Some(full) = full_of(to)
         && let Some(resource) = server.sessions.resource(&full)
     {

@@ -1243,9 +1243,13 @@ impl Session<'_> {
         if blocking::blocks(self.server, &self.bare, &to).await {
             return self.reply_error(&el, blocking::blocked_error());
         }
-        mam::archive(self.server, &self.bare, mam::Direction::Outgoing, &mut el).await;
+        let archived = mam::archive_sent(self.server, &self.bare, &el).await;
         let carbon = carbons::wanted(self.server, &self.bare, &el).then(|| el.clone());
         router::route(self.server, el).await;
+        // The session's next stanza (a query of its own archive, say) comes after the commit.
+        if let Some(pending) = archived {
+            pending.committed().await;
+        }
         if let Some(msg) = carbon {
             carbons::copy(
                 self.server,
