@@ -442,6 +442,55 @@ async fn archive_on_sqlite() {
     archive_contract(store.as_ref()).await;
 }
 
+/// The WAL's last frame and how far it has been copied back into the database, from the
+/// WAL index (the `-shm` file: <https://sqlite.org/walformat.html>, native byte order).
+fn wal_frames_and_backfill(db: &std::path::Path) -> (u32, u32) {
+    let shm = std::fs::read(db.with_extension("db-shm")).unwrap_or_default();
+    let word = |at: usize| {
+        shm.get(at..at + 4)
+            .map_or(0, |b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    (word(16), word(96))
+}
+
+#[tokio::test]
+async fn sqlite_checkpoints_the_wal_beside_the_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("rookery.db");
+    let store = store::open(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    store.create_account("ann", &creds(1)).await.unwrap();
+    let stanza = "<message/>".to_string();
+    let rows: Vec<NewArchived> = (0..200)
+        .map(|i| NewArchived {
+            user: "ann",
+            with_bare: "bob@x",
+            with_full: "bob@x/r",
+            stamp_ms: i,
+            body: "words to index",
+            stanza: &stanza,
+        })
+        .collect();
+    store.archive_append_batch(&rows).await.unwrap();
+    let (frames, _) = wal_frames_and_backfill(&db);
+    // Far below the automatic checkpoint's 10,000 frames: only the store's own task copies
+    // these back.
+    assert!(frames > 0 && frames < 10_000, "{frames} frames in the WAL");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let (frames, backfilled) = wal_frames_and_backfill(&db);
+        if backfilled == frames {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{backfilled} of {frames} frames copied back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn archive_on_postgres() {
     let store = store::open(&Postgres::shared().fresh_database().await)
