@@ -15,12 +15,20 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-/// A loopback port that was free a moment ago.
+/// A loopback port that was free a moment ago, for a server started after it is chosen.
+/// Taken below Linux's ephemeral range (32768 and up): a port the kernel hands out for
+/// binding to port 0 is also what it picks for the next outgoing connection, so a server
+/// started a moment later found it taken now and then.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    const FIRST: u32 = 20_000;
+    const COUNT: u32 = 12_000;
+    let mut seed = [0u8; 4];
+    getrandom::fill(&mut seed).expect("random bytes");
+    let start = u32::from_le_bytes(seed) % COUNT;
+    (0..COUNT)
+        .map(|i| (FIRST + (start + i) % COUNT) as u16)
+        .find(|&port| TcpListener::bind(("127.0.0.1", port)).is_ok())
+        .expect("a free port below the ephemeral range")
 }
 
 fn wait_for_port(port: u16, what: &str) {
