@@ -343,8 +343,8 @@ impl XmlConn {
 
     /// Writes what is queued and shuts the connection down. Over TLS the last bytes and the
     /// close_notify alert leave in one write: a client that closes right after its own
-    /// closing tag would otherwise make the second write fail, and each write on a login's
-    /// short connection is a tenth of its cost in the kernel.
+    /// closing tag would otherwise make the second write fail, and a login's whole short
+    /// connection takes only about ten writes.
     async fn finish(&mut self) {
         if let Socket::Tls(tls) = &mut self.socket
             && self.out.len() <= CLOSE_IN_ONE_WRITE
