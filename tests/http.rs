@@ -25,8 +25,21 @@ async fn get(server: &TestServer, path: &str) -> (u16, String) {
     (status, body)
 }
 
+/// The metrics are the process's: the tests that count them take turns.
+static METRICS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// How many store calls of kind `op` the process has made so far.
+async fn store_calls(server: &TestServer, op: &str) -> u64 {
+    let (_, text) = get(server, "/metrics").await;
+    let key = format!("rookery_store_seconds_count{{op=\"{op}\"}}");
+    text.lines()
+        .find_map(|l| l.strip_prefix(key.as_str()))
+        .map_or(0, |n| n.trim().parse().expect("a count"))
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn health_and_metrics() {
+    let _turn = METRICS.lock().await;
     let server = TestServer::start().await;
     server.add_user("alice", "pw").await;
     server.add_user("bob", "pw").await;
@@ -60,5 +73,54 @@ async fn health_and_metrics() {
     let (status, _) = get(&server, "/nope").await;
     assert_eq!(status, 404);
     alice.close().await;
+    server.shutdown().await;
+}
+
+/// Every message asks for its sender's and its recipient's block list and archiving
+/// preferences. A session that becomes available loads its own, so that its first messages do
+/// not wait for the store (after a restart, every user's first message at once).
+#[tokio::test(flavor = "current_thread")]
+async fn available_session_has_its_settings_loaded_before_it_chats() {
+    let _turn = METRICS.lock().await;
+    let server = TestServer::start().await;
+    server.add_user("carol", "pw").await;
+    server.add_user("dave", "pw").await;
+    let mut carol = XmppClient::connect(&server, "carol@localhost/c", "pw").await;
+    let mut dave = XmppClient::connect(&server, "dave@localhost/d", "pw").await;
+    let before = [
+        store_calls(&server, "blocklist").await,
+        store_calls(&server, "archive_prefs").await,
+    ];
+    for client in [&mut carol, &mut dave] {
+        client.send("<presence/>").await;
+        client
+            .expect("own presence", |e| {
+                e.name() == "presence" && e.attr("type").is_none()
+            })
+            .await;
+    }
+    let loaded = [
+        store_calls(&server, "blocklist").await,
+        store_calls(&server, "archive_prefs").await,
+    ];
+    assert_eq!(loaded, before.map(|n| n + 2), "one read of each per user");
+
+    carol
+        .send("<message to='dave@localhost/d' type='chat'><body>hi</body></message>")
+        .await;
+    dave.expect("carol's message", |e| e.name() == "message")
+        .await;
+    dave.send("<message to='carol@localhost' type='chat'><body>hi</body></message>")
+        .await;
+    carol
+        .expect("dave's message", |e| e.name() == "message")
+        .await;
+    let after = [
+        store_calls(&server, "blocklist").await,
+        store_calls(&server, "archive_prefs").await,
+    ];
+    assert_eq!(after, loaded, "the messages found both in the cache");
+    carol.close().await;
+    dave.close().await;
     server.shutdown().await;
 }

@@ -66,6 +66,15 @@ pub fn forget_cached(server: &Server, user: &str) {
     }
 }
 
+/// Reads `owner`'s block list into the cache if it is not there yet. Every stanza to or from the
+/// user asks for it, so a session that becomes available loads it up front: otherwise its first
+/// messages wait for the store, and after a restart every user's first message at once.
+pub async fn preload(server: &Server, owner: &BareJid) {
+    if let (Some(m), Some(user)) = (module(server), owner.node()) {
+        m.list(server, user.as_str()).await;
+    }
+}
+
 fn module(server: &Server) -> Option<&Blocking> {
     server.module::<Blocking>()
 }

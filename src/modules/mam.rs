@@ -363,6 +363,14 @@ fn job(
     Some((job, id))
 }
 
+/// Reads `owner`'s archiving preferences into the cache if they are not there yet: every
+/// message the user sends or receives asks for them (see `blocking::preload`).
+pub async fn preload(server: &Server, owner: &BareJid) {
+    if let (Some(m), Some(user)) = (module(server), owner.node()) {
+        m.prefs(server, user.as_str()).await;
+    }
+}
+
 /// Drops cached preferences changed on another node of the cluster.
 pub fn forget_cached(server: &Server, user: &str) {
     if let Some(m) = module(server) {

@@ -141,6 +141,10 @@ pub async fn outbound(
             broadcast(server, from, &presence, to_self).await;
             if !state.initial_done {
                 state.initial_done = true;
+                tokio::join!(
+                    super::blocking::preload(server, &owner),
+                    super::mam::preload(server, &owner)
+                );
                 probe_contacts(server, from, to_self).await;
                 pending_requests(server, &owner, to_self).await;
             }
