@@ -25,7 +25,7 @@ cd "$(dirname "$0")/.."
 USERS=${USERS:-1000}              # connected users in the chat scenario
 IDLE_USERS=${IDLE_USERS:-5000}    # connections held in the idle scenario
 DURATION=${DURATION:-10}          # seconds per measured run
-RATES=${RATES:-"1000 2000 5000 10000 15000 20000 30000 40000 50000 60000"}
+RATES=${RATES:-"1000 2000 5000 10000 15000 20000 30000 40000 50000 60000 70000 80000 90000 100000"}
 ROOM_SIZE=${ROOM_SIZE:-100}       # occupants per room in the muc scenario
 MUC_RATES=${MUC_RATES:-"10 25 50 100 200 400 800 1200 1600 2400 3200"}   # room messages sent per second (× ROOM_SIZE copies)
 REST_RATES=${REST_RATES:-"250 500 1000 2000 4000"}   # REST bridge message posts per second (rookery only)
