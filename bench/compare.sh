@@ -29,10 +29,11 @@ RATES=${RATES:-"1000 2000 5000 10000 15000 20000 30000 40000 50000 60000 70000 8
 ROOM_SIZE=${ROOM_SIZE:-100}       # occupants per room in the muc scenario
 MUC_RATES=${MUC_RATES:-"10 25 50 100 200 400 800 1200 1600 2400 3200"}   # room messages sent per second (× ROOM_SIZE copies)
 REST_RATES=${REST_RATES:-"250 500 1000 2000 4000"}   # REST bridge message posts per second (rookery only)
-FED_RATES=${FED_RATES:-"1000 2000 5000 10000 20000 40000"}   # messages per second from one server's users to the other's
+FED_RATES=${FED_RATES:-"1000 2000 5000 10000 20000 40000 60000 80000"}   # messages per second from one server's users to the other's
 SERVERS=${SERVERS:-"rookery prosody ejabberd relay"}
 SCENARIOS=${SCENARIOS:-"idle chat muc login rest"}   # which of them measure() runs
 LOGIN_LOOPS=${LOGIN_LOOPS:-"16 64"}   # concurrent login loops: each server's best counts
+KEEP_RESULTS=${KEEP_RESULTS:-}   # a file to keep every run's JSON line in (the table is built from them)
 WORK=$(mktemp -d /tmp/rookery-bench.XXXXXX)
 # The servers run as their own users and must reach their directories inside.
 chmod 755 "$WORK"
@@ -43,6 +44,7 @@ cleanup() {
   for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
   ejabberd_stop >/dev/null 2>&1 || true
   sleep 1
+  [ -n "$KEEP_RESULTS" ] && [ -f "$RESULTS" ] && cp "$RESULTS" "$KEEP_RESULTS"
   rm -rf "$WORK"
 }
 trap cleanup EXIT
