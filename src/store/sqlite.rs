@@ -46,6 +46,13 @@ pub struct SqliteStore {
 
 /// How often the WAL is copied back into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+/// How often once the WAL nears [`AUTOCHECKPOINT_PAGES`]: the writer's own checkpoint is
+/// coming, and what it has to copy and sync is what was written since the last pass here.
+const CHECKPOINT_NEAR_THRESHOLD: Duration = Duration::from_millis(20);
+/// Where the writer checkpoints itself (`wal_autocheckpoint`).
+const AUTOCHECKPOINT_PAGES: i64 = 40_000;
+/// A WAL this long is near [`AUTOCHECKPOINT_PAGES`].
+const NEAR_THRESHOLD_PAGES: i64 = AUTOCHECKPOINT_PAGES * 9 / 10;
 
 /// A task that checkpoints the WAL from a reading connection, so that the writer seldom does.
 /// SQLite's automatic checkpoint runs inside the commit that crosses its threshold: that
@@ -58,16 +65,22 @@ struct Checkpoints(tokio::task::JoinHandle<()>);
 impl Checkpoints {
     fn start(pool: SqlitePool) -> Checkpoints {
         Checkpoints(tokio::spawn(async move {
-            let mut every = tokio::time::interval(CHECKPOINT_EVERY);
-            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut pause = CHECKPOINT_EVERY;
             loop {
-                every.tick().await;
-                if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-                    .execute(&pool)
-                    .await
-                {
-                    tracing::debug!(error = %e, "WAL checkpoint");
-                }
+                tokio::time::sleep(pause).await;
+                // The pass answers (busy, pages in the WAL, pages copied back).
+                let pass: Result<(i64, i64, i64), _> =
+                    sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
+                        .fetch_one(&pool)
+                        .await;
+                pause = match pass {
+                    Ok((_, pages, _)) if pages >= NEAR_THRESHOLD_PAGES => CHECKPOINT_NEAR_THRESHOLD,
+                    Ok(_) => CHECKPOINT_EVERY,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "WAL checkpoint");
+                        CHECKPOINT_EVERY
+                    }
+                };
             }
         }))
     }
@@ -90,12 +103,13 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(5))
             // The automatic checkpoint is the backstop for [`Checkpoints`]: under constant
             // writes the WAL cannot start over after a checkpoint beside the writer, so it
-            // still grows to this (about 160 MB) and the writer checkpoints. Most pages are
-            // copied by then, but that checkpoint still syncs the WAL and the database (30-50
-            // ms here, every delivery waiting), so the threshold sets how often deliveries
-            // stall: every 3 s at 2,000 archived msg/s, where 10,000 pages was every second
-            // (p99 at 2,500 msg/s 18 ms instead of 40). At 100,000 pages reads slowed down.
-            .pragma("wal_autocheckpoint", "40000")
+            // still grows to this (about 160 MB) and the writer checkpoints. That checkpoint
+            // copies what is left and syncs the WAL and the database with every delivery
+            // waiting (30-50 ms here when 200 ms of writes were left), so the threshold sets
+            // how often deliveries stall: every 3 s at 2,000 archived msg/s, where 10,000
+            // pages was every second (p99 at 2,500 msg/s 18 ms instead of 40). At 100,000
+            // pages reads slowed down.
+            .pragma("wal_autocheckpoint", AUTOCHECKPOINT_PAGES.to_string())
             .pragma("cache_size", "-65536");
         let in_memory = url.contains(":memory:");
         if !in_memory {
