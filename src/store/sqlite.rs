@@ -65,7 +65,7 @@ struct Checkpoints(tokio::task::JoinHandle<()>);
 impl Checkpoints {
     fn start(pool: SqlitePool) -> Checkpoints {
         Checkpoints(tokio::spawn(async move {
-            let mut pause = CHECKPOINT_EVERY;
+            let (mut pause, mut last_pages) = (CHECKPOINT_EVERY, 0);
             loop {
                 tokio::time::sleep(pause).await;
                 // The pass answers (busy, pages in the WAL, pages copied back).
@@ -73,14 +73,22 @@ impl Checkpoints {
                     sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
                         .fetch_one(&pool)
                         .await;
-                pause = match pass {
-                    Ok((_, pages, _)) if pages >= NEAR_THRESHOLD_PAGES => CHECKPOINT_NEAR_THRESHOLD,
-                    Ok(_) => CHECKPOINT_EVERY,
+                let pages = match pass {
+                    Ok((_, pages, _)) => pages,
                     Err(e) => {
                         tracing::debug!(error = %e, "WAL checkpoint");
-                        CHECKPOINT_EVERY
+                        0
                     }
                 };
+                // Only while the WAL still grows: a long WAL nobody writes to stays long
+                // until the next write, and has nothing left to copy.
+                let growing_near = pages >= NEAR_THRESHOLD_PAGES && pages != last_pages;
+                pause = if growing_near {
+                    CHECKPOINT_NEAR_THRESHOLD
+                } else {
+                    CHECKPOINT_EVERY
+                };
+                last_pages = pages;
             }
         }))
     }
