@@ -37,6 +37,14 @@ async fn store_calls(server: &TestServer, op: &str) -> u64 {
         .map_or(0, |n| n.trim().parse().expect("a count"))
 }
 
+/// Reads of block lists and of archiving preferences so far.
+async fn settings_reads(server: &TestServer) -> [u64; 2] {
+    [
+        store_calls(server, "blocklist").await,
+        store_calls(server, "archive_prefs").await,
+    ]
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn health_and_metrics() {
     let _turn = METRICS.lock().await;
@@ -87,10 +95,7 @@ async fn available_session_has_its_settings_loaded_before_it_chats() {
     server.add_user("dave", "pw").await;
     let mut carol = XmppClient::connect(&server, "carol@localhost/c", "pw").await;
     let mut dave = XmppClient::connect(&server, "dave@localhost/d", "pw").await;
-    let before = [
-        store_calls(&server, "blocklist").await,
-        store_calls(&server, "archive_prefs").await,
-    ];
+    let before = settings_reads(&server).await;
     for client in [&mut carol, &mut dave] {
         client.send("<presence/>").await;
         client
@@ -99,10 +104,7 @@ async fn available_session_has_its_settings_loaded_before_it_chats() {
             })
             .await;
     }
-    let loaded = [
-        store_calls(&server, "blocklist").await,
-        store_calls(&server, "archive_prefs").await,
-    ];
+    let loaded = settings_reads(&server).await;
     assert_eq!(loaded, before.map(|n| n + 2), "one read of each per user");
 
     carol
@@ -115,10 +117,7 @@ async fn available_session_has_its_settings_loaded_before_it_chats() {
     carol
         .expect("dave's message", |e| e.name() == "message")
         .await;
-    let after = [
-        store_calls(&server, "blocklist").await,
-        store_calls(&server, "archive_prefs").await,
-    ];
+    let after = settings_reads(&server).await;
     assert_eq!(after, loaded, "the messages found both in the cache");
     carol.close().await;
     dave.close().await;
