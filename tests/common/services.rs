@@ -8,27 +8,34 @@
 
 #![allow(dead_code)]
 
+use std::collections::BTreeSet;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// A loopback port that was free a moment ago, for a server started after it is chosen.
 /// Taken below Linux's ephemeral range (32768 and up): a port the kernel hands out for
 /// binding to port 0 is also what it picks for the next outgoing connection, so a server
-/// started a moment later found it taken now and then.
+/// started a moment later found it taken now and then. A port is handed out once per test
+/// process: the check closes its socket, so two servers not yet started could get the same one.
 pub fn free_port() -> u16 {
     const FIRST: u32 = 20_000;
     const COUNT: u32 = 12_000;
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
     let mut seed = [0u8; 4];
     getrandom::fill(&mut seed).expect("random bytes");
     let start = u32::from_le_bytes(seed) % COUNT;
-    (0..COUNT)
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    let port = (0..COUNT)
         .map(|i| (FIRST + (start + i) % COUNT) as u16)
+        .filter(|port| !handed_out.contains(port))
         .find(|&port| TcpListener::bind(("127.0.0.1", port)).is_ok())
-        .expect("a free port below the ephemeral range")
+        .expect("a free port below the ephemeral range");
+    handed_out.insert(port);
+    port
 }
 
 fn wait_for_port(port: u16, what: &str) {

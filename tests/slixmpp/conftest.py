@@ -5,6 +5,7 @@ its certificates). prosody.py has the same interface for a real Prosody (federat
 
 import asyncio
 import os
+import random
 import signal
 import socket
 import ssl
@@ -29,10 +30,30 @@ def binary() -> str:
     return str(Path(target) / "debug" / "rookery")
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port that was free a moment ago, for a server started after it is chosen.
+    Taken below Linux's ephemeral range (32768 and up): a port the kernel hands out for binding
+    to port 0 is also what it picks for the next outgoing connection, so a server started a
+    moment later found it taken now and then (tests/common/services.rs does the same). A port
+    is handed out once per test run: the check closes its socket, so two servers not yet
+    started could get the same one."""
+    first, count = 20_000, 12_000
+    start = random.randrange(count)
+    for i in range(count):
+        port = first + (start + i) % count
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            _HANDED_OUT.add(port)
+            return port
+    raise AssertionError("no free port below the ephemeral range")
 
 
 class Server:
