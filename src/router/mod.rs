@@ -32,6 +32,15 @@ pub fn route(server: &Server, stanza: Element) -> Pin<Box<dyn Future<Output = ()
     })
 }
 
+/// Routes a stanza from a local client's session, whose addresses the session has parsed
+/// already: its `to` (also set as the attribute) and its own JID (stamped as `from`). Routing
+/// a message would otherwise parse both again, stringprep and IDNA included.
+pub async fn route_from_session(server: &Server, stanza: Element, to: Jid, from: &Jid) {
+    let started = std::time::Instant::now();
+    route_parsed(server, stanza, to, Some(from)).await;
+    crate::metrics::routed(started);
+}
+
 async fn route_now(server: &Server, stanza: Element) {
     let Some(to_attr) = stanza.attr("to") else {
         debug!("dropping stanza without a recipient");
@@ -41,6 +50,11 @@ async fn route_now(server: &Server, stanza: Element) {
         Ok(to) => to,
         Err(_) => return bounce(server, &stanza, StanzaError::jid_malformed()).await,
     };
+    let from = stanza.attr("from").and_then(|f| jid::parse(f).ok());
+    route_parsed(server, stanza, to, from.as_ref()).await
+}
+
+async fn route_parsed(server: &Server, stanza: Element, to: Jid, from: Option<&Jid>) {
     if muc::is_service(server, &to) {
         return muc::route(server, stanza).await;
     }
@@ -57,9 +71,9 @@ async fn route_now(server: &Server, stanza: Element) {
     if to.node().is_none() {
         return to_server(server, stanza).await;
     }
-    let from = stanza.attr("from").and_then(|f| jid::parse(f).ok());
-    if let Some(from) = &from
-        && blocking::blocks(server, &to.to_bare(), from).await
+    let bare = to.to_bare();
+    if let Some(from) = from
+        && blocking::blocks(server, &bare, from).await
     {
         // XEP-0191 §3.4: a blocked entity's messages and iq requests are refused; presence,
         // errors and iq responses are dropped without a word.
@@ -74,9 +88,9 @@ async fn route_now(server: &Server, stanza: Element) {
         return;
     }
     match stanza.name() {
-        "message" => route_message(server, &to, stanza).await,
-        "presence" => route_presence(server, &to, stanza).await,
-        "iq" => route_iq(server, &to, stanza).await,
+        "message" => route_message(server, &to, &bare, stanza).await,
+        "presence" => route_presence(server, &to, &bare, stanza).await,
+        "iq" => route_iq(server, &to, bare, stanza).await,
         _ => debug!(name = stanza.name(), "dropping unknown stanza kind"),
     }
 }
@@ -174,10 +188,6 @@ async fn to_server(server: &Server, stanza: Element) {
     }
 }
 
-fn full_of(to: &Jid) -> Option<FullJid> {
-    to.clone().try_into_full().ok()
-}
-
 /// Whether `bare` is an account here: bound somewhere, or known to the store.
 pub(crate) async fn account_exists(server: &Server, bare: &BareJid) -> bool {
     if !server.sessions.resources(bare).is_empty() {
@@ -208,25 +218,24 @@ fn candidates(server: &Server, bare: &BareJid) -> Vec<Resource> {
     list
 }
 
-async fn route_message(server: &Server, to: &Jid, mut stanza: Element) {
-    let bare = to.to_bare();
-    mam::archive(server, &bare, &mut stanza).await;
-    if let Some(full) = full_of(to)
-        && let Some(resource) = server.sessions.resource(&full)
+async fn route_message(server: &Server, to: &Jid, bare: &BareJid, mut stanza: Element) {
+    mam::archive(server, bare, &mut stanza).await;
+    if let Ok(full) = to.try_as_full()
+        && let Some(resource) = server.sessions.resource(full)
     {
-        let carbon = carbons::wanted(server, &bare, &stanza).then(|| stanza.clone());
+        let carbon = carbons::wanted(server, bare, &stanza).then(|| stanza.clone());
         match deliver(&resource, stanza) {
             Ok(()) => {
                 if let Some(msg) = carbon {
-                    carbons::copy(server, &bare, "received", &msg, &[full]);
+                    carbons::copy(server, bare, "received", &msg, std::slice::from_ref(full));
                 }
                 return;
             }
             // The session is going away: treat it as addressed to the bare JID.
-            Err(stanza) => return message_to_bare(server, &bare, stanza).await,
+            Err(stanza) => return message_to_bare(server, bare, stanza).await,
         }
     }
-    message_to_bare(server, &bare, stanza).await
+    message_to_bare(server, bare, stanza).await
 }
 
 /// RFC 6121 §8.5.2 (bare JID) and §8.5.3.2 (full JID with no such resource).
@@ -261,21 +270,20 @@ async fn message_to_bare(server: &Server, bare: &BareJid, stanza: Element) {
     }
 }
 
-async fn route_presence(server: &Server, to: &Jid, stanza: Element) {
-    let bare = to.to_bare();
+async fn route_presence(server: &Server, to: &Jid, bare: &BareJid, stanza: Element) {
     match stanza::stanza_type(&stanza) {
         "subscribe" | "subscribed" | "unsubscribe" | "unsubscribed" => {
-            presence::inbound_subscription(server, &bare, stanza).await
+            presence::inbound_subscription(server, bare, stanza).await
         }
-        "probe" => presence::inbound_probe(server, &bare, &stanza).await,
+        "probe" => presence::inbound_probe(server, bare, &stanza).await,
         _ => {
-            if let Some(full) = full_of(to) {
-                if let Some(r) = server.sessions.resource(&full) {
+            if let Ok(full) = to.try_as_full() {
+                if let Some(r) = server.sessions.resource(full) {
                     let _ = deliver(&r, stanza);
                 }
                 return;
             }
-            for r in server.sessions.resources(&bare) {
+            for r in server.sessions.resources(bare) {
                 if r.available() {
                     let _ = deliver(&r, stanza.clone());
                 }
@@ -283,16 +291,16 @@ async fn route_presence(server: &Server, to: &Jid, stanza: Element) {
             // A contact's resource is online (or gone): personal eventing follows it.
             let from = stanza.attr("from").and_then(|f| jid::parse(f).ok());
             if let Some(from) = from.and_then(|f| f.try_into_full().ok()) {
-                pep::notify::presence_seen(server, &bare, &from, &stanza).await;
+                pep::notify::presence_seen(server, bare, &from, &stanza).await;
             }
         }
     }
 }
 
-async fn route_iq(server: &Server, to: &Jid, stanza: Element) {
+async fn route_iq(server: &Server, to: &Jid, bare: BareJid, stanza: Element) {
     let is_request = matches!(stanza::stanza_type(&stanza), "get" | "set");
-    if let Some(full) = full_of(to) {
-        if let Some(r) = server.sessions.resource(&full) {
+    if let Ok(full) = to.try_as_full() {
+        if let Some(r) = server.sessions.resource(full) {
             if let Err(stanza) = deliver(&r, stanza)
                 && is_request
             {
@@ -306,7 +314,6 @@ async fn route_iq(server: &Server, to: &Jid, stanza: Element) {
     if !is_request {
         return;
     }
-    let bare = to.to_bare();
     if !account_exists(server, &bare).await {
         return bounce(server, &stanza, StanzaError::service_unavailable()).await;
     }

@@ -1245,7 +1245,7 @@ impl Session<'_> {
         }
         let archived = mam::archive_sent(self.server, &self.bare, &el).await;
         let carbon = carbons::wanted(self.server, &self.bare, &el).then(|| el.clone());
-        router::route(self.server, el).await;
+        router::route_from_session(self.server, el, to, &Jid::from(self.jid.clone())).await;
         // The session's next stanza (a query of its own archive, say) comes after the commit.
         if let Some(pending) = archived {
             pending.committed().await;
@@ -1314,7 +1314,8 @@ impl Session<'_> {
             if blocking::blocks(self.server, &own_bare, &to).await {
                 return self.reply_error(&el, blocking::blocked_error());
             }
-            return router::route(self.server, el).await;
+            let from = Jid::from(self.jid.clone());
+            return router::route_from_session(self.server, el, to, &from).await;
         };
         if kind == "result" || kind == "error" {
             if self
