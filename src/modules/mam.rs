@@ -444,11 +444,6 @@ async fn enqueue(
     if !server.is_local_domain(owner.domain().as_str()) || !archivable(msg) {
         return None;
     }
-    let peer_attr = match direction {
-        Direction::Outgoing => "to",
-        Direction::Incoming => "from",
-    };
-    let peer = msg.attr(peer_attr).and_then(|p| jid::parse(p).ok())?;
     let user = user.as_str();
     // Accounts that do not exist have no archive (and get no cached preferences); checked
     // after the cheap tests, since it can cost a store read.
@@ -456,6 +451,15 @@ async fn enqueue(
         return None;
     }
     let prefs = m.prefs(server, user).await;
+    // Nothing can be archived for this user: no need to parse the peer's address.
+    if prefs.default == "never" && prefs.always.is_empty() {
+        return None;
+    }
+    let peer_attr = match direction {
+        Direction::Outgoing => "to",
+        Direction::Incoming => "from",
+    };
+    let peer = msg.attr(peer_attr).and_then(|p| jid::parse(p).ok())?;
     if !wanted(server, &prefs, user, &peer).await {
         return None;
     }

@@ -443,7 +443,7 @@ fn deliver_to_available(server: &Server, owner: &BareJid, stanza: &Element) -> b
 }
 
 async fn account_exists(server: &Server, owner: &BareJid) -> bool {
-    !server.sessions.resources(owner).is_empty()
+    server.sessions.is_bound(owner)
         || matches!(server.store.credentials(user_of(owner)).await, Ok(Some(_)))
 }
 

@@ -190,7 +190,7 @@ async fn to_server(server: &Server, stanza: Element) {
 
 /// Whether `bare` is an account here: bound somewhere, or known to the store.
 pub(crate) async fn account_exists(server: &Server, bare: &BareJid) -> bool {
-    if !server.sessions.resources(bare).is_empty() {
+    if server.sessions.is_bound(bare) {
         return true;
     }
     let Some(user) = bare.node() else {

@@ -291,6 +291,12 @@ pub trait SessionTable: Send + Sync {
     fn resources(&self, bare: &BareJid) -> Vec<Resource> {
         self.view().resources(bare)
     }
+    /// Whether any resource of the account is bound: asked for every chat message (does the
+    /// account exist?), so it must not copy the resource list.
+    fn is_bound(&self, bare: &BareJid) -> bool {
+        self.view().is_bound(bare)
+    }
+
     /// Whether any resource of the account has carbons on: asked for every chat message, so
     /// it must not copy the resource list.
     fn any_carbons(&self, bare: &BareJid) -> bool {
@@ -427,6 +433,11 @@ impl View {
 
     pub fn resources(&self, bare: &BareJid) -> Vec<Resource> {
         self.read().get(bare).cloned().unwrap_or_default()
+    }
+
+    /// Whether any resource of `bare` is bound, without copying them out.
+    pub fn is_bound(&self, bare: &BareJid) -> bool {
+        self.read().get(bare).is_some_and(|list| !list.is_empty())
     }
 
     pub fn any_carbons(&self, bare: &BareJid) -> bool {

@@ -134,7 +134,7 @@ async fn established(
     let Ok(full) = FullJid::new(&format!("{domain}/{RESOURCE}")) else {
         return Failure::stream("internal-server-error", "cannot name the component");
     };
-    if !server.sessions.resources(&domain).is_empty() {
+    if server.sessions.is_bound(&domain) {
         return Failure::stream("conflict", "this component is already connected");
     }
     let (tx, mut rx) = mpsc::channel(QUEUE_DEPTH);
