@@ -97,9 +97,10 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAny {
     }
 }
 
-/// The load's TLS: full handshakes, X25519 only and AES-128-GCM first, the handshake and cipher every server
-/// compared here agrees to (their OpenSSL 3.0 has no post-quantum key exchange). Offering the
-/// hybrid group as well would cost the generator a key pair it never uses on every login.
+/// The load's TLS: full handshakes, X25519 only and AES-128-GCM first, the handshake and
+/// cipher every server compared here agrees to (their OpenSSL 3.0 has no post-quantum key
+/// exchange). Offering the hybrid group as well would cost the generator a key pair it never
+/// uses on every login.
 pub fn tls_config() -> Arc<rustls::ClientConfig> {
     use rustls::crypto::aws_lc_rs::{self, cipher_suite::*, kx_group};
     let provider = Arc::new(rustls::crypto::CryptoProvider {
