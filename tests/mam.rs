@@ -397,6 +397,12 @@ async fn preferences_decide_what_is_archived() {
     // Bob's own default still archives it on his side.
     let page = query(&mut bob, "qb", "").await.expect("archive");
     assert_eq!(page.bodies(), ["off the record"]);
+    // The always list beats the default.
+    alice
+        .send("<message to='carol@localhost' type='chat'><body>for the record</body></message>")
+        .await;
+    let page = query(&mut alice, "qc", "").await.expect("archive");
+    assert_eq!(page.bodies(), ["for the record"], "always beats never");
 
     let bad = alice
         .iq(
