@@ -159,11 +159,7 @@ async fn login_and_idle_runs_report_their_figures() {
 
 #[test]
 fn chat_run_against_the_relay_delivers_everything() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = format!("127.0.0.1:{}", common::services::free_port());
     let mut relay = Command::new(env!("CARGO_BIN_EXE_rookery-bench"))
         .args(["relay", "--listen", &addr])
         .stderr(std::process::Stdio::null())
