@@ -206,6 +206,8 @@ impl Running {
         while self.server.sessions.count() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        // Messages go out before their archive rows are written: write the last ones.
+        crate::modules::mam::settle(&self.server).await;
         if let Some((cluster, tasks)) = self.cluster {
             cluster.leave(&self.server).await;
             for t in tasks {

@@ -202,6 +202,97 @@ async fn both_directions_are_archived_with_stanza_ids() {
     server.shutdown().await;
 }
 
+/// A connection to the server's database that keeps it from writing archive rows (readers
+/// go on) until [`ArchiveLock::release`].
+enum ArchiveLock {
+    Sqlite(sqlx::SqliteConnection),
+    Postgres(sqlx::PgConnection),
+}
+
+impl ArchiveLock {
+    async fn take(server: &TestServer) -> ArchiveLock {
+        use sqlx::Connection;
+        let url = server.config.storage_url();
+        if url.starts_with("postgres") {
+            let mut c = sqlx::PgConnection::connect(&url).await.expect("connect");
+            sqlx::raw_sql("BEGIN; LOCK TABLE archive IN SHARE ROW EXCLUSIVE MODE")
+                .execute(&mut c)
+                .await
+                .expect("lock");
+            ArchiveLock::Postgres(c)
+        } else {
+            let mut c = sqlx::SqliteConnection::connect(&url)
+                .await
+                .expect("connect");
+            sqlx::raw_sql("BEGIN IMMEDIATE")
+                .execute(&mut c)
+                .await
+                .expect("lock");
+            ArchiveLock::Sqlite(c)
+        }
+    }
+
+    async fn release(self) {
+        match self {
+            ArchiveLock::Sqlite(mut c) => {
+                sqlx::raw_sql("COMMIT")
+                    .execute(&mut c)
+                    .await
+                    .expect("unlock");
+            }
+            ArchiveLock::Postgres(mut c) => {
+                sqlx::raw_sql("COMMIT")
+                    .execute(&mut c)
+                    .await
+                    .expect("unlock");
+            }
+        }
+    }
+}
+
+fn stanza_id(msg: &Element) -> String {
+    msg.children()
+        .find(|c| c.is("stanza-id", "urn:xmpp:sid:0"))
+        .and_then(|s| s.attr("id"))
+        .expect("a stanza id")
+        .to_owned()
+}
+
+/// A message goes out with its archive id before its row is written, and a query waits for
+/// the rows of the messages delivered before it.
+#[tokio::test]
+async fn delivery_does_not_wait_for_the_archive_and_queries_do() {
+    let (server, mut alice, mut bob) = two_users().await;
+    alice
+        .send("<message to='bob@localhost' type='chat'><body>before</body></message>")
+        .await;
+    bob.expect("the first message", is_message_with_body("before"))
+        .await;
+    let lock = ArchiveLock::take(&server).await;
+    alice
+        .send("<message to='bob@localhost' type='chat'><body>while locked</body></message>")
+        .await;
+    // Delivered, with its id, while its row cannot be written.
+    let got = bob
+        .expect("the second message", is_message_with_body("while locked"))
+        .await;
+    let id = stanza_id(&got);
+    let unlock = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        lock.release().await;
+    });
+    // Sent while the archive is locked: answered once the row is there.
+    let page = query(&mut bob, "q", &rsm("<max>1</max><before/>"))
+        .await
+        .expect("bob's archive");
+    assert_eq!(page.bodies(), ["while locked"]);
+    assert_eq!(page.results[0].0, id);
+    unlock.await.expect("unlocked");
+    alice.close().await;
+    bob.close().await;
+    server.shutdown().await;
+}
+
 #[tokio::test]
 async fn paging_forward_and_backward_over_500_messages() {
     let (server, mut alice, mut bob) = two_users().await;

@@ -328,11 +328,16 @@ async fn archive_contract(store: &dyn Store) {
         .iter()
         .map(|(_, body)| format!("<message xmlns='jabber:client'><body>{body}</body></message>"))
         .collect();
+    // Ids come before the rows: increasing, in the order taken.
+    let ids = store.archive_new_ids(3).await.unwrap();
+    assert_eq!(ids.len(), 3);
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
     let batch: Vec<NewArchived> = rows
         .iter()
         .zip(&stanzas)
         .enumerate()
         .map(|(i, ((with, body), stanza))| NewArchived {
+            id: ids[i],
             user: "ann",
             with_bare: with.split('/').next().unwrap(),
             with_full: with,
@@ -341,10 +346,8 @@ async fn archive_contract(store: &dyn Store) {
             stanza,
         })
         .collect();
-    // One group commit: ids in the order given.
-    let ids = store.archive_append_batch(&batch).await.unwrap();
-    assert_eq!(ids.len(), 3);
-    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    // One group commit.
+    store.archive_append_batch(&batch).await.unwrap();
     let q = |f: fn(&mut ArchiveQuery)| {
         let mut q = ArchiveQuery {
             max: 10,
@@ -462,12 +465,14 @@ async fn sqlite_checkpoints_the_wal_beside_the_writer() {
         .unwrap();
     store.create_account("ann", &creds(1)).await.unwrap();
     let stanza = "<message/>".to_string();
+    let ids = store.archive_new_ids(200).await.unwrap();
     let rows: Vec<NewArchived> = (0..200)
         .map(|i| NewArchived {
+            id: ids[i],
             user: "ann",
             with_bare: "bob@x",
             with_full: "bob@x/r",
-            stamp_ms: i,
+            stamp_ms: i as i64,
             body: "words to index",
             stanza: &stanza,
         })
@@ -489,6 +494,66 @@ async fn sqlite_checkpoints_the_wal_beside_the_writer() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+}
+
+/// Writes one row under each id `store` hands out for the account and the room archive.
+async fn archive_one_each(store: &dyn Store) -> (i64, i64) {
+    let id = store.archive_new_ids(1).await.unwrap()[0];
+    let room_id = store.room_archive_new_ids(1).await.unwrap()[0];
+    let row = |id| NewArchived {
+        id,
+        user: "ann",
+        with_bare: "bob@x",
+        with_full: "bob@x/r",
+        stamp_ms: 1,
+        body: "hello",
+        stanza: "<message/>",
+    };
+    store.archive_append_batch(&[row(id)]).await.unwrap();
+    let mut in_room = row(room_id);
+    in_room.user = "lobby";
+    store.room_archive_append_batch(&[in_room]).await.unwrap();
+    (id, room_id)
+}
+
+/// A stanza id names one message for good: ids are not handed out again once their rows are
+/// expired or deleted, nor after the server restarts, nor by another node of a cluster.
+async fn archive_ids_are_never_reused(url: &str) {
+    let first = {
+        let store = store::open(url).await.unwrap();
+        store.create_account("ann", &creds(1)).await.unwrap();
+        let first = archive_one_each(store.as_ref()).await;
+        assert_eq!(store.archive_expire(i64::MAX).await.unwrap(), 2);
+        first
+    };
+    let store = store::open(url).await.unwrap();
+    let second = archive_one_each(store.as_ref()).await;
+    assert!(
+        second.0 > first.0 && second.1 > first.1,
+        "{first:?} then {second:?}"
+    );
+    // Taken side by side, as two nodes would: no id twice.
+    let other = store::open(url).await.unwrap();
+    let (a, b) = tokio::join!(store.archive_new_ids(500), other.archive_new_ids(500));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    if url.starts_with("postgres") {
+        let mut all: Vec<i64> = a.iter().chain(&b).copied().collect();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), 1000);
+    }
+    assert!(a.iter().all(|id| *id > second.0));
+}
+
+#[tokio::test]
+async fn archive_ids_on_sqlite_are_never_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    archive_ids_are_never_reused(&format!("sqlite://{}/rookery.db", dir.path().display())).await;
+}
+
+#[tokio::test]
+async fn archive_ids_on_postgres_are_never_reused() {
+    archive_ids_are_never_reused(&Postgres::shared().fresh_database().await).await;
 }
 
 #[tokio::test]

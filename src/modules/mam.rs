@@ -4,6 +4,7 @@
 //! user's devices can page through the archive by contact, time, id and words (XEP-0431).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
@@ -16,7 +17,7 @@ use crate::server::Server;
 use crate::stanza::{self, StanzaError};
 use crate::store::{ArchivePrefs, ArchiveQuery, NewArchived, Store};
 use crate::stream::{ns, writer};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 pub const NS: &str = "urn:xmpp:mam:2";
 const EXTENDED: &str = "urn:xmpp:mam:2#extended";
@@ -38,19 +39,44 @@ pub const CACHE: &str = "archive_prefs";
 pub struct Mam {
     /// Preferences per user, read on every archived message: cached, and dropped on change.
     prefs: RwLock<HashMap<String, Arc<ArchivePrefs>>>,
-    /// The archive writer's queue, started with the first archived message.
-    writer: std::sync::OnceLock<mpsc::Sender<ArchiveJob>>,
+    /// The archive's queue, started with the first archived message.
+    writer: std::sync::OnceLock<Writer>,
 }
 
-/// Messages waiting for the archive writer; a full queue makes senders wait (backpressure).
+/// Messages waiting for an id, and numbered messages waiting to be written; a full queue
+/// makes senders wait (backpressure).
 const WRITE_QUEUE: usize = 4096;
 /// Messages per transaction at most.
 const WRITE_BATCH: usize = 2048;
 /// How long the writer waits for more messages to join a batch.
 const GATHER: std::time::Duration = std::time::Duration::from_millis(2);
+/// How long a query waits for the archive to catch up before it reads what is there.
+const SETTLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// One message for the archive writer, and where its archive id goes.
+/// The way from a message to its archive row: two tasks, so that numbering never waits for
+/// a commit. The numberer gives each message its archive id, which is also the stanza id
+/// the recipient sees; the writer commits the rows in batches behind it.
+struct Writer {
+    jobs: mpsc::Sender<ArchiveJob>,
+    progress: Arc<Progress>,
+}
+
+/// How far the two tasks have got, in messages counted in queue order.
+#[derive(Default)]
+struct Progress {
+    /// Messages given an id (and so perhaps delivered with it already).
+    numbered: AtomicU64,
+    /// Messages written, or failed to write.
+    settled: watch::Sender<u64>,
+}
+
+/// One message for the archive, and where its id goes.
 struct ArchiveJob {
+    row: ArchiveRow,
+    id: oneshot::Sender<Option<i64>>,
+}
+
+struct ArchiveRow {
     /// A room's archive rather than a user's; `user` is then the room's name.
     room: bool,
     user: String,
@@ -59,31 +85,125 @@ struct ArchiveJob {
     stamp_ms: i64,
     body: String,
     stanza: String,
-    done: oneshot::Sender<Option<i64>>,
 }
 
-/// Group commit: every message waiting when the writer is free goes into one transaction, so
-/// the archive keeps up with many senders instead of paying one commit per message.
-async fn write_archive(store: Arc<dyn Store>, mut rx: mpsc::Receiver<ArchiveJob>) {
-    let mut batch = Vec::with_capacity(WRITE_BATCH);
-    while rx.recv_many(&mut batch, WRITE_BATCH).await > 0 {
-        gather(&mut rx, &mut batch).await;
-        // Runs of the same kind, in queue order: ids follow the order messages were queued.
-        let mut rest = std::mem::take(&mut batch);
-        while !rest.is_empty() {
-            let room = rest[0].room;
-            let n = rest.iter().take_while(|j| j.room == room).count();
-            let tail = rest.split_off(n);
-            write_run(store.as_ref(), room, rest).await;
-            rest = tail;
+impl Writer {
+    fn start(store: Arc<dyn Store>) -> Writer {
+        let (jobs, queued) = mpsc::channel(WRITE_QUEUE);
+        let (rows, numbered) = mpsc::channel(WRITE_QUEUE);
+        let progress = Arc::new(Progress::default());
+        tokio::spawn(number(store.clone(), queued, rows, progress.clone()));
+        tokio::spawn(write(store, numbered, progress.clone()));
+        Writer { jobs, progress }
+    }
+
+    /// Waits until every message numbered so far is written (or has failed to be), so that a
+    /// query finds every archived message delivered before it.
+    async fn settled(&self) {
+        let target = self.progress.numbered.load(Ordering::Acquire);
+        let mut settled = self.progress.settled.subscribe();
+        if tokio::time::timeout(SETTLE_LIMIT, settled.wait_for(|n| *n >= target))
+            .await
+            .is_err()
+        {
+            warn!("the archive writer is behind: a query reads the archive as it is");
         }
+    }
+}
+
+/// Gives messages their ids in queue order, as fast as they come, and passes them on to the
+/// writer. Each archive's ids increase in queue order, which is each conversation's order.
+async fn number(
+    store: Arc<dyn Store>,
+    mut queued: mpsc::Receiver<ArchiveJob>,
+    rows: mpsc::Sender<(i64, ArchiveRow)>,
+    progress: Arc<Progress>,
+) {
+    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    while queued.recv_many(&mut batch, WRITE_BATCH).await > 0 {
+        let rooms = batch.iter().filter(|j| j.row.room).count();
+        let mut account_ids = new_ids(store.as_ref(), false, batch.len() - rooms).await;
+        let mut room_ids = new_ids(store.as_ref(), true, rooms).await;
+        let ids: Vec<Option<i64>> = batch
+            .iter()
+            .map(|job| {
+                let ids = if job.row.room {
+                    &mut room_ids
+                } else {
+                    &mut account_ids
+                };
+                ids.as_mut().and_then(Iterator::next)
+            })
+            .collect();
+        // Counted before any sender learns its id: a query that starts after a delivery then
+        // waits for its row.
+        let count = ids.iter().flatten().count();
+        progress.numbered.fetch_add(count as u64, Ordering::Release);
+        let mut numbered = Vec::with_capacity(count);
+        for (job, id) in batch.drain(..).zip(ids) {
+            let _ = job.id.send(id);
+            if let Some(id) = id {
+                numbered.push((id, job.row));
+            }
+        }
+        for row in numbered {
+            if rows.send(row).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// `n` new ids for one archive; None (and the messages go unarchived) if the store fails.
+async fn new_ids(store: &dyn Store, room: bool, n: usize) -> Option<std::vec::IntoIter<i64>> {
+    if n == 0 {
+        return None;
+    }
+    let ids = if room {
+        store.room_archive_new_ids(n).await
+    } else {
+        store.archive_new_ids(n).await
+    };
+    match ids {
+        Ok(ids) if ids.len() == n => Some(ids.into_iter()),
+        Ok(_) => {
+            warn!(messages = n, "the store handed out too few archive ids");
+            None
+        }
+        Err(e) => {
+            warn!(error = %e, messages = n, "cannot number archived messages");
+            None
+        }
+    }
+}
+
+/// Group commit: every numbered message waiting when the writer is free goes into one
+/// transaction per archive, so the archive keeps up with many senders instead of paying one
+/// commit per message.
+async fn write(
+    store: Arc<dyn Store>,
+    mut numbered: mpsc::Receiver<(i64, ArchiveRow)>,
+    progress: Arc<Progress>,
+) {
+    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    while numbered.recv_many(&mut batch, WRITE_BATCH).await > 0 {
+        gather(&mut numbered, &mut batch).await;
+        let (rooms, accounts): (Vec<_>, Vec<_>) = batch.drain(..).partition(|(_, r)| r.room);
+        let written = rooms.len() + accounts.len();
+        for (room, rows) in [(false, accounts), (true, rooms)] {
+            if !rows.is_empty() {
+                write_rows(store.as_ref(), room, &rows).await;
+            }
+        }
+        progress.settled.send_modify(|n| *n += written as u64);
     }
 }
 
 /// Waits a moment for more messages before writing: each transaction costs far more than a
 /// row (the commit, and a new full-text index segment), so a batch of many is what makes
-/// archiving cheap under load. At low rates this adds at most [`GATHER`] to a delivery.
-async fn gather(rx: &mut mpsc::Receiver<ArchiveJob>, batch: &mut Vec<ArchiveJob>) {
+/// archiving cheap under load. Deliveries do not wait for it: only queries of the archive
+/// might, for at most [`GATHER`] and a commit.
+async fn gather<T>(rx: &mut mpsc::Receiver<T>, batch: &mut Vec<T>) {
     let deadline = tokio::time::Instant::now() + GATHER;
     while batch.len() < WRITE_BATCH {
         let room = WRITE_BATCH - batch.len();
@@ -94,16 +214,17 @@ async fn gather(rx: &mut mpsc::Receiver<ArchiveJob>, batch: &mut Vec<ArchiveJob>
     }
 }
 
-async fn write_run(store: &dyn Store, room: bool, jobs: Vec<ArchiveJob>) {
-    let records: Vec<NewArchived<'_>> = jobs
+async fn write_rows(store: &dyn Store, room: bool, rows: &[(i64, ArchiveRow)]) {
+    let records: Vec<NewArchived<'_>> = rows
         .iter()
-        .map(|j| NewArchived {
-            user: &j.user,
-            with_bare: &j.with_bare,
-            with_full: &j.with_full,
-            stamp_ms: j.stamp_ms,
-            body: &j.body,
-            stanza: &j.stanza,
+        .map(|(id, r)| NewArchived {
+            id: *id,
+            user: &r.user,
+            with_bare: &r.with_bare,
+            with_full: &r.with_full,
+            stamp_ms: r.stamp_ms,
+            body: &r.body,
+            stanza: &r.stanza,
         })
         .collect();
     let result = if room {
@@ -111,19 +232,9 @@ async fn write_run(store: &dyn Store, room: bool, jobs: Vec<ArchiveJob>) {
     } else {
         store.archive_append_batch(&records).await
     };
-    drop(records);
-    match result {
-        Ok(ids) => {
-            for (job, id) in jobs.into_iter().zip(ids) {
-                let _ = job.done.send(Some(id));
-            }
-        }
-        Err(e) => {
-            warn!(error = %e, messages = jobs.len(), "cannot archive messages");
-            for job in jobs {
-                let _ = job.done.send(None);
-            }
-        }
+    if let Err(e) = result {
+        // The messages went out with their ids already; a query will not find them.
+        warn!(error = %e, messages = rows.len(), "cannot archive messages");
     }
 }
 
@@ -191,17 +302,14 @@ impl Mam {
         prefs
     }
 
-    fn writer(&self, server: &Server) -> &mpsc::Sender<ArchiveJob> {
-        self.writer.get_or_init(|| {
-            let (tx, rx) = mpsc::channel(WRITE_QUEUE);
-            tokio::spawn(write_archive(server.store.clone(), rx));
-            tx
-        })
+    fn writer(&self, server: &Server) -> &Writer {
+        self.writer
+            .get_or_init(|| Writer::start(server.store.clone()))
     }
 
-    /// Archives one message through the writer; its archive id, or None if it failed.
+    /// Queues one message for the archive; None if the writer has stopped.
     async fn append(&self, server: &Server, job: ArchiveJob) -> Option<()> {
-        self.writer(server).send(job).await.ok()
+        self.writer(server).jobs.send(job).await.ok()
     }
 
     fn forget(&self, user: &str) {
@@ -277,6 +385,7 @@ async fn fetch(
     owner: Owner<'_>,
     query: &ArchiveQuery,
 ) -> Result<crate::store::ArchivePage, StanzaError> {
+    settle(server).await;
     match owner {
         Owner::Account(user) => server.store.archive_query(user, query).await,
         Owner::Room(room) => server.store.room_archive_query(room, query).await,
@@ -321,7 +430,7 @@ pub fn queue_room_message(
 ) -> Option<oneshot::Receiver<Option<i64>>> {
     let m = module(server)?;
     let (job, id) = job(true, room, sender.to_owned(), sender.to_owned(), msg)?;
-    match m.writer(server).try_send(job) {
+    match m.writer(server).jobs.try_send(job) {
         Ok(()) => Some(id),
         Err(_) => {
             warn!(room, "archive queue full: a room message is not archived");
@@ -349,8 +458,8 @@ fn job(
         .map(|b| b.text())
         .collect::<Vec<_>>()
         .join("\n");
-    let (done, id) = oneshot::channel();
-    let job = ArchiveJob {
+    let (id_tx, id) = oneshot::channel();
+    let row = ArchiveRow {
         room,
         user: owner.to_owned(),
         with_bare,
@@ -358,9 +467,8 @@ fn job(
         stamp_ms: chrono::Utc::now().timestamp_millis(),
         body,
         stanza,
-        done,
     };
-    Some((job, id))
+    Some((ArchiveJob { row, id: id_tx }, id))
 }
 
 /// Reads `owner`'s archiving preferences into the cache if they are not there yet: every
@@ -406,7 +514,7 @@ pub async fn archive(server: &Server, owner: &BareJid, msg: &mut Element) {
     let Some(pending) = enqueue(server, owner, Direction::Incoming, msg).await else {
         return;
     };
-    if let Some(id) = pending.committed().await {
+    if let Some(id) = pending.id().await {
         msg.append_child(el(
             "stanza-id",
             SID,
@@ -416,20 +524,28 @@ pub async fn archive(server: &Server, owner: &BareJid, msg: &mut Element) {
 }
 
 /// Queues a message `owner` sent for their archive, if the rules and their preferences say
-/// so. Nothing in the routed message depends on the row, so the caller routes it before
-/// waiting for the commit: the recipient's copy then joins the same batch, and the message
-/// waits for one commit instead of two.
+/// so. Nothing in the routed message depends on the row, so the caller can route it before
+/// the message has its id.
 pub async fn archive_sent(server: &Server, owner: &BareJid, msg: &Element) -> Option<Pending> {
     enqueue(server, owner, Direction::Outgoing, msg).await
 }
 
-/// An archive row on its way to the store.
+/// A message on its way to the archive.
 pub struct Pending(oneshot::Receiver<Option<i64>>);
 
 impl Pending {
-    /// The row's id once the writer has committed it; None if the write failed.
-    pub async fn committed(self) -> Option<i64> {
+    /// The message's archive id, once it has one (its row may not be written yet, but any
+    /// query from then on finds it); None if it could not be archived.
+    pub async fn id(self) -> Option<i64> {
         self.0.await.ok().flatten()
+    }
+}
+
+/// Waits until every message numbered so far is in the archive: at shutdown, once the
+/// sessions are gone.
+pub async fn settle(server: &Server) {
+    if let Some(w) = module(server).and_then(|m| m.writer.get()) {
+        w.settled().await;
     }
 }
 

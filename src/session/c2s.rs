@@ -1246,9 +1246,10 @@ impl Session<'_> {
         let archived = mam::archive_sent(self.server, &self.bare, &el).await;
         let carbon = carbons::wanted(self.server, &self.bare, &el).then(|| el.clone());
         router::route_from_session(self.server, el, to, &Jid::from(self.jid.clone())).await;
-        // The session's next stanza (a query of its own archive, say) comes after the commit.
+        // The session's next stanza (a query of its own archive, say) finds this message: a
+        // query waits for the rows of every message numbered before it.
         if let Some(pending) = archived {
-            pending.committed().await;
+            pending.id().await;
         }
         if let Some(msg) = carbon {
             carbons::copy(

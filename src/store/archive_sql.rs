@@ -36,12 +36,38 @@ impl Archive {
     }
 }
 
-/// Rows per multi-row INSERT: 6 values each stays far below SQLite's 32,766 bound parameters.
+/// SQLite: the highest id the archive ever held. AUTOINCREMENT remembers it in
+/// `sqlite_sequence` after the row is gone, so no id is handed out twice.
+pub fn sqlite_last_id(archive: Archive) -> &'static str {
+    match archive {
+        Archive::Account => {
+            "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'archive'), 0), \
+             coalesce((SELECT max(id) FROM archive), 0))"
+        }
+        Archive::Room => {
+            "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'room_archive'), 0), \
+             coalesce((SELECT max(id) FROM room_archive), 0))"
+        }
+    }
+}
+
+/// PostgreSQL: `$1` new ids from the archive's sequence, which every node of a cluster shares.
+pub fn postgres_new_ids(archive: Archive) -> &'static str {
+    match archive {
+        Archive::Account => {
+            "SELECT nextval(pg_get_serial_sequence('archive', 'id')) FROM generate_series(1, $1)"
+        }
+        Archive::Room => {
+            "SELECT nextval(pg_get_serial_sequence('room_archive', 'id')) \
+             FROM generate_series(1, $1)"
+        }
+    }
+}
+
+/// Rows per multi-row INSERT: 7 values each stays far below SQLite's 32,766 bound parameters.
 pub const INSERT_CHUNK: usize = 1000;
 
-/// One INSERT of up to [`INSERT_CHUNK`] archived messages, `RETURNING id`. Neither engine
-/// promises the order of RETURNING rows, but each gives a statement's rows increasing ids in
-/// VALUES order (AUTOINCREMENT, a sequence), so the sorted ids are the rows' ids in order.
+/// One INSERT of up to [`INSERT_CHUNK`] archived messages, each under the id it was given.
 pub fn insert<'a, DB>(archive: Archive, rows: &'a [super::NewArchived<'a>]) -> QueryBuilder<DB>
 where
     DB: Database,
@@ -49,19 +75,19 @@ where
     &'a str: Encode<'a, DB> + Type<DB>,
 {
     let mut qb = QueryBuilder::new(format!(
-        "INSERT INTO {} ({}, with_bare, with_full, stamp_ms, body, stanza) ",
+        "INSERT INTO {} (id, {}, with_bare, with_full, stamp_ms, body, stanza) ",
         archive.table(),
         archive.owner()
     ));
     qb.push_values(rows, |mut b, m| {
-        b.push_bind(m.user)
+        b.push_bind(m.id)
+            .push_bind(m.user)
             .push_bind(m.with_bare)
             .push_bind(m.with_full)
             .push_bind(m.stamp_ms)
             .push_bind(m.body)
             .push_bind(m.stanza);
     });
-    qb.push(" RETURNING id");
     qb
 }
 

@@ -144,6 +144,8 @@ pub struct OfflineMessage {
 /// A message to archive (XEP-0313), in the archive of `user`.
 #[derive(Debug, Clone)]
 pub struct NewArchived<'a> {
+    /// From [`Store::archive_new_ids`] (or [`Store::room_archive_new_ids`]).
+    pub id: i64,
     pub user: &'a str,
     /// The other party: its bare JID and the full (or bare) JID it used.
     pub with_bare: &'a str,
@@ -349,15 +351,18 @@ pub trait Store: Send + Sync {
     async fn disable_push(&self, user: &str, service: &str, node: Option<&str>) -> StoreResult<()>;
 
     // Message archive (XEP-0313, XEP-0441).
-    /// Archives several messages in one transaction (group commit); their ids in order.
-    async fn archive_append_batch(&self, messages: &[NewArchived<'_>]) -> StoreResult<Vec<i64>>;
+    /// Takes `n` new archive ids, in increasing order, never handed out before. A message
+    /// carries its id (its stanza id) before its row is written, so that delivering it does
+    /// not wait for a commit.
+    async fn archive_new_ids(&self, n: usize) -> StoreResult<Vec<i64>>;
+    /// Archives several messages, each under its id, in one transaction (group commit).
+    async fn archive_append_batch(&self, messages: &[NewArchived<'_>]) -> StoreResult<()>;
     async fn archive_query(&self, user: &str, query: &ArchiveQuery) -> StoreResult<ArchivePage>;
+    /// [`Store::archive_new_ids`] for the room archive.
+    async fn room_archive_new_ids(&self, n: usize) -> StoreResult<Vec<i64>>;
     /// Archives room messages in one transaction; `user` is the room's name, `with_*` the
-    /// sender's occupant JID. Their ids in order.
-    async fn room_archive_append_batch(
-        &self,
-        messages: &[NewArchived<'_>],
-    ) -> StoreResult<Vec<i64>>;
+    /// sender's occupant JID.
+    async fn room_archive_append_batch(&self, messages: &[NewArchived<'_>]) -> StoreResult<()>;
     async fn room_archive_query(
         &self,
         room: &str,

@@ -470,15 +470,20 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn archive_append_batch(&self, messages: &[NewArchived<'_>]) -> StoreResult<Vec<i64>> {
+    async fn archive_new_ids(&self, n: usize) -> StoreResult<Vec<i64>> {
+        self.new_ids(archive_sql::Archive::Account, n).await
+    }
+
+    async fn archive_append_batch(&self, messages: &[NewArchived<'_>]) -> StoreResult<()> {
         self.append_batch(archive_sql::Archive::Account, messages)
             .await
     }
 
-    async fn room_archive_append_batch(
-        &self,
-        messages: &[NewArchived<'_>],
-    ) -> StoreResult<Vec<i64>> {
+    async fn room_archive_new_ids(&self, n: usize) -> StoreResult<Vec<i64>> {
+        self.new_ids(archive_sql::Archive::Room, n).await
+    }
+
+    async fn room_archive_append_batch(&self, messages: &[NewArchived<'_>]) -> StoreResult<()> {
         self.append_batch(archive_sql::Archive::Room, messages)
             .await
     }
@@ -1158,31 +1163,35 @@ fn item_from_row(row: &sqlx::postgres::PgRow) -> StoreResult<RosterItem> {
 }
 
 impl PgStore {
-    /// Inserts archive rows in one transaction (group commit); `table` and `owner` are fixed
-    /// names from this file, never input.
-    /// Archives a batch with one multi-row INSERT per [`archive_sql::INSERT_CHUNK`] rows: each
-    /// statement is a round trip, and the writer's batches are what keep archiving cheap.
+    /// Archive ids from the archive's sequence, shared by every node of a cluster.
+    async fn new_ids(&self, archive: archive_sql::Archive, n: usize) -> StoreResult<Vec<i64>> {
+        // A writer's batch: a few thousand at most.
+        let n = n as i64;
+        let mut ids: Vec<i64> = sqlx::query_scalar(archive_sql::postgres_new_ids(archive))
+            .bind(n)
+            .fetch_all(&self.pool)
+            .await?;
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
+    /// Archives a batch in one transaction (group commit), with one multi-row INSERT per
+    /// [`archive_sql::INSERT_CHUNK`] rows: each statement is a round trip, and the writer's
+    /// batches are what keep archiving cheap.
     async fn append_batch(
         &self,
         archive: archive_sql::Archive,
         messages: &[NewArchived<'_>],
-    ) -> StoreResult<Vec<i64>> {
+    ) -> StoreResult<()> {
         let mut tx = self.pool.begin().await?;
-        let mut ids = Vec::with_capacity(messages.len());
         for chunk in messages.chunks(archive_sql::INSERT_CHUNK) {
-            let rows = archive_sql::insert::<sqlx::Postgres>(archive, chunk)
+            archive_sql::insert::<sqlx::Postgres>(archive, chunk)
                 .build()
-                .fetch_all(&mut *tx)
+                .execute(&mut *tx)
                 .await?;
-            let mut chunk_ids = rows
-                .iter()
-                .map(|r| r.try_get::<i64, _>(0))
-                .collect::<Result<Vec<_>, _>>()?;
-            chunk_ids.sort_unstable();
-            ids.extend(chunk_ids);
         }
         tx.commit().await?;
-        Ok(ids)
+        Ok(())
     }
 
     async fn query_archive(

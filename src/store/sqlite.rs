@@ -2,6 +2,7 @@
 //! never wait for the writer.
 
 use std::str::FromStr;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -9,6 +10,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{Row, Sqlite, Transaction};
+use tokio::sync::OnceCell;
 
 use super::{
     ArchivePage, ArchivePrefs, ArchiveQuery, ArchivedMessage, Credentials, NewArchived,
@@ -42,6 +44,9 @@ pub struct SqliteStore {
     writer: SqlitePool,
     /// Copies the WAL back into the database beside the writer; stopped with the store.
     _checkpoints: Option<Checkpoints>,
+    /// The last id handed out for each archive (see [`SqliteStore::new_ids`]).
+    archive_ids: OnceCell<AtomicI64>,
+    room_archive_ids: OnceCell<AtomicI64>,
 }
 
 /// How often the WAL is copied back into the database file.
@@ -152,6 +157,8 @@ impl SqliteStore {
             pool,
             writer,
             _checkpoints: checkpoints,
+            archive_ids: OnceCell::new(),
+            room_archive_ids: OnceCell::new(),
         })
     }
 
@@ -692,15 +699,20 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn archive_append_batch(&self, messages: &[NewArchived<'_>]) -> StoreResult<Vec<i64>> {
+    async fn archive_new_ids(&self, n: usize) -> StoreResult<Vec<i64>> {
+        self.new_ids(archive_sql::Archive::Account, n).await
+    }
+
+    async fn archive_append_batch(&self, messages: &[NewArchived<'_>]) -> StoreResult<()> {
         self.append_batch(archive_sql::Archive::Account, messages)
             .await
     }
 
-    async fn room_archive_append_batch(
-        &self,
-        messages: &[NewArchived<'_>],
-    ) -> StoreResult<Vec<i64>> {
+    async fn room_archive_new_ids(&self, n: usize) -> StoreResult<Vec<i64>> {
+        self.new_ids(archive_sql::Archive::Room, n).await
+    }
+
+    async fn room_archive_append_batch(&self, messages: &[NewArchived<'_>]) -> StoreResult<()> {
         self.append_batch(archive_sql::Archive::Room, messages)
             .await
     }
@@ -1257,31 +1269,45 @@ fn item_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<RosterItem> {
 }
 
 impl SqliteStore {
-    /// Inserts archive rows in one transaction (group commit); `table` and `owner` are fixed
-    /// names from this file, never input.
-    /// Archives a batch with one multi-row INSERT per [`archive_sql::INSERT_CHUNK`] rows: each
-    /// statement is a round trip, and the writer's batches are what keep archiving cheap.
+    /// Archive ids come from a counter in this process, started at the highest id the archive
+    /// ever held: one server owns an SQLite database, so nothing else hands out ids beside it,
+    /// and taking them costs no round trip to the writer, where it would queue behind commits.
+    async fn new_ids(&self, archive: archive_sql::Archive, n: usize) -> StoreResult<Vec<i64>> {
+        let counter = match archive {
+            archive_sql::Archive::Account => &self.archive_ids,
+            archive_sql::Archive::Room => &self.room_archive_ids,
+        };
+        let last = counter
+            .get_or_try_init(|| async {
+                let last: i64 = sqlx::query_scalar(archive_sql::sqlite_last_id(archive))
+                    .fetch_one(&self.writer)
+                    .await?;
+                Ok::<_, StoreError>(AtomicI64::new(last))
+            })
+            .await?;
+        // A writer's batch: a few thousand at most.
+        let n = n as i64;
+        let first = last.fetch_add(n, Ordering::Relaxed) + 1;
+        Ok((first..first + n).collect())
+    }
+
+    /// Archives a batch in one transaction (group commit), with one multi-row INSERT per
+    /// [`archive_sql::INSERT_CHUNK`] rows: each statement is a round trip, and the writer's
+    /// batches are what keep archiving cheap.
     async fn append_batch(
         &self,
         archive: archive_sql::Archive,
         messages: &[NewArchived<'_>],
-    ) -> StoreResult<Vec<i64>> {
+    ) -> StoreResult<()> {
         let mut tx = self.writer.begin().await?;
-        let mut ids = Vec::with_capacity(messages.len());
         for chunk in messages.chunks(archive_sql::INSERT_CHUNK) {
-            let rows = archive_sql::insert::<sqlx::Sqlite>(archive, chunk)
+            archive_sql::insert::<sqlx::Sqlite>(archive, chunk)
                 .build()
-                .fetch_all(&mut *tx)
+                .execute(&mut *tx)
                 .await?;
-            let mut chunk_ids = rows
-                .iter()
-                .map(|r| r.try_get::<i64, _>(0))
-                .collect::<Result<Vec<_>, _>>()?;
-            chunk_ids.sort_unstable();
-            ids.extend(chunk_ids);
         }
         tx.commit().await?;
-        Ok(ids)
+        Ok(())
     }
 
     async fn query_archive(

@@ -110,16 +110,19 @@ impl Store for Timed {
     async fn unblock(&self, user: &str, jids: &[String]) -> StoreResult<()> {
         timed!("unblock", self.0.unblock(user, jids))
     }
-    async fn archive_append_batch(&self, messages: &[NewArchived<'_>]) -> StoreResult<Vec<i64>> {
+    async fn archive_new_ids(&self, n: usize) -> StoreResult<Vec<i64>> {
+        timed!("archive_new_ids", self.0.archive_new_ids(n))
+    }
+    async fn archive_append_batch(&self, messages: &[NewArchived<'_>]) -> StoreResult<()> {
         timed!(
             "archive_append_batch",
             self.0.archive_append_batch(messages)
         )
     }
-    async fn room_archive_append_batch(
-        &self,
-        messages: &[NewArchived<'_>],
-    ) -> StoreResult<Vec<i64>> {
+    async fn room_archive_new_ids(&self, n: usize) -> StoreResult<Vec<i64>> {
+        timed!("room_archive_new_ids", self.0.room_archive_new_ids(n))
+    }
+    async fn room_archive_append_batch(&self, messages: &[NewArchived<'_>]) -> StoreResult<()> {
         timed!(
             "room_archive_append_batch",
             self.0.room_archive_append_batch(messages)
