@@ -62,9 +62,9 @@ const NEAR_THRESHOLD_PAGES: i64 = AUTOCHECKPOINT_PAGES * 9 / 10;
 /// A task that checkpoints the WAL from a reading connection, so that the writer seldom does.
 /// SQLite's automatic checkpoint runs inside the commit that crosses its threshold: that
 /// commit then copies the whole WAL and syncs the file (60–80 ms for the archive's 40 MB
-/// under load, every 1.5 s at 1,000 archived messages a second), and every message waiting
-/// for its archive id waits for it too. A passive checkpoint beside the writer blocks nobody,
-/// and leaves the writer's own checkpoint little to copy.
+/// under load, every 1.5 s at 1,000 archived messages a second), and every write and archive
+/// query waiting for the writer waits for it too. A passive checkpoint beside the writer
+/// blocks nobody, and leaves the writer's own checkpoint little to copy.
 struct Checkpoints(tokio::task::JoinHandle<()>);
 
 impl Checkpoints {
@@ -117,11 +117,10 @@ impl SqliteStore {
             // The automatic checkpoint is the backstop for [`Checkpoints`]: under constant
             // writes the WAL cannot start over after a checkpoint beside the writer, so it
             // still grows to this (about 160 MB) and the writer checkpoints. That checkpoint
-            // copies what is left and syncs the WAL and the database with every delivery
+            // copies what is left and syncs the WAL and the database with every write
             // waiting (30-50 ms here when 200 ms of writes were left), so the threshold sets
-            // how often deliveries stall: every 3 s at 2,000 archived msg/s, where 10,000
-            // pages was every second (p99 at 2,500 msg/s 18 ms instead of 40). At 100,000
-            // pages reads slowed down.
+            // how often writes stall: every 3 s at 2,000 archived msg/s, where 10,000 pages
+            // was every second. At 100,000 pages reads slowed down.
             .pragma("wal_autocheckpoint", AUTOCHECKPOINT_PAGES.to_string())
             .pragma("cache_size", "-65536");
         let in_memory = url.contains(":memory:");
