@@ -140,6 +140,16 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             ListenerKind::S2s,
         )),
         tokio::spawn(crate::modules::mam::expire_loop(server.clone())),
+        tokio::spawn({
+            let server = server.clone();
+            async move {
+                let shutdown = server.shutdown_signal();
+                server
+                    .credentials
+                    .watch(server.store.as_ref(), shutdown)
+                    .await;
+            }
+        }),
     ];
     if let (Some(https), Some(addr)) = (https, https_addr) {
         let tls = crate::http::tls::config(&server.tls.config);

@@ -22,6 +22,8 @@ pub struct Server {
     /// The file upload service's domain (XEP-0363).
     pub upload_domain: String,
     pub store: Arc<dyn Store>,
+    /// What logins read from the store, kept in memory.
+    pub credentials: crate::auth::cache::CredentialsCache,
     pub sessions: Arc<dyn SessionTable>,
     /// This node's cluster membership, in the cluster shape.
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
@@ -65,6 +67,7 @@ impl Server {
             upload_domain: config.upload_domain(),
             config,
             store,
+            credentials: Default::default(),
             sessions,
             cluster,
             tls,

@@ -401,6 +401,8 @@ async fn in_band_registration_when_open() {
         .await;
     let r = raw.read_iq("pw").await;
     assert!(r.contains("type='result'"), "{r}");
+    // At once: the server drops the credentials it kept from the logins before.
+    assert!(!Raw::password_works(&server, "newbie", "fresh").await);
     let c = XmppClient::connect(&server, "newbie@localhost/y", "changed").await;
     c.close().await;
     raw.send("<iq type='set' id='rm'><query xmlns='jabber:iq:register'><remove/></query></iq>")

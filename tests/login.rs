@@ -2,6 +2,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
 
 #[tokio::test(flavor = "current_thread")]
@@ -96,6 +98,37 @@ async fn wrong_password_is_not_authorized() {
     ))
     .await;
     raw.read_until("<success").await;
+    server.shutdown().await;
+}
+
+/// `rookery user passwd` and `user delete` write the store beside a running server, which
+/// keeps the credentials of recent logins in memory: their changes take effect within a
+/// second or so, through the store's credentials version.
+#[tokio::test]
+async fn credentials_changed_beside_the_running_server_take_effect() {
+    let server = TestServer::start().await;
+    server.add_user("alice", "first").await;
+    server.add_user("bob", "secret").await;
+    assert!(Raw::password_works(&server, "alice", "first").await);
+    assert!(Raw::password_works(&server, "bob", "secret").await);
+    // What the CLI does: its own connection to the store.
+    let cli = rookery::store::open(&server.config.storage_url())
+        .await
+        .expect("store");
+    let creds = rookery::auth::scram::derive_credentials("second", 4096).expect("creds");
+    cli.set_credentials("alice", &creds).await.expect("passwd");
+    assert!(cli.delete_account("bob").await.expect("delete"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while Raw::password_works(&server, "alice", "first").await
+        || Raw::password_works(&server, "bob", "secret").await
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "old credentials still work"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(Raw::password_works(&server, "alice", "second").await);
     server.shutdown().await;
 }
 

@@ -36,8 +36,11 @@ fn item(jid: &str, groups: &[&str]) -> RosterItem {
 }
 
 async fn every_method(store: &dyn Store) {
+    let version = store.credentials_version().await.unwrap();
     store.create_account("alice", &creds(1)).await.unwrap();
     store.create_account("bob", &creds(5)).await.unwrap();
+    // A new account changes no one's credentials.
+    assert_eq!(store.credentials_version().await.unwrap(), version);
     assert!(matches!(
         store.create_account("alice", &creds(9)).await,
         Err(StoreError::AccountExists)
@@ -45,6 +48,8 @@ async fn every_method(store: &dyn Store) {
     assert_eq!(store.credentials("alice").await.unwrap(), Some(creds(1)));
     store.set_credentials("alice", &creds(20)).await.unwrap();
     assert_eq!(store.credentials("alice").await.unwrap(), Some(creds(20)));
+    let version_after_passwd = store.credentials_version().await.unwrap();
+    assert_ne!(version_after_passwd, version);
     assert!(matches!(
         store.set_credentials("nobody", &creds(1)).await,
         Err(StoreError::NoSuchAccount)
@@ -229,7 +234,9 @@ async fn deleted_without_a_trace(store: &dyn Store) {
         )
         .await
         .unwrap();
+    let version = store.credentials_version().await.unwrap();
     assert!(store.delete_account("alice").await.unwrap());
+    assert_ne!(store.credentials_version().await.unwrap(), version);
     assert!(!store.delete_account("alice").await.unwrap());
     assert_eq!(store.roster("alice").await.unwrap(), Roster::default());
     assert_eq!(store.offline_count("alice").await.unwrap(), 0);

@@ -1,5 +1,6 @@
 //! Authentication: SASL mechanisms (SCRAM, PLAIN) and password credentials.
 
+pub mod cache;
 pub mod plain;
 pub mod scram;
 

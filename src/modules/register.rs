@@ -43,11 +43,9 @@ async fn set_password(server: &Server, user: &str, password: &str) -> Result<(),
     check_password(password)?;
     let creds = scram::derive_credentials(password, scram::DEFAULT_ITERATIONS)
         .map_err(|_| StanzaError::not_acceptable().with_text("password not acceptable"))?;
-    server
-        .store
-        .set_credentials(user, &creds)
-        .await
-        .map_err(|_| StanzaError::internal())
+    let result = server.store.set_credentials(user, &creds).await;
+    server.credentials.forget(user);
+    result.map_err(|_| StanzaError::internal())
 }
 
 /// Answers a registration iq on a stream that has not authenticated yet.
@@ -133,6 +131,7 @@ impl Module for Register {
                 .delete_account(&user)
                 .await
                 .map_err(|_| StanzaError::internal())?;
+            req.server.credentials.forget(&user);
             tracing::info!(user = %user, "account removed in-band");
             // XEP-0077 §3.2: the result goes out first, then every stream of the account closes.
             for r in req.server.sessions.resources(&req.from.to_bare()) {

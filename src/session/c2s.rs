@@ -556,9 +556,9 @@ async fn sasl(
         if req.authzid.as_deref().is_some_and(|z| z != own_jid(&user)) {
             return Ok(Err("invalid-authzid".into()));
         }
-        let creds = server.store.credentials(&user).await.ok().flatten();
+        let creds = server.credentials.get(server.store.as_ref(), &user).await;
         let valid = creds
-            .as_ref()
+            .as_deref()
             .is_some_and(|c| scram::verify_password(c, &req.password));
         if !valid {
             info!(user = %user, mechanism = mech, "authentication failed");
@@ -586,11 +586,11 @@ async fn sasl(
         (Some(_), None) => false,
     };
     let creds = match &user {
-        Some(u) => server.store.credentials(u).await.ok().flatten(),
+        Some(u) => server.credentials.get(server.store.as_ref(), u).await,
         None => None,
     };
     let (scram_server, server_first) =
-        scram::ScramServer::server_first(hash, client_first, creds.as_ref());
+        scram::ScramServer::server_first(hash, client_first, creds.as_deref());
     conn.send(&challenge(&server_first)).await?;
     let response = match sasl_response(conn).await? {
         Ok(data) => data,

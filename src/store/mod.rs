@@ -309,6 +309,9 @@ pub trait Store: Send + Sync {
     async fn credentials(&self, user: &str) -> StoreResult<Option<Credentials>>;
     /// Deletes the account and everything stored for it; false if there was none.
     async fn delete_account(&self, user: &str) -> StoreResult<bool>;
+    /// A counter that moves whenever any account's credentials change or an account is
+    /// deleted, by whatever wrote the store (see `auth::cache`).
+    async fn credentials_version(&self) -> StoreResult<i64>;
     async fn list_accounts(&self) -> StoreResult<Vec<String>>;
 
     // Roster (RFC 6121 §2) with versioning (XEP-0237).

@@ -277,6 +277,13 @@ impl Store for SqliteStore {
         Ok(done.rows_affected() > 0)
     }
 
+    async fn credentials_version(&self) -> StoreResult<i64> {
+        let version: i64 = sqlx::query_scalar("SELECT version FROM credentials_version")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(version)
+    }
+
     async fn list_accounts(&self) -> StoreResult<Vec<String>> {
         let rows = sqlx::query("SELECT username FROM accounts ORDER BY username")
             .fetch_all(&self.pool)

@@ -37,6 +37,9 @@ impl Store for Timed {
     async fn delete_account(&self, user: &str) -> StoreResult<bool> {
         timed!("delete_account", self.0.delete_account(user))
     }
+    async fn credentials_version(&self) -> StoreResult<i64> {
+        timed!("credentials_version", self.0.credentials_version())
+    }
     async fn list_accounts(&self) -> StoreResult<Vec<String>> {
         timed!("list_accounts", self.0.list_accounts())
     }

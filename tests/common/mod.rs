@@ -418,6 +418,25 @@ impl Raw {
         }
     }
 
+    /// Whether `user` can log in with `password` (PLAIN over TLS) right now.
+    pub async fn password_works(server: &TestServer, user: &str, password: &str) -> bool {
+        let mut raw = Raw::tls(server).await;
+        raw.send(&stream_header(DOMAIN)).await;
+        raw.read_until("</stream:features>").await;
+        raw.send(&format!(
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{}</auth>",
+            plain(user, password)
+        ))
+        .await;
+        // A success is one empty element, a failure ends with its closing tag.
+        let answer = raw.read_until("/>").await;
+        if answer.contains("<success") {
+            return true;
+        }
+        assert!(answer.contains("<failure"), "{answer}");
+        false
+    }
+
     /// A raw client authenticated with PLAIN over TLS and bound to `resource`.
     pub async fn login(server: &TestServer, user: &str, password: &str, resource: &str) -> Raw {
         let mut raw = Raw::tls(server).await;
