@@ -666,6 +666,8 @@ enum Wake {
     Resume(Box<Resumption>),
     Shutdown,
     Timer,
+    /// The timer fired at a deadline that has moved on since.
+    Early,
 }
 
 async fn established(server: &Server, mut conn: XmlConn, conn_id: u64, start: Start) {
@@ -751,7 +753,15 @@ async fn established(server: &Server, mut conn: XmlConn, conn_id: u64, start: St
 
 impl Session<'_> {
     async fn run(&mut self, rx: &mut mpsc::Receiver<SessionCommand>) -> Failure {
-        let mut shutdown = self.server.shutdown_signal();
+        let mut shutdown_signal = self.server.shutdown_signal();
+        let shutdown = shutdown_signal.changed();
+        tokio::pin!(shutdown);
+        // One timer for the connection's life. A new one in every pass would be registered
+        // with the runtime's timer wheel and taken out again twice per message routed (the
+        // sender's pass and the recipient's). It fires at the deadline it was set to, and is
+        // set again then if the deadline has moved on.
+        let timer = tokio::time::sleep_until(Instant::now());
+        tokio::pin!(timer);
         let (ping_after, ping_timeout) = idle_limits(self.server);
         loop {
             let deadline = match &self.ping {
@@ -759,13 +769,20 @@ impl Session<'_> {
                 None => self.last_read + ping_after,
                 Some((_, sent)) => *sent + ping_timeout,
             };
+            if timer.is_elapsed() || deadline < timer.deadline() {
+                timer.as_mut().reset(deadline);
+            }
             // Unbiased, so a busy queue cannot starve reading and the reverse.
             let wake = tokio::select! {
                 cmd = rx.recv() => Wake::Command(cmd),
                 r = self.conn.read_and_parse() => Wake::Read(r),
                 Some(res) = next_resumption(&mut self.resumptions) => Wake::Resume(Box::new(res)),
-                _ = shutdown.changed() => Wake::Shutdown,
-                _ = tokio::time::sleep_until(deadline) => Wake::Timer,
+                _ = &mut shutdown => Wake::Shutdown,
+                _ = &mut timer => if Instant::now() >= deadline {
+                    Wake::Timer
+                } else {
+                    Wake::Early
+                },
             };
             let step = match wake {
                 Wake::Command(cmd) => self.on_command(cmd, rx),
@@ -788,6 +805,7 @@ impl Session<'_> {
                     ))
                 }
                 Wake::Timer => self.on_timer(),
+                Wake::Early => Ok(()),
                 // The client came back on a new connection before this one was seen to drop.
                 Wake::Resume(res) => Box::pin(self.take_over(*res, rx)).await,
             };
