@@ -3,7 +3,7 @@
 //! allow) under a server-assigned id that is also its stanza id (XEP-0359), and any of the
 //! user's devices can page through the archive by contact, time, id and words (XEP-0431).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -50,6 +50,11 @@ const WRITE_QUEUE: usize = 4096;
 const WRITE_BATCH: usize = 2048;
 /// How long the writer waits for more messages to join a batch.
 const GATHER: std::time::Duration = std::time::Duration::from_millis(2);
+/// Ids a node that is its archive's only writer takes from the store ahead of need, so that
+/// numbering a message seldom waits for the store (PostgreSQL: a round trip). Nodes of a
+/// cluster take them as they need them: ids taken ahead by one node would number its messages
+/// below messages the other nodes numbered since.
+const IDS_AHEAD: usize = 512;
 /// How long a query waits for the archive to catch up before it reads what is there.
 const SETTLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -88,11 +93,13 @@ struct ArchiveRow {
 }
 
 impl Writer {
-    fn start(store: Arc<dyn Store>) -> Writer {
+    /// `alone`: this node is the archive's only writer (no cluster).
+    fn start(store: Arc<dyn Store>, alone: bool) -> Writer {
         let (jobs, queued) = mpsc::channel(WRITE_QUEUE);
         let (rows, numbered) = mpsc::channel(WRITE_QUEUE);
         let progress = Arc::new(Progress::default());
-        tokio::spawn(number(store.clone(), queued, rows, progress.clone()));
+        let ahead = if alone { IDS_AHEAD } else { 0 };
+        tokio::spawn(number(store.clone(), ahead, queued, rows, progress.clone()));
         tokio::spawn(write(store, numbered, progress.clone()));
         Writer { jobs, progress }
     }
@@ -113,17 +120,28 @@ impl Writer {
 
 /// Gives messages their ids in queue order, as fast as they come, and passes them on to the
 /// writer. Each archive's ids increase in queue order, which is each conversation's order.
+/// `ahead`: how many ids to take from the store beyond what a batch needs.
 async fn number(
     store: Arc<dyn Store>,
+    ahead: usize,
     mut queued: mpsc::Receiver<ArchiveJob>,
     rows: mpsc::Sender<(i64, ArchiveRow)>,
     progress: Arc<Progress>,
 ) {
     let mut batch = Vec::with_capacity(WRITE_BATCH);
+    let (mut spare_account_ids, mut spare_room_ids) = (VecDeque::new(), VecDeque::new());
     while queued.recv_many(&mut batch, WRITE_BATCH).await > 0 {
         let rooms = batch.iter().filter(|j| j.row.room).count();
-        let mut account_ids = new_ids(store.as_ref(), false, batch.len() - rooms).await;
-        let mut room_ids = new_ids(store.as_ref(), true, rooms).await;
+        let accounts = batch.len() - rooms;
+        let mut account_ids = take_ids(
+            store.as_ref(),
+            false,
+            accounts,
+            ahead,
+            &mut spare_account_ids,
+        )
+        .await;
+        let mut room_ids = take_ids(store.as_ref(), true, rooms, ahead, &mut spare_room_ids).await;
         let ids: Vec<Option<i64>> = batch
             .iter()
             .map(|job| {
@@ -154,18 +172,33 @@ async fn number(
     }
 }
 
-/// `n` new ids for one archive; None (and the messages go unarchived) if the store fails.
-async fn new_ids(store: &dyn Store, room: bool, n: usize) -> Option<std::vec::IntoIter<i64>> {
+/// `n` ids for one archive, from `spare` and, when it runs short, from the store with `ahead`
+/// more put aside; None (and the messages go unarchived) if the store fails.
+async fn take_ids(
+    store: &dyn Store,
+    room: bool,
+    n: usize,
+    ahead: usize,
+    spare: &mut VecDeque<i64>,
+) -> Option<std::vec::IntoIter<i64>> {
     if n == 0 {
         return None;
     }
+    if spare.len() < n {
+        spare.extend(new_ids(store, room, n - spare.len() + ahead).await?);
+    }
+    Some(spare.drain(..n).collect::<Vec<_>>().into_iter())
+}
+
+/// `n` new ids for one archive from the store.
+async fn new_ids(store: &dyn Store, room: bool, n: usize) -> Option<Vec<i64>> {
     let ids = if room {
         store.room_archive_new_ids(n).await
     } else {
         store.archive_new_ids(n).await
     };
     match ids {
-        Ok(ids) if ids.len() == n => Some(ids.into_iter()),
+        Ok(ids) if ids.len() == n => Some(ids),
         Ok(_) => {
             warn!(messages = n, "the store handed out too few archive ids");
             None
@@ -304,7 +337,7 @@ impl Mam {
 
     fn writer(&self, server: &Server) -> &Writer {
         self.writer
-            .get_or_init(|| Writer::start(server.store.clone()))
+            .get_or_init(|| Writer::start(server.store.clone(), server.cluster.is_none()))
     }
 
     /// Queues one message for the archive; None if the writer has stopped.
@@ -541,8 +574,8 @@ impl Pending {
     }
 }
 
-/// Waits until every message numbered so far is in the archive: at shutdown, once the
-/// sessions are gone.
+/// Waits until every message numbered so far is in the archive: before a query reads it,
+/// and at shutdown once the sessions are gone.
 pub async fn settle(server: &Server) {
     if let Some(w) = module(server).and_then(|m| m.writer.get()) {
         w.settled().await;

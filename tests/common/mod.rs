@@ -418,8 +418,9 @@ impl Raw {
         }
     }
 
-    /// Whether `user` can log in with `password` (PLAIN over TLS) right now.
-    pub async fn password_works(server: &TestServer, user: &str, password: &str) -> bool {
+    /// Opens a TLS stream and authenticates with PLAIN: the stream, and the server's answer
+    /// (a `<success/>`, or a `<failure>` up to its first empty element).
+    async fn plain_auth(server: &TestServer, user: &str, password: &str) -> (Raw, String) {
         let mut raw = Raw::tls(server).await;
         raw.send(&stream_header(DOMAIN)).await;
         raw.read_until("</stream:features>").await;
@@ -428,26 +429,24 @@ impl Raw {
             plain(user, password)
         ))
         .await;
-        // A success is one empty element, a failure ends with its closing tag.
         let answer = raw.read_until("/>").await;
-        if answer.contains("<success") {
-            return true;
-        }
-        assert!(answer.contains("<failure"), "{answer}");
-        false
+        (raw, answer)
+    }
+
+    /// Whether `user` can log in with `password` (PLAIN over TLS) right now.
+    pub async fn password_works(server: &TestServer, user: &str, password: &str) -> bool {
+        let (_, answer) = Raw::plain_auth(server, user, password).await;
+        assert!(
+            answer.contains("<success") || answer.contains("<failure"),
+            "{answer}"
+        );
+        answer.contains("<success")
     }
 
     /// A raw client authenticated with PLAIN over TLS and bound to `resource`.
     pub async fn login(server: &TestServer, user: &str, password: &str, resource: &str) -> Raw {
-        let mut raw = Raw::tls(server).await;
-        raw.send(&stream_header(DOMAIN)).await;
-        raw.read_until("</stream:features>").await;
-        raw.send(&format!(
-            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{}</auth>",
-            plain(user, password)
-        ))
-        .await;
-        raw.read_until("<success").await;
+        let (mut raw, answer) = Raw::plain_auth(server, user, password).await;
+        assert!(answer.contains("<success"), "{answer}");
         raw.send(&stream_header(DOMAIN)).await;
         raw.read_until("</stream:features>").await;
         raw.send(&format!(
