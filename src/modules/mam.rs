@@ -3,7 +3,7 @@
 //! allow) under a server-assigned id that is also its stanza id (XEP-0359), and any of the
 //! user's devices can page through the archive by contact, time, id and words (XEP-0431).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -50,11 +50,10 @@ const WRITE_QUEUE: usize = 4096;
 const WRITE_BATCH: usize = 2048;
 /// How long the writer waits for more messages to join a batch.
 const GATHER: std::time::Duration = std::time::Duration::from_millis(2);
-/// Ids a node that is its archive's only writer takes from the store ahead of need, so that
-/// numbering a message seldom waits for the store (PostgreSQL: a round trip). Nodes of a
-/// cluster take them as they need them: ids taken ahead by one node would number its messages
-/// below messages the other nodes numbered since.
-const IDS_AHEAD: usize = 512;
+/// Ids a node that is its archive's only writer keeps ready, per archive (see [`IdSource`]).
+const IDS_AHEAD: usize = 4096;
+/// How long numbering waits for ids before it lets messages go unarchived.
+const IDS_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 /// How long a query waits for the archive to catch up before it reads what is there.
 const SETTLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -98,8 +97,15 @@ impl Writer {
         let (jobs, queued) = mpsc::channel(WRITE_QUEUE);
         let (rows, numbered) = mpsc::channel(WRITE_QUEUE);
         let progress = Arc::new(Progress::default());
-        let ahead = if alone { IDS_AHEAD } else { 0 };
-        tokio::spawn(number(store.clone(), ahead, queued, rows, progress.clone()));
+        let ids = if alone {
+            IdSource::Ahead {
+                accounts: IdSource::supply(store.clone(), false),
+                rooms: IdSource::supply(store.clone(), true),
+            }
+        } else {
+            IdSource::OnDemand(store.clone())
+        };
+        tokio::spawn(number(ids, queued, rows, progress.clone()));
         tokio::spawn(write(store, numbered, progress.clone()));
         Writer { jobs, progress }
     }
@@ -118,30 +124,88 @@ impl Writer {
     }
 }
 
+/// Where the numberer takes archive ids from.
+enum IdSource {
+    /// From the store, as each batch needs them: nodes of a cluster, whose ids must keep the
+    /// order messages came in across nodes. Ids one node took ahead would number its messages
+    /// below those the others numbered since.
+    OnDemand(Arc<dyn Store>),
+    /// From queues that a task per archive keeps filled ahead of need: a node that is its
+    /// archive's only writer. Numbering then seldom waits for the store (PostgreSQL: a round
+    /// trip, and now and then tens of milliseconds when the database is busy).
+    Ahead {
+        accounts: mpsc::Receiver<i64>,
+        rooms: mpsc::Receiver<i64>,
+    },
+}
+
+impl IdSource {
+    /// Starts the task that keeps a queue of `room` or account archive ids filled.
+    fn supply(store: Arc<dyn Store>, room: bool) -> mpsc::Receiver<i64> {
+        let (tx, rx) = mpsc::channel(IDS_AHEAD);
+        tokio::spawn(async move {
+            loop {
+                let Some(ids) = new_ids(store.as_ref(), room, IDS_AHEAD / 2).await else {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                };
+                for id in ids {
+                    if tx.send(id).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        rx
+    }
+
+    /// `n` ids for one archive, increasing; None (and the messages go unarchived) if the
+    /// store cannot give them in time.
+    async fn take(&mut self, room: bool, n: usize) -> Option<std::vec::IntoIter<i64>> {
+        if n == 0 {
+            return None;
+        }
+        let queue = match self {
+            IdSource::OnDemand(store) => {
+                return new_ids(store.as_ref(), room, n).await.map(Vec::into_iter);
+            }
+            IdSource::Ahead { rooms, .. } if room => rooms,
+            IdSource::Ahead { accounts, .. } => accounts,
+        };
+        let mut ids = Vec::with_capacity(n);
+        let filled = tokio::time::timeout(IDS_WAIT, async {
+            while ids.len() < n {
+                let missing = n - ids.len();
+                if queue.recv_many(&mut ids, missing).await == 0 {
+                    break;
+                }
+            }
+        })
+        .await;
+        if filled.is_err() || ids.len() < n {
+            warn!(
+                messages = n,
+                "no archive ids in time: messages go unarchived"
+            );
+            return None;
+        }
+        Some(ids.into_iter())
+    }
+}
+
 /// Gives messages their ids in queue order, as fast as they come, and passes them on to the
 /// writer. Each archive's ids increase in queue order, which is each conversation's order.
-/// `ahead`: how many ids to take from the store beyond what a batch needs.
 async fn number(
-    store: Arc<dyn Store>,
-    ahead: usize,
+    mut ids: IdSource,
     mut queued: mpsc::Receiver<ArchiveJob>,
     rows: mpsc::Sender<(i64, ArchiveRow)>,
     progress: Arc<Progress>,
 ) {
     let mut batch = Vec::with_capacity(WRITE_BATCH);
-    let (mut spare_account_ids, mut spare_room_ids) = (VecDeque::new(), VecDeque::new());
     while queued.recv_many(&mut batch, WRITE_BATCH).await > 0 {
         let rooms = batch.iter().filter(|j| j.row.room).count();
-        let accounts = batch.len() - rooms;
-        let mut account_ids = take_ids(
-            store.as_ref(),
-            false,
-            accounts,
-            ahead,
-            &mut spare_account_ids,
-        )
-        .await;
-        let mut room_ids = take_ids(store.as_ref(), true, rooms, ahead, &mut spare_room_ids).await;
+        let mut account_ids = ids.take(false, batch.len() - rooms).await;
+        let mut room_ids = ids.take(true, rooms).await;
         let ids: Vec<Option<i64>> = batch
             .iter()
             .map(|job| {
@@ -170,24 +234,6 @@ async fn number(
             }
         }
     }
-}
-
-/// `n` ids for one archive, from `spare` and, when it runs short, from the store with `ahead`
-/// more put aside; None (and the messages go unarchived) if the store fails.
-async fn take_ids(
-    store: &dyn Store,
-    room: bool,
-    n: usize,
-    ahead: usize,
-    spare: &mut VecDeque<i64>,
-) -> Option<std::vec::IntoIter<i64>> {
-    if n == 0 {
-        return None;
-    }
-    if spare.len() < n {
-        spare.extend(new_ids(store, room, n - spare.len() + ahead).await?);
-    }
-    Some(spare.drain(..n).collect::<Vec<_>>().into_iter())
 }
 
 /// `n` new ids for one archive from the store.

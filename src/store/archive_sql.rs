@@ -51,6 +51,21 @@ pub fn sqlite_last_id(archive: Archive) -> &'static str {
     }
 }
 
+/// SQLite: the statements that record `$1` as the highest id handed out, an UPDATE and, for
+/// an archive that never had a row, the INSERT.
+pub fn sqlite_reserve(archive: Archive) -> (&'static str, &'static str) {
+    match archive {
+        Archive::Account => (
+            "UPDATE sqlite_sequence SET seq = ? WHERE name = 'archive'",
+            "INSERT INTO sqlite_sequence (name, seq) VALUES ('archive', ?)",
+        ),
+        Archive::Room => (
+            "UPDATE sqlite_sequence SET seq = ? WHERE name = 'room_archive'",
+            "INSERT INTO sqlite_sequence (name, seq) VALUES ('room_archive', ?)",
+        ),
+    }
+}
+
 /// PostgreSQL: `$1` new ids from the archive's sequence, which every node of a cluster shares.
 pub fn postgres_new_ids(archive: Archive) -> &'static str {
     match archive {

@@ -2,7 +2,6 @@
 //! never wait for the writer.
 
 use std::str::FromStr;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -10,7 +9,6 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{Row, Sqlite, Transaction};
-use tokio::sync::OnceCell;
 
 use super::{
     ArchivePage, ArchivePrefs, ArchiveQuery, ArchivedMessage, Credentials, NewArchived,
@@ -44,9 +42,6 @@ pub struct SqliteStore {
     writer: SqlitePool,
     /// Copies the WAL back into the database beside the writer; stopped with the store.
     _checkpoints: Option<Checkpoints>,
-    /// The last id handed out for each archive (see [`SqliteStore::new_ids`]).
-    archive_ids: OnceCell<AtomicI64>,
-    room_archive_ids: OnceCell<AtomicI64>,
 }
 
 /// How often the WAL is copied back into the database file.
@@ -156,8 +151,6 @@ impl SqliteStore {
             pool,
             writer,
             _checkpoints: checkpoints,
-            archive_ids: OnceCell::new(),
-            room_archive_ids: OnceCell::new(),
         })
     }
 
@@ -1275,26 +1268,26 @@ fn item_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<RosterItem> {
 }
 
 impl SqliteStore {
-    /// Archive ids come from a counter in this process, started at the highest id the archive
-    /// ever held: one server owns an SQLite database, so nothing else hands out ids beside it,
-    /// and taking them costs no round trip to the writer, where it would queue behind commits.
+    /// Archive ids are reserved in `sqlite_sequence` (AUTOINCREMENT's record of the highest id
+    /// handed out) before they are handed out, so that ids a crash left unwritten are not
+    /// handed out again after it. A write transaction: callers take ids in blocks, ahead of
+    /// need (`modules::mam`).
     async fn new_ids(&self, archive: archive_sql::Archive, n: usize) -> StoreResult<Vec<i64>> {
-        let counter = match archive {
-            archive_sql::Archive::Account => &self.archive_ids,
-            archive_sql::Archive::Room => &self.room_archive_ids,
-        };
-        let last = counter
-            .get_or_try_init(|| async {
-                let last: i64 = sqlx::query_scalar(archive_sql::sqlite_last_id(archive))
-                    .fetch_one(&self.writer)
-                    .await?;
-                Ok::<_, StoreError>(AtomicI64::new(last))
-            })
+        // IMMEDIATE: takes the write lock before reading, where a deferred transaction could
+        // fail to upgrade its read once another connection has written.
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let last: i64 = sqlx::query_scalar(archive_sql::sqlite_last_id(archive))
+            .fetch_one(&mut *tx)
             .await?;
-        // A writer's batch: a few thousand at most.
-        let n = n as i64;
-        let first = last.fetch_add(n, Ordering::Relaxed) + 1;
-        Ok((first..first + n).collect())
+        // A block of a few thousand at most.
+        let end = last + n as i64;
+        let (update, insert) = archive_sql::sqlite_reserve(archive);
+        let updated = sqlx::query(update).bind(end).execute(&mut *tx).await?;
+        if updated.rows_affected() == 0 {
+            sqlx::query(insert).bind(end).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok((last + 1..=end).collect())
     }
 
     /// Archives a batch in one transaction (group commit), with one multi-row INSERT per
