@@ -40,6 +40,7 @@ pub fn install() {
             .build_recorder();
         let handle = recorder.handle();
         metrics::set_global_recorder(recorder).ok()?;
+        keep_up(handle.clone());
         let _ = PER_STANZA.set(PerStanza {
             stanzas_in: KINDS
                 .map(|kind| metrics::counter!("rookery_stanzas_in_total", "kind" => kind)),
@@ -49,6 +50,28 @@ pub fn install() {
         });
         Some(handle)
     });
+}
+
+/// How often recorded histogram samples are folded into their buckets.
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The recorder keeps every histogram sample until it is folded into buckets, which happens
+/// only on a scrape or an upkeep call. A server nobody scrapes would hold every routed
+/// stanza's latency forever (about 24 bytes each), so a thread folds them in on a timer, as
+/// the exporter's own HTTP listener would. A thread, not a task: the recorder is installed
+/// once per process and outlives any one runtime (tests start several).
+fn keep_up(handle: PrometheusHandle) {
+    let spawned = std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(UPKEEP_EVERY);
+                handle.run_upkeep();
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the metrics upkeep thread");
+    }
 }
 
 pub fn render() -> Option<String> {
@@ -136,5 +159,16 @@ mod tests {
         }
         assert_eq!(KINDS[kind_index("stream:error")], "other");
         assert_eq!(KINDS[kind_index("other")], "other");
+    }
+
+    /// Without the upkeep thread, histogram samples pile up until someone scrapes `/metrics`.
+    #[test]
+    fn installing_the_recorder_starts_the_upkeep_thread() {
+        install();
+        let running = std::fs::read_dir("/proc/self/task")
+            .expect("/proc is mounted")
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .any(|name| name.trim() == "metrics-upkeep");
+        assert!(running);
     }
 }
