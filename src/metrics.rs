@@ -165,10 +165,17 @@ mod tests {
     #[test]
     fn installing_the_recorder_starts_the_upkeep_thread() {
         install();
-        let running = std::fs::read_dir("/proc/self/task")
-            .expect("/proc is mounted")
-            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-            .any(|name| name.trim() == "metrics-upkeep");
-        assert!(running);
+        let running = || {
+            std::fs::read_dir("/proc/self/task")
+                .expect("/proc is mounted")
+                .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+                .any(|name| name.trim() == "metrics-upkeep")
+        };
+        // A new thread names itself once it runs, a moment after the spawn returns.
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        while !running() && Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(running());
     }
 }
