@@ -249,6 +249,19 @@ async fn messages_to_bare_and_full_jid() {
         .await;
     bob.expect("message to full", is_message_with_body("to full"))
         .await;
+    // An address in another case arrives in its normal form.
+    alice
+        .send("<message to='Bob@LocalHost/b' type='chat'><body>cased</body></message>")
+        .await;
+    let m = bob.expect("cased", is_message_with_body("cased")).await;
+    assert_eq!(m.attr("to"), Some("bob@localhost/b"));
+    // A chat message to a resource that is not bound goes to the account's resources
+    // (RFC 6121 §8.5.3.2.1).
+    alice
+        .send("<message to='bob@localhost/gone' type='chat'><body>stray</body></message>")
+        .await;
+    bob.expect("to an unbound resource", is_message_with_body("stray"))
+        .await;
     // Unicode and markup characters arrive intact.
     alice
         .send(

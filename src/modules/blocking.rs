@@ -27,6 +27,12 @@ pub struct Blocking {
 }
 
 impl Blocking {
+    /// `f` of `user`'s block list if it is cached.
+    fn cached<T>(&self, user: &str, f: impl FnOnce(&[String]) -> T) -> Option<T> {
+        let cache = self.cache.read().unwrap_or_else(|e| e.into_inner());
+        cache.get(user).map(|list| f(list))
+    }
+
     async fn list(&self, server: &Server, user: &str) -> Arc<Vec<String>> {
         if let Some(list) = self
             .cache
@@ -87,15 +93,19 @@ pub async fn blocks(server: &Server, owner: &BareJid, other: &Jid) -> bool {
     if !server.is_local_domain(owner.domain().as_str()) {
         return false;
     }
-    let list = m.list(server, user.as_str()).await;
-    if list.is_empty() {
-        return false;
+    // Every message asks twice (the sender's list and the recipient's): a cached list is read
+    // in place rather than copied out.
+    if let Some(blocked) = m.cached(user.as_str(), |list| matches_entry(list, other)) {
+        return blocked;
     }
-    matches_entry(&list, other)
+    matches_entry(&m.list(server, user.as_str()).await, other)
 }
 
 /// Whether one of the block-list `entries` matches `other` (full JID, bare JID or domain).
 fn matches_entry(entries: &[String], other: &Jid) -> bool {
+    if entries.is_empty() {
+        return false;
+    }
     let full = other.to_string();
     let bare = other.to_bare().to_string();
     let domain = other.domain().as_str();

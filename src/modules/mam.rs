@@ -355,6 +355,12 @@ impl Module for Mam {
 }
 
 impl Mam {
+    /// `f` of `user`'s preferences if they are cached, without copying them out.
+    fn cached_prefs<T>(&self, user: &str, f: impl FnOnce(&ArchivePrefs) -> T) -> Option<T> {
+        let cache = self.prefs.read().unwrap_or_else(|e| e.into_inner());
+        cache.get(user).map(|p| f(p))
+    }
+
     async fn prefs(&self, server: &Server, user: &str) -> Arc<ArchivePrefs> {
         if let Some(p) = self
             .prefs
@@ -588,8 +594,7 @@ fn archivable(msg: &Element) -> bool {
 /// marks it with its archive id before it is delivered. Any stanza id claiming to be from
 /// `owner`'s archive is removed first: it could only be forged (XEP-0359 §5).
 pub async fn archive(server: &Server, owner: &BareJid, msg: &mut Element) {
-    let owner_str = owner.to_string();
-    strip_stanza_ids(msg, &owner_str);
+    strip_stanza_ids(msg, owner.as_str());
     let Some(pending) = enqueue(server, owner, Direction::Incoming, msg).await else {
         return;
     };
@@ -597,7 +602,7 @@ pub async fn archive(server: &Server, owner: &BareJid, msg: &mut Element) {
         msg.append_child(el(
             "stanza-id",
             SID,
-            &[("by", &owner_str), ("id", &id.to_string())],
+            &[("by", owner.as_str()), ("id", &id.to_string())],
         ));
     }
 }
@@ -640,14 +645,18 @@ async fn enqueue(
         return None;
     }
     let user = user.as_str();
+    // Nothing can be archived for this user: no need to look further. Cached preferences are
+    // asked in place, the common case for every message when archiving is off.
+    if m.cached_prefs(user, ArchivePrefs::archives_nothing) == Some(true) {
+        return None;
+    }
     // Accounts that do not exist have no archive (and get no cached preferences); checked
     // after the cheap tests, since it can cost a store read.
     if !crate::router::account_exists(server, owner).await {
         return None;
     }
     let prefs = m.prefs(server, user).await;
-    // Nothing can be archived for this user: no need to parse the peer's address.
-    if prefs.default == "never" && prefs.always.is_empty() {
+    if prefs.archives_nothing() {
         return None;
     }
     let peer_attr = match direction {

@@ -220,22 +220,20 @@ fn candidates(server: &Server, bare: &BareJid) -> Vec<Resource> {
 
 async fn route_message(server: &Server, to: &Jid, bare: &BareJid, mut stanza: Element) {
     mam::archive(server, bare, &mut stanza).await;
-    if let Ok(full) = to.try_as_full()
-        && let Some(resource) = server.sessions.resource(full)
-    {
-        let carbon = carbons::wanted(server, bare, &stanza).then(|| stanza.clone());
-        match deliver(&resource, stanza) {
-            Ok(()) => {
-                if let Some(msg) = carbon {
-                    carbons::copy(server, bare, "received", &msg, std::slice::from_ref(full));
-                }
-                return;
+    let Ok(full) = to.try_as_full() else {
+        return message_to_bare(server, bare, stanza).await;
+    };
+    let carbon = carbons::wanted(server, bare, &stanza).then(|| stanza.clone());
+    match server.sessions.deliver(full, stanza) {
+        Ok(()) => {
+            if let Some(msg) = carbon {
+                carbons::copy(server, bare, "received", &msg, std::slice::from_ref(full));
             }
-            // The session is going away: treat it as addressed to the bare JID.
-            Err(stanza) => return message_to_bare(server, bare, stanza).await,
         }
+        // No such resource, or its session is going away: treat it as addressed to the bare
+        // JID.
+        Err(stanza) => message_to_bare(server, bare, stanza).await,
     }
-    message_to_bare(server, bare, stanza).await
 }
 
 /// RFC 6121 §8.5.2 (bare JID) and §8.5.3.2 (full JID with no such resource).

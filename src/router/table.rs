@@ -305,6 +305,10 @@ pub trait SessionTable: Send + Sync {
     fn resource(&self, jid: &FullJid) -> Option<Resource> {
         self.view().resource(jid)
     }
+    /// See [`View::deliver`].
+    fn deliver(&self, jid: &FullJid, stanza: Element) -> Result<(), Element> {
+        self.view().deliver(jid, stanza)
+    }
     /// The sessions of this node.
     fn count(&self) -> usize {
         self.view().count_local()
@@ -444,6 +448,23 @@ impl View {
         self.read()
             .get(bare)
             .is_some_and(|list| list.iter().any(|r| r.carbons))
+    }
+
+    /// Queues `stanza` for the resource `jid` without copying the resource out of the view:
+    /// the sender inside it is shared with the session's own task, and copying it would touch
+    /// that task's counters for every message. Gives the stanza back if no such resource is
+    /// bound or its session cannot take it.
+    pub fn deliver(&self, jid: &FullJid, stanza: Element) -> Result<(), Element> {
+        let map = self.read();
+        let Some(resource) = map
+            .get(&jid.to_bare())
+            .and_then(|list| list.iter().find(|r| &r.jid == jid))
+        else {
+            return Err(stanza);
+        };
+        resource.sender.deliver(stanza).map_err(|e| match e {
+            DeliveryError::Full(s) | DeliveryError::Closed(s) => s,
+        })
     }
 
     pub fn resource(&self, jid: &FullJid) -> Option<Resource> {

@@ -625,6 +625,8 @@ struct Session<'a> {
     /// `jid` as text and its bare form, computed once: every stanza is stamped with them.
     jid_text: String,
     bare: BareJid,
+    /// `jid` as the router takes a sender's address.
+    jid_any: Jid,
     conn_id: u64,
     presence: presence::SessionPresence,
     last_read: Instant,
@@ -642,6 +644,14 @@ struct Session<'a> {
     overflow: bool,
     /// The session went on at another cluster node: nothing is left to end here.
     moved: bool,
+}
+
+/// The three stanzas of RFC 6120 §8.
+#[derive(Clone, Copy)]
+enum StanzaKind {
+    Message,
+    Presence,
+    Iq,
 }
 
 /// How a session begins on this node.
@@ -694,6 +704,7 @@ async fn established(server: &Server, mut conn: XmlConn, conn_id: u64, start: St
         conn,
         jid_text: jid.to_string(),
         bare: jid.to_bare(),
+        jid_any: Jid::from(jid.clone()),
         jid,
         conn_id,
         presence: presence::SessionPresence::default(),
@@ -1195,17 +1206,21 @@ impl Session<'_> {
             }
             return Ok(());
         }
-        let kind = el.name().to_owned();
-        crate::metrics::stanza_in(&kind);
+        crate::metrics::stanza_in(el.name());
         if let Some(sm) = self.sm.as_mut() {
             sm.handled();
         }
-        if !matches!(kind.as_str(), "message" | "presence" | "iq") {
-            return Err(Failure::stream(
-                "unsupported-stanza-type",
-                format!("<{kind}/> is not a stanza"),
-            ));
-        }
+        let kind = match el.name() {
+            "message" => StanzaKind::Message,
+            "presence" => StanzaKind::Presence,
+            "iq" => StanzaKind::Iq,
+            other => {
+                return Err(Failure::stream(
+                    "unsupported-stanza-type",
+                    format!("<{other}/> is not a stanza"),
+                ));
+            }
+        };
         if el.ns() != ns::CLIENT {
             return Err(Failure::stream(
                 "invalid-namespace",
@@ -1234,10 +1249,10 @@ impl Session<'_> {
                 return Ok(());
             }
         };
-        match kind.as_str() {
-            "message" => self.on_message(el, to).await,
-            "presence" => self.on_presence(el, to).await,
-            _ => self.on_iq(el, to).await,
+        match kind {
+            StanzaKind::Message => self.on_message(el, to).await,
+            StanzaKind::Presence => self.on_presence(el, to).await,
+            StanzaKind::Iq => self.on_iq(el, to).await,
         }
         Ok(())
     }
@@ -1247,7 +1262,7 @@ impl Session<'_> {
         if el
             .children()
             .filter(|c| c.is("body", ns::CLIENT))
-            .any(|b| b.text().chars().count() > max)
+            .any(|b| b.texts().map(|t| t.chars().count()).sum::<usize>() > max)
         {
             return self.reply_error(
                 &el,
@@ -1257,13 +1272,16 @@ impl Session<'_> {
         }
         // RFC 6121 §8.5.2: a message without 'to' is for the sender's own bare JID.
         let to = to.unwrap_or_else(|| Jid::from(self.bare.clone()));
-        stanza::set_attr(&mut el, "to", &to.to_string());
+        // Most clients write the address in its normal form already.
+        if el.attr("to") != Some(to.as_str()) {
+            stanza::set_attr(&mut el, "to", to.as_str());
+        }
         if blocking::blocks(self.server, &self.bare, &to).await {
             return self.reply_error(&el, blocking::blocked_error());
         }
         let archived = mam::archive_sent(self.server, &self.bare, &el).await;
         let carbon = carbons::wanted(self.server, &self.bare, &el).then(|| el.clone());
-        router::route_from_session(self.server, el, to, &Jid::from(self.jid.clone())).await;
+        router::route_from_session(self.server, el, to, &self.jid_any).await;
         // The session's next stanza (a query of its own archive, say) finds this message: a
         // query waits for the rows of every message numbered before it.
         if let Some(pending) = archived {
@@ -1333,8 +1351,7 @@ impl Session<'_> {
             if blocking::blocks(self.server, &own_bare, &to).await {
                 return self.reply_error(&el, blocking::blocked_error());
             }
-            let from = Jid::from(self.jid.clone());
-            return router::route_from_session(self.server, el, to, &from).await;
+            return router::route_from_session(self.server, el, to, &self.jid_any).await;
         };
         if kind == "result" || kind == "error" {
             if self
@@ -1356,8 +1373,9 @@ impl Session<'_> {
         if payload.is_some_and(|p| p.is("bind", ns::BIND)) {
             return self.reply_error(&el, StanzaError::not_allowed().with_text("already bound"));
         }
-        let from = Jid::from(self.jid.clone());
-        for reply in modules::handle_iq(self.server, &from, Some(self.conn_id), target, &el).await {
+        let replies =
+            modules::handle_iq(self.server, &self.jid_any, Some(self.conn_id), target, &el);
+        for reply in replies.await {
             self.write(&reply);
         }
     }

@@ -253,9 +253,7 @@ impl XmlConn {
                 Poll::Ready(Err(e)) => Poll::Ready(Err(e.into())),
                 Poll::Ready(Ok(())) if buf.filled().is_empty() => Poll::Ready(Err(Failure::Eof)),
                 Poll::Ready(Ok(())) => {
-                    let mut events = Vec::new();
-                    let parsed = self.parser.feed(buf.filled(), &mut events);
-                    self.events.extend(events);
+                    let parsed = self.parser.feed(buf.filled(), &mut self.events);
                     Poll::Ready(parsed.map_err(Failure::from))
                 }
             }

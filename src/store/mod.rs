@@ -285,6 +285,13 @@ pub struct ArchivePrefs {
     pub never: Vec<String>,
 }
 
+impl ArchivePrefs {
+    /// No message can be archived under these preferences.
+    pub fn archives_nothing(&self) -> bool {
+        self.default == "never" && self.always.is_empty()
+    }
+}
+
 /// Words for full-text search: letters and digits only, so that no search syntax of either
 /// engine leaks through.
 pub fn search_words(text: &str) -> Vec<String> {

@@ -94,7 +94,11 @@ impl StreamParser {
     }
 
     /// Feeds a chunk of bytes; complete events are appended to `out`.
-    pub fn feed(&mut self, mut data: &[u8], out: &mut Vec<StreamEvent>) -> Result<(), ParseError> {
+    pub fn feed(
+        &mut self,
+        mut data: &[u8],
+        out: &mut impl Extend<StreamEvent>,
+    ) -> Result<(), ParseError> {
         // The parser may hold finished events (the end of `<a/>`) until it is asked again, so it
         // is called until it wants more input, not until the input is used up.
         while !self.closed {
@@ -124,7 +128,11 @@ impl StreamParser {
         }
     }
 
-    fn handle(&mut self, event: Event, out: &mut Vec<StreamEvent>) -> Result<(), ParseError> {
+    fn handle(
+        &mut self,
+        event: Event,
+        out: &mut impl Extend<StreamEvent>,
+    ) -> Result<(), ParseError> {
         match event {
             Event::XmlDeclaration(..) => {}
             Event::StartElement(_, (namespace, name), attrs) => {
@@ -134,7 +142,7 @@ impl StreamParser {
                     }
                     self.opened = true;
                     self.pending_bytes = 0;
-                    out.push(StreamEvent::Open(header_from(&attrs)));
+                    out.extend([StreamEvent::Open(header_from(&attrs))]);
                     return Ok(());
                 }
                 if self.stack.len() >= self.limits.max_depth {
@@ -147,7 +155,7 @@ impl StreamParser {
             Event::EndElement(_) => match self.stack.pop() {
                 None => {
                     self.closed = true;
-                    out.push(StreamEvent::Close);
+                    out.extend([StreamEvent::Close]);
                 }
                 Some(el) => match self.stack.last_mut() {
                     Some(parent) => {
@@ -155,7 +163,7 @@ impl StreamParser {
                     }
                     None => {
                         self.pending_bytes = 0;
-                        out.push(StreamEvent::Stanza(el));
+                        out.extend([StreamEvent::Stanza(el)]);
                     }
                 },
             },
