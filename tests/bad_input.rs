@@ -315,3 +315,37 @@ async fn per_account_state_is_bounded() {
     assert!(!pending.iter().any(|r| r.contact == "mallory@localhost"));
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn messages_to_made_up_addresses_bounce_and_leave_nothing_cached() {
+    let server = setup().await;
+    let mut mallory = XmppClient::connect(&server, "mallory@localhost/m", "pw").await;
+    mallory.send("<presence/>").await;
+    let running = server.running.as_ref().expect("running");
+    let mut before = 0;
+    for i in 0..200 {
+        if i == 1 {
+            // Mallory's own list is loaded by the first message.
+            before = rookery::modules::blocking::cached_lists(&running.server);
+        }
+        mallory
+            .send(&format!(
+                "<message to='ghost{i}@localhost' id='g{i}' type='chat'><body>x</body></message>"
+            ))
+            .await;
+        let err = mallory
+            .expect("bounce", |e| {
+                e.name() == "message" && e.attr("type") == Some("error")
+            })
+            .await;
+        assert_eq!(err.attr("id"), Some(format!("g{i}").as_str()));
+        assert!(child(child(&err, "error").unwrap(), "service-unavailable").is_some());
+    }
+    assert_eq!(
+        rookery::modules::blocking::cached_lists(&running.server),
+        before
+    );
+    let (mut alice, mut bob) = bystanders(&server).await;
+    still_talking(&mut alice, &mut bob, "after the ghosts").await;
+    server.shutdown().await;
+}

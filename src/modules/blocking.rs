@@ -98,7 +98,19 @@ pub async fn blocks(server: &Server, owner: &BareJid, other: &Jid) -> bool {
     if let Some(blocked) = m.cached(user.as_str(), |list| matches_entry(list, other)) {
         return blocked;
     }
+    // A name that is no account blocks nobody, and must not leave a list in the cache: a
+    // client could otherwise grow it without bound by writing to made-up addresses.
+    if !crate::router::account_exists(server, owner).await {
+        return false;
+    }
     matches_entry(&m.list(server, user.as_str()).await, other)
+}
+
+/// How many block lists are held in memory.
+pub fn cached_lists(server: &Server) -> usize {
+    module(server).map_or(0, |m| {
+        m.cache.read().unwrap_or_else(|e| e.into_inner()).len()
+    })
 }
 
 /// Whether one of the block-list `entries` matches `other` (full JID, bare JID or domain).
