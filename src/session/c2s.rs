@@ -764,9 +764,18 @@ async fn established(server: &Server, mut conn: XmlConn, conn_id: u64, start: St
 
 impl Session<'_> {
     async fn run(&mut self, rx: &mut mpsc::Receiver<SessionCommand>) -> Failure {
+        // Every poll of a waiting `changed()` takes the lock that all of the signal's waiters
+        // share, and this loop would poll it on every wake: twice per message routed, from
+        // every session at once. So it is polled once here, which registers the task to be
+        // woken, and after that only once the signal's version has moved (an atomic read).
         let mut shutdown_signal = self.server.shutdown_signal();
+        let moved = shutdown_signal.clone();
         let shutdown = shutdown_signal.changed();
         tokio::pin!(shutdown);
+        let shutting_down = std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(shutdown.as_mut().poll(cx).is_ready())
+        })
+        .await;
         // One timer for the connection's life. A new one in every pass would be registered
         // with the runtime's timer wheel and taken out again twice per message routed (the
         // sender's pass and the recipient's). It fires at the deadline it was set to, and is
@@ -784,16 +793,22 @@ impl Session<'_> {
                 timer.as_mut().reset(deadline);
             }
             // Unbiased, so a busy queue cannot starve reading and the reverse.
-            let wake = tokio::select! {
-                cmd = rx.recv() => Wake::Command(cmd),
-                r = self.conn.read_and_parse() => Wake::Read(r),
-                Some(res) = next_resumption(&mut self.resumptions) => Wake::Resume(Box::new(res)),
-                _ = &mut shutdown => Wake::Shutdown,
-                _ = &mut timer => if Instant::now() >= deadline {
-                    Wake::Timer
-                } else {
-                    Wake::Early
-                },
+            let wake = if shutting_down {
+                Wake::Shutdown
+            } else {
+                tokio::select! {
+                    cmd = rx.recv() => Wake::Command(cmd),
+                    r = self.conn.read_and_parse() => Wake::Read(r),
+                    Some(res) = next_resumption(&mut self.resumptions) => {
+                        Wake::Resume(Box::new(res))
+                    }
+                    _ = &mut shutdown, if moved.has_changed().unwrap_or(true) => Wake::Shutdown,
+                    _ = &mut timer => if Instant::now() >= deadline {
+                        Wake::Timer
+                    } else {
+                        Wake::Early
+                    },
+                }
             };
             let step = match wake {
                 Wake::Command(cmd) => self.on_command(cmd, rx),
