@@ -450,10 +450,10 @@ impl View {
             .is_some_and(|list| list.iter().any(|r| r.carbons))
     }
 
-    /// Queues `stanza` for the resource `jid` without copying the resource out of the view:
-    /// the sender inside it is shared with the session's own task, and copying it would touch
-    /// that task's counters for every message. Gives the stanza back if no such resource is
-    /// bound or its session cannot take it.
+    /// Queues `stanza` for the resource `jid` without copying the resource out of the view: a
+    /// copy would add to and take from the counters its channel sender shares with every other
+    /// copy, for every message. Gives the stanza back if no such resource is bound or its
+    /// session cannot take it.
     pub fn deliver(&self, jid: &FullJid, stanza: Element) -> Result<(), Element> {
         let map = self.read();
         let Some(resource) = map
