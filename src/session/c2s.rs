@@ -622,11 +622,10 @@ struct Session<'a> {
     server: &'a Server,
     conn: XmlConn,
     jid: FullJid,
-    /// `jid` as text and its bare form, computed once: every stanza is stamped with them.
-    jid_text: String,
-    bare: BareJid,
-    /// `jid` as the router takes a sender's address.
+    /// `jid` as the router takes a sender's address (its text is every stanza's `from`), and
+    /// its bare form: computed once.
     jid_any: Jid,
+    bare: BareJid,
     conn_id: u64,
     presence: presence::SessionPresence,
     last_read: Instant,
@@ -702,9 +701,8 @@ async fn established(server: &Server, mut conn: XmlConn, conn_id: u64, start: St
     let mut session = Session {
         server,
         conn,
-        jid_text: jid.to_string(),
-        bare: jid.to_bare(),
         jid_any: Jid::from(jid.clone()),
+        bare: jid.to_bare(),
         jid,
         conn_id,
         presence: presence::SessionPresence::default(),
@@ -720,7 +718,7 @@ async fn established(server: &Server, mut conn: XmlConn, conn_id: u64, start: St
     let arrived = match start {
         Start::Bound(bound) => {
             let mut bind = Element::bare("bind", ns::BIND);
-            bind.append_child(modules::text_el("jid", ns::BIND, &session.jid_text));
+            bind.append_child(modules::text_el("jid", ns::BIND, session.jid_any.as_str()));
             session
                 .conn
                 .queue(&stanza::iq_result(&bound.request, Some(bind)));
@@ -924,7 +922,7 @@ impl Session<'_> {
                 ("type", "get"),
                 ("id", &id),
                 ("from", &self.server.domain),
-                ("to", &self.jid_text),
+                ("to", self.jid_any.as_str()),
             ],
         );
         iq.append_child(Element::bare("ping", modules::ping::NS));
@@ -1060,7 +1058,7 @@ impl Session<'_> {
             Some((String::from_utf8(writer::element(&p)).ok()?, r.priority))
         });
         let moved = Moved {
-            jid: self.jid_text.clone(),
+            jid: self.jid_any.to_string(),
             id,
             inbound,
             acked,
@@ -1255,7 +1253,7 @@ impl Session<'_> {
                 ));
             }
         }
-        stanza::set_attr(&mut el, "from", &self.jid_text);
+        stanza::set_attr(&mut el, "from", self.jid_any.as_str());
         let to = match el.attr("to").map(jid::parse) {
             None => None,
             Some(Ok(to)) => Some(to),
