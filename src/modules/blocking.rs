@@ -23,14 +23,18 @@ pub const MAX_BLOCKED: usize = 1000;
 
 #[derive(Default)]
 pub struct Blocking {
-    cache: RwLock<HashMap<String, Arc<Vec<String>>>>,
+    /// Block lists per user; None for an empty list, the common case, so that asking it (for
+    /// every stanza) reads only the map's own entry.
+    cache: RwLock<HashMap<String, Option<Arc<Vec<String>>>>>,
 }
 
 impl Blocking {
     /// `f` of `user`'s block list if it is cached.
     fn cached<T>(&self, user: &str, f: impl FnOnce(&[String]) -> T) -> Option<T> {
         let cache = self.cache.read().unwrap_or_else(|e| e.into_inner());
-        cache.get(user).map(|list| f(list))
+        cache
+            .get(user)
+            .map(|list| f(list.as_deref().map_or(&[], Vec::as_slice)))
     }
 
     async fn list(&self, server: &Server, user: &str) -> Arc<Vec<String>> {
@@ -40,17 +44,18 @@ impl Blocking {
             .unwrap_or_else(|e| e.into_inner())
             .get(user)
         {
-            return list.clone();
+            return list.clone().unwrap_or_default();
         }
         // On a store error nobody is blocked for this stanza; the next one retries.
         let Ok(list) = server.store.blocklist(user).await else {
             return Arc::default();
         };
         let list = Arc::new(list);
+        let entry = (!list.is_empty()).then(|| list.clone());
         self.cache
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(user.to_owned(), list.clone());
+            .insert(user.to_owned(), entry);
         list
     }
 

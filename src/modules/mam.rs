@@ -38,7 +38,7 @@ pub const CACHE: &str = "archive_prefs";
 #[derive(Default)]
 pub struct Mam {
     /// Preferences per user, read on every archived message: cached, and dropped on change.
-    prefs: RwLock<HashMap<String, Arc<ArchivePrefs>>>,
+    prefs: RwLock<HashMap<String, CachedPrefs>>,
     /// The archive's queue, started with the first archived message.
     writer: std::sync::OnceLock<Writer>,
 }
@@ -354,11 +354,19 @@ impl Module for Mam {
     }
 }
 
+/// A user's cached preferences, with the one answer every message asks for kept beside them:
+/// read from the map's own entry, it costs no visit to the preferences elsewhere in memory.
+#[derive(Clone)]
+struct CachedPrefs {
+    archives_nothing: bool,
+    prefs: Arc<ArchivePrefs>,
+}
+
 impl Mam {
-    /// `f` of `user`'s preferences if they are cached, without copying them out.
-    fn cached_prefs<T>(&self, user: &str, f: impl FnOnce(&ArchivePrefs) -> T) -> Option<T> {
+    /// Whether `user`'s cached preferences archive nothing; None if they are not cached.
+    fn cached_archives_nothing(&self, user: &str) -> Option<bool> {
         let cache = self.prefs.read().unwrap_or_else(|e| e.into_inner());
-        cache.get(user).map(|p| f(p))
+        cache.get(user).map(|p| p.archives_nothing)
     }
 
     async fn prefs(&self, server: &Server, user: &str) -> Arc<ArchivePrefs> {
@@ -368,7 +376,7 @@ impl Mam {
             .unwrap_or_else(|e| e.into_inner())
             .get(user)
         {
-            return p.clone();
+            return p.prefs.clone();
         }
         let prefs = match server.store.archive_prefs(user).await {
             Ok(Some(p)) => p,
@@ -379,12 +387,15 @@ impl Mam {
                 never: Vec::new(),
             },
         };
-        let prefs = Arc::new(prefs);
+        let cached = CachedPrefs {
+            archives_nothing: prefs.archives_nothing(),
+            prefs: Arc::new(prefs),
+        };
         self.prefs
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(user.to_owned(), prefs.clone());
-        prefs
+            .insert(user.to_owned(), cached.clone());
+        cached.prefs
     }
 
     fn writer(&self, server: &Server) -> &Writer {
@@ -647,7 +658,7 @@ async fn enqueue(
     let user = user.as_str();
     // Nothing can be archived for this user: no need to look further. Cached preferences are
     // asked in place, the common case for every message when archiving is off.
-    if m.cached_prefs(user, ArchivePrefs::archives_nothing) == Some(true) {
+    if m.cached_archives_nothing(user) == Some(true) {
         return None;
     }
     // Accounts that do not exist have no archive (and get no cached preferences); checked

@@ -71,7 +71,8 @@ async fn route_parsed(server: &Server, stanza: Element, to: Jid, from: Option<&J
     if to.node().is_none() {
         return to_server(server, stanza).await;
     }
-    let bare = to.to_bare();
+    // A copy of the text cut at the resource: `to_bare` would format it anew.
+    let bare = to.clone().into_bare();
     if let Some(from) = from
         && blocking::blocks(server, &bare, from).await
     {

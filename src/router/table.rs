@@ -2,14 +2,16 @@
 //! presence. The router reads it for every stanza, so reads are synchronous lookups in memory;
 //! writes are async so that a cluster implementation can make them durable elsewhere first.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
 use minidom::Element;
 use tokio::sync::mpsc;
 
-use crate::jid::{BareJid, FullJid};
+use crate::jid::{BareJid, FullJid, Jid};
 
 /// What a session's task receives from the rest of the server.
 #[derive(Debug)]
@@ -327,26 +329,54 @@ pub enum Bound {
     Superseded(Endpoint),
 }
 
+/// An account's bare JID as the view's key, found by its text: routing looks accounts up from
+/// full JIDs, and borrowing the text before the resource costs nothing where building a
+/// `BareJid` costs an allocation, twice for every message.
+#[derive(Clone, PartialEq, Eq)]
+struct Account(BareJid);
+
+// `Borrow<str>` promises that the key hashes and compares as its text does.
+impl Hash for Account {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.as_str().hash(state)
+    }
+}
+
+impl Borrow<str> for Account {
+    fn borrow(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+/// The bare part of `jid` as text: neither a localpart nor a domain can hold a `/` (RFC 7622
+/// §3.3.1, §3.2), so the first one starts the resource.
+fn bare_text(jid: &Jid) -> &str {
+    let text = jid.as_str();
+    text.split_once('/').map_or(text, |(bare, _)| bare)
+}
+
+type ViewMap = HashMap<Account, Vec<Resource>>;
+
 /// The in-memory map of bound resources that every routing decision reads. A single node's
 /// table is just this; a cluster node keeps one as its local view of the whole cluster.
 #[derive(Default)]
 pub struct View {
     // A std lock: it is never held across an await, and reads vastly outnumber writes.
-    inner: RwLock<HashMap<BareJid, Vec<Resource>>>,
+    inner: RwLock<ViewMap>,
 }
 
 impl View {
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<BareJid, Vec<Resource>>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, ViewMap> {
         self.inner.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<BareJid, Vec<Resource>>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, ViewMap> {
         self.inner.read().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn bind(&self, resource: Resource) -> Bound {
         let mut map = self.write();
-        let list = map.entry(resource.jid.to_bare()).or_default();
+        let list = map.entry(Account(resource.jid.to_bare())).or_default();
         let Some(i) = list.iter().position(|r| r.jid == resource.jid) else {
             list.push(resource);
             return Bound::Accepted(None);
@@ -361,14 +391,14 @@ impl View {
     /// Removes a binding if it still belongs to `conn_id`; returns it.
     pub fn unbind(&self, jid: &FullJid, conn_id: u64) -> Option<Resource> {
         let mut map = self.write();
-        let bare = jid.to_bare();
-        let list = map.get_mut(&bare)?;
+        let bare = bare_text(jid);
+        let list = map.get_mut(bare)?;
         let i = list
             .iter()
             .position(|r| &r.jid == jid && r.sender.conn_id() == conn_id)?;
         let removed = list.swap_remove(i);
         if list.is_empty() {
-            map.remove(&bare);
+            map.remove(bare);
         }
         Some(removed)
     }
@@ -382,7 +412,7 @@ impl View {
     ) -> Option<Resource> {
         let mut map = self.write();
         let r = map
-            .get_mut(&jid.to_bare())?
+            .get_mut(bare_text(jid))?
             .iter_mut()
             .find(|r| &r.jid == jid && r.sender.conn_id() == conn_id)?;
         f(r);
@@ -416,7 +446,7 @@ impl View {
             !list.is_empty()
         });
         for r in remote {
-            let list = map.entry(r.jid.to_bare()).or_default();
+            let list = map.entry(Account(r.jid.to_bare())).or_default();
             match list.iter().position(|l| l.jid == r.jid) {
                 Some(i) if list[i].seq < r.seq => list[i] = r,
                 Some(_) => {}
@@ -436,17 +466,19 @@ impl View {
     }
 
     pub fn resources(&self, bare: &BareJid) -> Vec<Resource> {
-        self.read().get(bare).cloned().unwrap_or_default()
+        self.read().get(bare.as_str()).cloned().unwrap_or_default()
     }
 
     /// Whether any resource of `bare` is bound, without copying them out.
     pub fn is_bound(&self, bare: &BareJid) -> bool {
-        self.read().get(bare).is_some_and(|list| !list.is_empty())
+        self.read()
+            .get(bare.as_str())
+            .is_some_and(|list| !list.is_empty())
     }
 
     pub fn any_carbons(&self, bare: &BareJid) -> bool {
         self.read()
-            .get(bare)
+            .get(bare.as_str())
             .is_some_and(|list| list.iter().any(|r| r.carbons))
     }
 
@@ -457,7 +489,7 @@ impl View {
     pub fn deliver(&self, jid: &FullJid, stanza: Element) -> Result<(), Element> {
         let map = self.read();
         let Some(resource) = map
-            .get(&jid.to_bare())
+            .get(bare_text(jid))
             .and_then(|list| list.iter().find(|r| &r.jid == jid))
         else {
             return Err(stanza);
@@ -469,7 +501,7 @@ impl View {
 
     pub fn resource(&self, jid: &FullJid) -> Option<Resource> {
         self.read()
-            .get(&jid.to_bare())?
+            .get(bare_text(jid))?
             .iter()
             .find(|r| &r.jid == jid)
             .cloned()
@@ -585,6 +617,37 @@ mod tests {
         assert!(matches!(v.bind(newer), Bound::Accepted(None)));
         assert!(matches!(v.bind(older), Bound::Superseded(e) if e.conn_id() == 1));
         assert_eq!(v.resource(&jid).unwrap().sender.conn_id(), 2);
+    }
+
+    /// Lookups by full JID borrow the text before the first `/`; a resource may hold more.
+    #[test]
+    fn accounts_are_found_from_full_jids_whose_resources_hold_slashes() {
+        let v = View::default();
+        let jid = FullJid::new("a@x/desk/top").unwrap();
+        let (s, mut rx) = sender(1);
+        assert!(matches!(
+            v.bind(Resource::new(jid.clone(), Endpoint::Local(s), 1)),
+            Bound::Accepted(None)
+        ));
+        assert_eq!(bare_text(&jid), "a@x");
+        assert_eq!(bare_text(&Jid::new("x/r").unwrap()), "x");
+        assert!(v.is_bound(&BareJid::new("a@x").unwrap()));
+        assert!(!v.is_bound(&BareJid::new("a@y").unwrap()));
+        assert!(
+            v.deliver(&jid, Element::bare("message", "jabber:client"))
+                .is_ok()
+        );
+        assert!(matches!(rx.try_recv(), Ok(SessionCommand::Stanza(_))));
+        let other = FullJid::new("a@x/desk").unwrap();
+        assert!(
+            v.deliver(&other, Element::bare("message", "jabber:client"))
+                .is_err()
+        );
+        assert!(v.unbind(&jid, 1).is_some());
+        assert!(
+            v.read().is_empty(),
+            "the account's entry goes with its last resource"
+        );
     }
 
     #[tokio::test]
