@@ -205,7 +205,7 @@ pub fn iq_payload(iq: &Element) -> Option<&Element> {
 /// Only elements in `from` change: payloads keep their own namespaces, and a forwarded
 /// stanza inside a payload stays in `jabber:client` as XEP-0297 wants.
 pub fn renamespace(mut el: Element, from: &str, to: &str) -> Element {
-    if el.ns() != from {
+    if !el.has_ns(from) {
         return el;
     }
     let mut out = Element::bare(el.name(), to);

@@ -71,9 +71,9 @@ pub fn eligible(msg: &Element) -> bool {
         "groupchat" | "error" | "headline" => false,
         _ => msg.children().any(|c| {
             c.is("body", crate::stream::ns::CLIENT)
-                || c.ns() == CHATSTATES
-                || c.ns() == RECEIPTS
-                || c.ns() == MARKERS
+                || c.has_ns(CHATSTATES)
+                || c.has_ns(RECEIPTS)
+                || c.has_ns(MARKERS)
         }),
     }
 }

@@ -1234,7 +1234,7 @@ impl Session<'_> {
                 ));
             }
         };
-        if el.ns() != ns::CLIENT {
+        if !el.has_ns(ns::CLIENT) {
             return Err(Failure::stream(
                 "invalid-namespace",
                 "stanzas must be in jabber:client",

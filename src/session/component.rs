@@ -229,7 +229,7 @@ async fn on_stanza(
             format!("<{}/> is not a stanza", el.name()),
         ));
     }
-    if el.ns() != ns::COMPONENT {
+    if !el.has_ns(ns::COMPONENT) {
         return Err(Failure::stream(
             "invalid-namespace",
             "stanzas must be in jabber:component:accept",
