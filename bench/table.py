@@ -13,7 +13,9 @@ def load(path):
             line = line.strip()
             if line.startswith("{"):
                 r = json.loads(line)
-                runs[r["label"]][r["scenario"]].append(r)
+                # The repeated runs at half of rookery's top rate are kept apart from the steps.
+                scenario = r["scenario"] + ("-half" if r.get("half_max") else "")
+                runs[r["label"]][scenario].append(r)
     return runs
 
 
@@ -46,6 +48,12 @@ def figures(label, runs):
         f["lost at max rate"] = best["lost"]
     for r in chat:
         f[f"p99 ms @ {r['rate']}/s"] = r["p99_ms"]
+    half = sorted(r["p99_ms"] for r in runs.get("chat-half", []))
+    if half:
+        rate = runs["chat-half"][0]["rate"]
+        f[f"p99 ms @ half max ({rate}/s), median of {len(half)}"] = half[len(half) // 2]
+        f[f"p99 ms @ half max ({rate}/s), lowest"] = half[0]
+        f[f"p99 ms @ half max ({rate}/s), highest"] = half[-1]
     for scenario, name, unit in (
         ("muc", "muc", "deliveries"),
         ("rest", "REST", "posts"),
