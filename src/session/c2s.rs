@@ -621,10 +621,9 @@ async fn sasl(
 struct Session<'a> {
     server: &'a Server,
     conn: XmlConn,
+    /// The bound JID (as a `&Jid` through `Deref`, the router's sender address; its text is
+    /// every stanza's `from`), and its bare form, computed once.
     jid: FullJid,
-    /// `jid` as the router takes a sender's address (its text is every stanza's `from`), and
-    /// its bare form: computed once.
-    jid_any: Jid,
     bare: BareJid,
     conn_id: u64,
     presence: presence::SessionPresence,
@@ -701,7 +700,6 @@ async fn established(server: &Server, mut conn: XmlConn, conn_id: u64, start: St
     let mut session = Session {
         server,
         conn,
-        jid_any: Jid::from(jid.clone()),
         bare: jid.to_bare(),
         jid,
         conn_id,
@@ -718,7 +716,7 @@ async fn established(server: &Server, mut conn: XmlConn, conn_id: u64, start: St
     let arrived = match start {
         Start::Bound(bound) => {
             let mut bind = Element::bare("bind", ns::BIND);
-            bind.append_child(modules::text_el("jid", ns::BIND, session.jid_any.as_str()));
+            bind.append_child(modules::text_el("jid", ns::BIND, session.jid.as_str()));
             session
                 .conn
                 .queue(&stanza::iq_result(&bound.request, Some(bind)));
@@ -922,7 +920,7 @@ impl Session<'_> {
                 ("type", "get"),
                 ("id", &id),
                 ("from", &self.server.domain),
-                ("to", self.jid_any.as_str()),
+                ("to", self.jid.as_str()),
             ],
         );
         iq.append_child(Element::bare("ping", modules::ping::NS));
@@ -1058,7 +1056,7 @@ impl Session<'_> {
             Some((String::from_utf8(writer::element(&p)).ok()?, r.priority))
         });
         let moved = Moved {
-            jid: self.jid_any.to_string(),
+            jid: self.jid.to_string(),
             id,
             inbound,
             acked,
@@ -1253,7 +1251,7 @@ impl Session<'_> {
                 ));
             }
         }
-        stanza::set_attr(&mut el, "from", self.jid_any.as_str());
+        stanza::set_attr(&mut el, "from", self.jid.as_str());
         let to = match el.attr("to").map(jid::parse) {
             None => None,
             Some(Ok(to)) => Some(to),
@@ -1294,7 +1292,7 @@ impl Session<'_> {
         }
         let archived = mam::archive_sent(self.server, &self.bare, &el).await;
         let carbon = carbons::wanted(self.server, &self.bare, &el).then(|| el.clone());
-        router::route_from_session(self.server, el, to, &self.jid_any).await;
+        router::route_from_session(self.server, el, to, &self.jid).await;
         // The session's next stanza (a query of its own archive, say) finds this message: a
         // query waits for the rows of every message numbered before it.
         if let Some(pending) = archived {
@@ -1364,7 +1362,7 @@ impl Session<'_> {
             if blocking::blocks(self.server, &own_bare, &to).await {
                 return self.reply_error(&el, blocking::blocked_error());
             }
-            return router::route_from_session(self.server, el, to, &self.jid_any).await;
+            return router::route_from_session(self.server, el, to, &self.jid).await;
         };
         if kind == "result" || kind == "error" {
             if self
@@ -1386,8 +1384,7 @@ impl Session<'_> {
         if payload.is_some_and(|p| p.is("bind", ns::BIND)) {
             return self.reply_error(&el, StanzaError::not_allowed().with_text("already bound"));
         }
-        let replies =
-            modules::handle_iq(self.server, &self.jid_any, Some(self.conn_id), target, &el);
+        let replies = modules::handle_iq(self.server, &self.jid, Some(self.conn_id), target, &el);
         for reply in replies.await {
             self.write(&reply);
         }
