@@ -85,12 +85,20 @@ wait_port() {  # host port
   return 1
 }
 
-run() {  # label addr[:port][,addr:port…] pid[,pid…] scenario extra-args...
+run() {  # label addr[:port][,addr:port…] pid[,pid…] scenario extra-args...; MARK=key marks the lines
   local label=$1 addr=$2 pid=$3 scenario=$4
   shift 4
   [[ "$addr" == *:* ]] || addr="$addr:5222"
   timeout "${RUN_TIMEOUT:-$((DURATION * 3 + 120))}" "$BENCH" run --json --label "$label" --server "$addr" \
-    --pid "$pid" --scenario "$scenario" --duration "$DURATION" "$@" | tee -a "$RESULTS"
+    --pid "$pid" --scenario "$scenario" --duration "$DURATION" "$@" | mark | tee -a "$RESULTS"
+}
+
+mark() {  # adds "$MARK": true to each JSON line, if MARK is set
+  if [ -z "${MARK:-}" ]; then cat; return; fi
+  python3 -c 'import json, sys
+for line in sys.stdin:
+    if line.startswith("{"):
+        print(json.dumps(dict(json.loads(line), **{sys.argv[1]: True})), flush=True)' "$MARK"
 }
 
 wanted_scenario() { [[ " $SCENARIOS " == *" $1 "* ]]; }
@@ -106,14 +114,8 @@ half_runs() {  # label addr pid
   [ "$HALF_REPEATS" -gt 0 ] && [ -s "$WORK/half_rate" ] || return 0
   half=$(cat "$WORK/half_rate")
   for _ in $(seq "$HALF_REPEATS"); do
-    timeout "${RUN_TIMEOUT:-$((DURATION * 3 + 120))}" "$BENCH" run --json --label "$label" \
-      --server "$addr:5222" --pid "$pid" --scenario chat --duration "$DURATION" \
-      --users "$USERS" --rate "$half" --login-rate 1000 |
-      python3 -c 'import json, sys
-for line in sys.stdin:
-    if line.startswith("{"):
-        print(json.dumps(dict(json.loads(line), half_max=True)), flush=True)' |
-      tee -a "$RESULTS" || true
+    MARK=half_max run "$label" "$addr" "$pid" chat --users "$USERS" --rate "$half" \
+      --login-rate 1000 || true
   done
 }
 
