@@ -50,13 +50,37 @@ async fn malformed_xml_closes_only_that_stream() {
     );
     still_talking(&mut alice, &mut bob, "after malformed").await;
 
-    // Before authentication too, and with entity declarations.
+    // Before authentication too, and with entity declarations: RFC 6120 §11.1 restricts them.
     let mut bad = Raw::tcp(server.c2s).await;
     bad.send("<?xml version='1.0'?><!DOCTYPE lol [<!ENTITY lol 'lol'>]><stream:stream>")
         .await;
     let closed = bad.read_to_close().await;
-    assert!(closed.contains("<not-well-formed"), "{closed}");
+    assert!(closed.contains("<restricted-xml"), "{closed}");
     still_talking(&mut alice, &mut bob, "after doctype").await;
+    server.shutdown().await;
+}
+
+/// RFC 6120 §11.1: comments and processing instructions are restricted-xml; character data
+/// between stanzas is not a stanza (bad-format). Each ends only the stream that sent it.
+#[tokio::test(flavor = "current_thread")]
+async fn restricted_xml_and_text_between_stanzas_close_only_that_stream() {
+    let server = setup().await;
+    let (mut alice, mut bob) = bystanders(&server).await;
+    for (input, condition) in [
+        (
+            "<message to='bob@localhost'><!-- hidden --></message>",
+            "<restricted-xml",
+        ),
+        ("<?php system('x') ?>", "<restricted-xml"),
+        ("hello <presence/>", "<bad-format"),
+    ] {
+        let mut bad = Raw::login(&server, "mallory", "pw", "m").await;
+        bad.send(input).await;
+        let closed = bad.read_to_close().await;
+        assert!(closed.contains(condition), "{input}: {closed}");
+        assert!(closed.ends_with("</stream:stream>"), "{closed}");
+        still_talking(&mut alice, &mut bob, "after restricted").await;
+    }
     server.shutdown().await;
 }
 
