@@ -246,12 +246,10 @@ struct Framer {
     markup: usize,
     /// Where the current stanza began, if one is open.
     stanza: Option<usize>,
-    /// 0 before the root's start tag, 1 between stanzas, 2 and more inside one.
-    depth: usize,
     /// Bytes already forgotten: `pos + consumed` is the offset in the whole stream.
     consumed: usize,
-    /// The root's qualified name, which its end tag must repeat.
-    root_name: Vec<u8>,
+    /// The root's qualified name, which its end tag must repeat; None before its start tag.
+    root_name: Option<Vec<u8>>,
     /// Where the names of the stanza's open elements are in the input, innermost last.
     open: Vec<Range<usize>>,
 }
@@ -276,6 +274,14 @@ fn is_xml_space(b: u8) -> bool {
 }
 
 impl Framer {
+    /// 0 before the root's start tag, 1 between stanzas, 2 and more inside one.
+    fn depth(&self) -> usize {
+        match self.root_name {
+            None => 0,
+            Some(_) => 1 + self.open.len(),
+        }
+    }
+
     /// The earliest byte still needed: the start of an open stanza or markup.
     fn held_from(&self) -> usize {
         match (self.stanza, self.mode) {
@@ -302,8 +308,8 @@ impl Framer {
                 Mode::Content => {
                     let rest = &input[self.pos..];
                     let text_len = memchr::memchr(b'<', rest).unwrap_or(rest.len());
-                    if self.depth < 2 && !rest[..text_len].iter().all(|&b| is_xml_space(b)) {
-                        return Err(if self.depth == 0 {
+                    if self.depth() < 2 && !rest[..text_len].iter().all(|&b| is_xml_space(b)) {
+                        return Err(if self.depth() == 0 {
                             not_well_formed("character data before the stream header")
                         } else {
                             ParseError::TextBetweenStanzas
@@ -381,7 +387,7 @@ impl Framer {
                     if !all {
                         return Ok(false);
                     }
-                    if self.depth < 2 {
+                    if self.depth() < 2 {
                         return Err(ParseError::TextBetweenStanzas);
                     }
                     self.mode = Mode::CData;
@@ -419,7 +425,7 @@ impl Framer {
                 }
             }
             _ => {
-                if self.depth == 1 {
+                if self.depth() == 1 {
                     self.stanza = Some(at);
                 }
                 self.mode = Mode::Tag {
@@ -483,25 +489,15 @@ impl Framer {
     ) -> Result<Option<Frame>, ParseError> {
         let tag = self.markup..close + 1;
         if end {
-            match self.depth {
+            let name = input[self.markup + 2..close].trim_ascii_end();
+            match self.depth() {
                 0 => Err(not_well_formed("an end tag before the stream header")),
-                1 => {
-                    let name = input[self.markup + 2..close].trim_ascii_end();
-                    if name != self.root_name.as_slice() {
-                        return Err(not_well_formed("the end tag does not match the stream"));
-                    }
-                    self.depth = 0;
-                    Ok(Some(Frame::Close))
-                }
-                _ => {
-                    let name = input[self.markup + 2..close].trim_ascii_end();
-                    match self.open.pop() {
-                        Some(start) if input[start.clone()] == *name => {}
-                        _ => return Err(not_well_formed("an end tag that does not match")),
-                    }
-                    self.depth -= 1;
-                    Ok(self.stanza_done(tag.end))
-                }
+                1 if self.root_name.as_deref() == Some(name) => Ok(Some(Frame::Close)),
+                1 => Err(not_well_formed("the end tag does not match the stream")),
+                _ => match self.open.pop() {
+                    Some(start) if input[start.clone()] == *name => Ok(self.stanza_done(tag.end)),
+                    _ => Err(not_well_formed("an end tag that does not match")),
+                },
             }
         } else {
             let empty = input[close - 1] == b'/';
@@ -511,19 +507,17 @@ impl Framer {
                 .position(|&b| is_xml_space(b) || b == b'/')
                 .unwrap_or(body.len());
             let name = body.start..body.start + name_len;
-            if self.depth == 0 {
-                self.root_name = input[name].to_vec();
-                self.depth = 1;
+            if self.depth() == 0 {
+                self.root_name = Some(input[name].to_vec());
                 return Ok(Some(Frame::Header { tag, empty }));
             }
-            if self.depth > limits.max_depth {
+            if self.depth() > limits.max_depth {
                 return Err(ParseError::TooDeep(limits.max_depth));
             }
             if empty {
                 Ok(self.stanza_done(tag.end))
             } else {
                 self.open.push(name);
-                self.depth += 1;
                 Ok(None)
             }
         }
@@ -531,7 +525,7 @@ impl Framer {
 
     /// The stanza, if the element that just ended was one.
     fn stanza_done(&mut self, end: usize) -> Option<Frame> {
-        if self.depth == 1 {
+        if self.depth() == 1 {
             self.stanza.take().map(|start| Frame::Stanza(start..end))
         } else {
             None
@@ -1319,7 +1313,7 @@ mod tests {
                 }
                 rest = &rest[cut..];
             }
-            assert!(p.framer.depth <= limits.max_depth + 1);
+            assert!(p.framer.depth() <= limits.max_depth + 1);
             assert!(p.held.len() <= limits.max_stanza_bytes);
         }
     }
