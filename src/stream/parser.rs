@@ -1184,7 +1184,8 @@ mod tests {
     }
 
     /// A stanza fed a byte at a time is looked at about once per byte, not once per byte
-    /// for each byte before it.
+    /// for each byte before it: after every chunk the framer stands at the end of what it holds
+    /// (or at most a markup opening before it, waiting to tell `<!--` from `<![CDATA[`).
     #[test]
     fn a_stanza_arriving_slowly_is_framed_in_linear_time() {
         let mut p = StreamParser::new(ParserLimits::default());
@@ -1195,14 +1196,14 @@ mod tests {
             "t".repeat(50_000),
             "c".repeat(50_000)
         );
-        let started = std::time::Instant::now();
         let mut out = Vec::new();
         for b in stanza.as_bytes() {
             p.feed(std::slice::from_ref(b), &mut out).unwrap();
+            if out.is_empty() {
+                assert!(p.framer.pos + CDATA_OPEN.len() >= p.held.len());
+            }
         }
         assert_eq!(out.len(), 1);
-        // Quadratic rescanning would take minutes; linear takes milliseconds.
-        assert!(started.elapsed() < std::time::Duration::from_secs(20));
     }
 
     #[test]
