@@ -248,6 +248,74 @@ async fn blocking_command() {
     server.shutdown().await;
 }
 
+/// The router answers "blocks nobody" from a note in the account's session-table entry once
+/// the empty block list is cached; a block made while messages flow must clear it at once.
+#[tokio::test]
+async fn a_block_made_while_messages_flow_takes_effect_at_once() {
+    let server = TestServer::start().await;
+    server.add_user("alice", "pw").await;
+    server.add_user("bob", "pw").await;
+    let mut alice = XmppClient::connect(&server, "alice@localhost/a", "pw").await;
+    let mut bob = XmppClient::connect(&server, "bob@localhost/b", "pw").await;
+    alice.send("<presence/>").await;
+    bob.send("<presence/>").await;
+    for body in ["one", "two", "three"] {
+        alice
+            .send(&format!(
+                "<message to='bob@localhost/b' type='chat'><body>{body}</body></message>"
+            ))
+            .await;
+        bob.expect("alice's message", |e| {
+            e.name() == "message" && child(e, "body").is_some_and(|b| b.text() == body)
+        })
+        .await;
+        bob.send(&format!(
+            "<message to='alice@localhost/a' type='chat'><body>re {body}</body></message>"
+        ))
+        .await;
+        alice
+            .expect("bob's answer", |e| {
+                e.name() == "message"
+                    && child(e, "body").is_some_and(|b| b.text() == format!("re {body}"))
+            })
+            .await;
+    }
+    let sessions = &server.running.as_ref().expect("running").server.sessions;
+    let bob_bare = rookery::jid::BareJid::new("bob@localhost").expect("jid");
+    assert!(
+        sessions.summary(&bob_bare).hints.blocks_nobody,
+        "the empty list is noted by now"
+    );
+
+    bob.iq(
+        "b",
+        "<iq type='set' id='b'><block xmlns='urn:xmpp:blocking'><item jid='alice@localhost'/></block></iq>",
+    )
+    .await;
+    assert!(!sessions.summary(&bob_bare).hints.blocks_nobody);
+    alice
+        .send("<message id='in' to='bob@localhost/b' type='chat'><body>blocked?</body></message>")
+        .await;
+    alice
+        .expect("the bounce", |e| {
+            e.name() == "message" && e.attr("id") == Some("in") && e.attr("type") == Some("error")
+        })
+        .await;
+    bob.send("<message id='out' to='alice@localhost/a' type='chat'><body>hi</body></message>")
+        .await;
+    let err = bob
+        .expect("not-acceptable", |e| {
+            e.name() == "message" && e.attr("id") == Some("out") && e.attr("type") == Some("error")
+        })
+        .await;
+    assert!(child(child(&err, "error").unwrap(), "not-acceptable").is_some());
+    bob.expect_none("blocked message", Duration::from_millis(300), |e| {
+        e.name() == "message" && e.attr("type") != Some("error")
+    })
+    .await;
+    server.shutdown().await;
+}
+
 fn is_presence(from: &'static str, kind: Option<&'static str>) -> impl Fn(&Element) -> bool {
     move |e| {
         e.name() == "presence"

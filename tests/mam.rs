@@ -507,6 +507,76 @@ async fn preferences_decide_what_is_archived() {
     server.shutdown().await;
 }
 
+/// The router answers "archives nothing" from a note in the account's session-table entry
+/// once the preferences are cached; changing them while messages flow must clear it at once.
+#[tokio::test]
+async fn preferences_changed_while_messages_flow_take_effect_at_once() {
+    let (server, mut alice, mut bob) = two_users().await;
+    alice
+        .iq(
+            "p1",
+            "<iq type='set' id='p1'><prefs xmlns='urn:xmpp:mam:2' default='never'/></iq>",
+        )
+        .await;
+    for body in ["one", "two", "three"] {
+        alice
+            .send(&format!(
+                "<message to='bob@localhost/b' type='chat'><body>{body}</body></message>"
+            ))
+            .await;
+        bob.expect("alice's message", |e| {
+            e.name() == "message" && child(e, "body").is_some_and(|b| b.text() == body)
+        })
+        .await;
+        bob.send(&format!(
+            "<message to='alice@localhost/a' type='chat'><body>re {body}</body></message>"
+        ))
+        .await;
+        alice
+            .expect("bob's answer", |e| {
+                e.name() == "message"
+                    && child(e, "body").is_some_and(|b| b.text() == format!("re {body}"))
+            })
+            .await;
+    }
+    let sessions = &server.running.as_ref().expect("running").server.sessions;
+    let alice_bare = rookery::jid::BareJid::new("alice@localhost").expect("jid");
+    assert!(
+        sessions.summary(&alice_bare).hints.archives_nothing,
+        "the preferences are noted by now"
+    );
+    assert!(
+        query(&mut alice, "q0", "")
+            .await
+            .expect("archive")
+            .results
+            .is_empty()
+    );
+
+    alice
+        .iq(
+            "p2",
+            "<iq type='set' id='p2'><prefs xmlns='urn:xmpp:mam:2' default='always'/></iq>",
+        )
+        .await;
+    assert!(!sessions.summary(&alice_bare).hints.archives_nothing);
+    alice
+        .send("<message to='bob@localhost/b' type='chat'><body>kept out</body></message>")
+        .await;
+    bob.expect("alice's message", is_message_with_body("kept out"))
+        .await;
+    bob.send("<message to='alice@localhost/a' type='chat'><body>kept in</body></message>")
+        .await;
+    alice
+        .expect("bob's message", is_message_with_body("kept in"))
+        .await;
+    let page = query(&mut alice, "q1", "").await.expect("archive");
+    assert_eq!(page.bodies(), ["kept out", "kept in"]);
+    alice.close().await;
+    bob.close().await;
+    server.shutdown().await;
+}
+
 #[tokio::test]
 async fn bad_queries_get_errors_and_archives_stay_private() {
     let (server, mut alice, bob) = two_users().await;

@@ -13,6 +13,7 @@ use minidom::Element;
 
 use super::{IqRequest, IqResult, Module, el, presence};
 use crate::jid::{self, BareJid, Jid};
+use crate::router::table::{Hint, Hints};
 use crate::server::Server;
 use crate::stanza::StanzaError;
 
@@ -59,11 +60,15 @@ impl Blocking {
         list
     }
 
-    fn forget(&self, user: &str) {
-        self.cache
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(user);
+    fn forget(&self, server: &Server, user: &str) {
+        let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
+        cache.remove(user);
+        // Cleared while the cache is locked: see `blocks`, which sets it likewise.
+        let bare = format!("{user}@{}", server.domain);
+        server
+            .sessions
+            .view()
+            .hint(&bare, Hint::BlocksNobody, false);
     }
 }
 
@@ -73,7 +78,7 @@ pub const CACHE: &str = "blocklist";
 /// Drops a cached block list changed on another node of the cluster.
 pub fn forget_cached(server: &Server, user: &str) {
     if let Some(m) = module(server) {
-        m.forget(user);
+        m.forget(server, user);
     }
 }
 
@@ -99,8 +104,19 @@ pub async fn blocks(server: &Server, owner: &BareJid, other: &Jid) -> bool {
         return false;
     }
     // Every message asks twice (the sender's list and the recipient's): a cached list is read
-    // in place rather than copied out.
-    if let Some(blocked) = m.cached(user.as_str(), |list| matches_entry(list, other)) {
+    // in place rather than copied out. An empty one is noted in the account's entry in the
+    // session table, where the router finds it with the account's other answers; noted while
+    // the cache is locked, so that `forget` cannot clear the note before it is made.
+    let cached = m.cached(user.as_str(), |list| {
+        if list.is_empty() {
+            server
+                .sessions
+                .view()
+                .hint(owner.as_str(), Hint::BlocksNobody, true);
+        }
+        matches_entry(list, other)
+    });
+    if let Some(blocked) = cached {
         return blocked;
     }
     // A name that is no account blocks nobody, and must not leave a list in the cache: a
@@ -109,6 +125,12 @@ pub async fn blocks(server: &Server, owner: &BareJid, other: &Jid) -> bool {
         return false;
     }
     matches_entry(&m.list(server, user.as_str()).await, other)
+}
+
+/// [`blocks`], answered without asking the block list when `hints` (looked up for the message
+/// already) say that it is empty.
+pub async fn blocks_hinted(server: &Server, owner: &BareJid, hints: Hints, other: &Jid) -> bool {
+    !hints.blocks_nobody && blocks(server, owner, other).await
 }
 
 /// How many block lists are held in memory.
@@ -223,7 +245,7 @@ impl Module for Blocking {
                     .block(user, &jids)
                     .await
                     .map_err(|_| StanzaError::internal())?;
-                self.forget(user);
+                self.forget(req.server, user);
                 req.server.sessions.invalidate(CACHE, user);
                 // Blocked subscribers stop seeing the user's presence (XEP-0191 §3.3.2).
                 for to in presence_targets(req.server, user, &jids).await {
@@ -240,7 +262,7 @@ impl Module for Blocking {
                     .unblock(user, &jids)
                     .await
                     .map_err(|_| StanzaError::internal())?;
-                self.forget(user);
+                self.forget(req.server, user);
                 req.server.sessions.invalidate(CACHE, user);
                 // Subscribers no longer blocked see the user's presence again (§3.4).
                 let unblocked: Vec<String> = if jids.is_empty() {

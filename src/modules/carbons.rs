@@ -6,7 +6,7 @@ use minidom::Element;
 
 use super::{IqRequest, IqResult, Module, el};
 use crate::jid::{BareJid, FullJid};
-use crate::router::table::Resource;
+use crate::router::table::{AccountSummary, Resource};
 use crate::server::Server;
 use crate::stanza::{self, StanzaError};
 
@@ -96,16 +96,17 @@ fn wrap(kind: &str, owner: &BareJid, to: &FullJid, msg: &Element) -> Element {
     carbon
 }
 
-/// Whether a copy of `msg` may be owed to any resource of `owner`; cheap, so that the common
-/// case (nobody has carbons on) copies nothing.
-pub fn wanted(server: &Server, owner: &BareJid, msg: &Element) -> bool {
-    server.sessions.any_carbons(owner) && eligible(msg)
+/// Whether a copy of `msg` may be owed to any resource of the account `summary` describes
+/// (looked up for the message already); cheap, so that the common case (nobody has carbons
+/// on) copies nothing.
+pub fn wanted(summary: &AccountSummary, msg: &Element) -> bool {
+    summary.carbons && eligible(msg)
 }
 
 /// Sends `kind` ("sent" or "received") copies of `msg` to the carbons-enabled resources of
 /// `owner`, except those in `skip` (the sender, or the resources that got the original).
 pub fn copy(server: &Server, owner: &BareJid, kind: &str, msg: &Element, skip: &[FullJid]) {
-    if !wanted(server, owner, msg) {
+    if !(server.sessions.any_carbons(owner) && eligible(msg)) {
         return;
     }
     let targets: Vec<Resource> = server

@@ -13,6 +13,7 @@ use tracing::warn;
 
 use super::{IqRequest, IqResult, Module, el, text_el};
 use crate::jid::{self, BareJid, Jid};
+use crate::router::table::{Hint, Hints};
 use crate::server::Server;
 use crate::stanza::{self, StanzaError};
 use crate::store::{ArchivePrefs, ArchiveQuery, NewArchived, Store};
@@ -345,7 +346,7 @@ impl Module for Mam {
                     .set_archive_prefs(user, &prefs)
                     .await
                     .map_err(|_| StanzaError::internal())?;
-                self.forget(user);
+                self.forget(req.server, user);
                 req.server.sessions.invalidate(CACHE, user);
                 Ok(Some(prefs_element(&prefs)))
             }
@@ -364,9 +365,24 @@ struct CachedPrefs {
 
 impl Mam {
     /// Whether `user`'s cached preferences archive nothing; None if they are not cached.
-    fn cached_archives_nothing(&self, user: &str) -> Option<bool> {
+    /// Notes a cached "nothing" in `owner`'s entry in the session table, where the router
+    /// finds it with the account's other answers; noted while the cache is locked, so that
+    /// `forget` cannot clear the note before it is made.
+    fn cached_archives_nothing(
+        &self,
+        server: &Server,
+        owner: &BareJid,
+        user: &str,
+    ) -> Option<bool> {
         let cache = self.prefs.read().unwrap_or_else(|e| e.into_inner());
-        cache.get(user).map(|p| p.archives_nothing)
+        let nothing = cache.get(user).map(|p| p.archives_nothing);
+        if nothing == Some(true) {
+            server
+                .sessions
+                .view()
+                .hint(owner.as_str(), Hint::ArchivesNothing, true);
+        }
+        nothing
     }
 
     async fn prefs(&self, server: &Server, user: &str) -> Arc<ArchivePrefs> {
@@ -408,11 +424,15 @@ impl Mam {
         self.writer(server).jobs.send(job).await.ok()
     }
 
-    fn forget(&self, user: &str) {
-        self.prefs
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(user);
+    fn forget(&self, server: &Server, user: &str) {
+        let mut cache = self.prefs.write().unwrap_or_else(|e| e.into_inner());
+        cache.remove(user);
+        // Cleared while the cache is locked: see `cached_archives_nothing`.
+        let bare = format!("{user}@{}", server.domain);
+        server
+            .sessions
+            .view()
+            .hint(&bare, Hint::ArchivesNothing, false);
     }
 
     async fn query(&self, req: &IqRequest<'_>, user: &str) -> IqResult {
@@ -578,7 +598,7 @@ pub async fn preload(server: &Server, owner: &BareJid) {
 /// Drops cached preferences changed on another node of the cluster.
 pub fn forget_cached(server: &Server, user: &str) {
     if let Some(m) = module(server) {
-        m.forget(user);
+        m.forget(server, user);
     }
 }
 
@@ -603,10 +623,11 @@ fn archivable(msg: &Element) -> bool {
 
 /// Archives a message `owner` receives, if the rules and the owner's preferences say so, and
 /// marks it with its archive id before it is delivered. Any stanza id claiming to be from
-/// `owner`'s archive is removed first: it could only be forged (XEP-0359 §5).
-pub async fn archive(server: &Server, owner: &BareJid, msg: &mut Element) {
+/// `owner`'s archive is removed first: it could only be forged (XEP-0359 §5). `hints` are
+/// the owner's, looked up for the message already.
+pub async fn archive(server: &Server, owner: &BareJid, hints: Hints, msg: &mut Element) {
     strip_stanza_ids(msg, owner.as_str());
-    let Some(pending) = enqueue(server, owner, Direction::Incoming, msg).await else {
+    let Some(pending) = enqueue(server, owner, hints, Direction::Incoming, msg).await else {
         return;
     };
     if let Some(id) = pending.id().await {
@@ -621,8 +642,13 @@ pub async fn archive(server: &Server, owner: &BareJid, msg: &mut Element) {
 /// Queues a message `owner` sent for their archive, if the rules and their preferences say
 /// so. Nothing in the routed message depends on the row, so the caller can route it before
 /// the message has its id.
-pub async fn archive_sent(server: &Server, owner: &BareJid, msg: &Element) -> Option<Pending> {
-    enqueue(server, owner, Direction::Outgoing, msg).await
+pub async fn archive_sent(
+    server: &Server,
+    owner: &BareJid,
+    hints: Hints,
+    msg: &Element,
+) -> Option<Pending> {
+    enqueue(server, owner, hints, Direction::Outgoing, msg).await
 }
 
 /// A message on its way to the archive.
@@ -648,9 +674,13 @@ pub async fn settle(server: &Server) {
 async fn enqueue(
     server: &Server,
     owner: &BareJid,
+    hints: Hints,
     direction: Direction,
     msg: &Element,
 ) -> Option<Pending> {
+    if hints.archives_nothing {
+        return None;
+    }
     let (m, user) = (module(server)?, owner.node()?);
     if !server.is_local_domain(owner.domain().as_str()) || !archivable(msg) {
         return None;
@@ -658,7 +688,7 @@ async fn enqueue(
     let user = user.as_str();
     // Nothing can be archived for this user: no need to look further. Cached preferences are
     // asked in place, the common case for every message when archiving is off.
-    if m.cached_archives_nothing(user) == Some(true) {
+    if m.cached_archives_nothing(server, owner, user) == Some(true) {
         return None;
     }
     // Accounts that do not exist have no archive (and get no cached preferences); checked

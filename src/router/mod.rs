@@ -18,7 +18,7 @@ use crate::modules::{self, blocking, carbons, mam, muc, offline, pep, presence, 
 use crate::server::Server;
 use crate::session::{component, s2s};
 use crate::stanza::{self, StanzaError};
-use table::{DeliveryError, Resource};
+use table::{AccountSummary, DeliveryError, Resource};
 
 /// Routes a stanza to its `to` address.
 ///
@@ -73,8 +73,9 @@ async fn route_parsed(server: &Server, stanza: Element, to: Jid, from: Option<&J
     }
     // A copy of the text cut at the resource: `to_bare` would format it anew.
     let bare = to.clone().into_bare();
+    let account = server.sessions.summary(&bare);
     if let Some(from) = from
-        && blocking::blocks(server, &bare, from).await
+        && blocking::blocks_hinted(server, &bare, account.hints, from).await
     {
         // XEP-0191 §3.4: a blocked entity's messages and iq requests are refused; presence,
         // errors and iq responses are dropped without a word.
@@ -89,7 +90,7 @@ async fn route_parsed(server: &Server, stanza: Element, to: Jid, from: Option<&J
         return;
     }
     match stanza.name() {
-        "message" => route_message(server, &to, &bare, stanza).await,
+        "message" => route_message(server, &to, &bare, &account, stanza).await,
         "presence" => route_presence(server, &to, &bare, stanza).await,
         "iq" => route_iq(server, &to, bare, stanza).await,
         _ => debug!(name = stanza.name(), "dropping unknown stanza kind"),
@@ -219,12 +220,18 @@ fn candidates(server: &Server, bare: &BareJid) -> Vec<Resource> {
     list
 }
 
-async fn route_message(server: &Server, to: &Jid, bare: &BareJid, mut stanza: Element) {
-    mam::archive(server, bare, &mut stanza).await;
+async fn route_message(
+    server: &Server,
+    to: &Jid,
+    bare: &BareJid,
+    account: &AccountSummary,
+    mut stanza: Element,
+) {
+    mam::archive(server, bare, account.hints, &mut stanza).await;
     let Ok(full) = to.try_as_full() else {
         return message_to_bare(server, bare, stanza).await;
     };
-    let carbon = carbons::wanted(server, bare, &stanza).then(|| stanza.clone());
+    let carbon = carbons::wanted(account, &stanza).then(|| stanza.clone());
     match server.sessions.deliver(full, stanza) {
         Ok(()) => {
             if let Some(msg) = carbon {

@@ -304,6 +304,10 @@ pub trait SessionTable: Send + Sync {
     fn any_carbons(&self, bare: &BareJid) -> bool {
         self.view().any_carbons(bare)
     }
+    /// See [`View::summary`].
+    fn summary(&self, bare: &BareJid) -> AccountSummary {
+        self.view().summary(bare)
+    }
     fn resource(&self, jid: &FullJid) -> Option<Resource> {
         self.view().resource(jid)
     }
@@ -355,7 +359,56 @@ fn bare_text(jid: &Jid) -> &str {
     text.split_once('/').map_or(text, |(bare, _)| bare)
 }
 
-type ViewMap = HashMap<Account, Vec<Resource>>;
+/// What routing asks about an account for every message, answered by one lookup of its entry
+/// in the view. Each feature keeps its own cache, a map of its own: asking them one by one
+/// costs a lookup into cold memory apiece, twice per message (sender and recipient).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AccountSummary {
+    /// Whether some resource of the account has carbons on (XEP-0280).
+    pub carbons: bool,
+    pub hints: Hints,
+}
+
+/// Answers a feature has found in its own cache and left in the account's entry. A hint that
+/// is not set only means "ask the feature": it is set when the feature's cache says so and
+/// cleared when that cache entry is dropped, and it goes with the entry when the account's
+/// last resource unbinds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Hints {
+    /// The account's block list is empty (XEP-0191).
+    pub blocks_nobody: bool,
+    /// The account's archive preferences archive nothing (XEP-0313).
+    pub archives_nothing: bool,
+}
+
+/// One of the [`Hints`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hint {
+    BlocksNobody,
+    ArchivesNothing,
+}
+
+impl Hints {
+    fn flag(&mut self, hint: Hint) -> &mut bool {
+        match hint {
+            Hint::BlocksNobody => &mut self.blocks_nobody,
+            Hint::ArchivesNothing => &mut self.archives_nothing,
+        }
+    }
+
+    fn get(mut self, hint: Hint) -> bool {
+        *self.flag(hint)
+    }
+}
+
+/// An account's entry in the view: its bound resources, never empty, and its hints.
+#[derive(Default)]
+struct Entry {
+    resources: Vec<Resource>,
+    hints: Hints,
+}
+
+type ViewMap = HashMap<Account, Entry>;
 
 /// The in-memory map of bound resources that every routing decision reads. A single node's
 /// table is just this; a cluster node keeps one as its local view of the whole cluster.
@@ -376,7 +429,10 @@ impl View {
 
     pub fn bind(&self, resource: Resource) -> Bound {
         let mut map = self.write();
-        let list = map.entry(Account(resource.jid.to_bare())).or_default();
+        let list = &mut map
+            .entry(Account(resource.jid.to_bare()))
+            .or_default()
+            .resources;
         let Some(i) = list.iter().position(|r| r.jid == resource.jid) else {
             list.push(resource);
             return Bound::Accepted(None);
@@ -392,7 +448,7 @@ impl View {
     pub fn unbind(&self, jid: &FullJid, conn_id: u64) -> Option<Resource> {
         let mut map = self.write();
         let bare = bare_text(jid);
-        let list = map.get_mut(bare)?;
+        let list = &mut map.get_mut(bare)?.resources;
         let i = list
             .iter()
             .position(|r| &r.jid == jid && r.sender.conn_id() == conn_id)?;
@@ -413,6 +469,7 @@ impl View {
         let mut map = self.write();
         let r = map
             .get_mut(bare_text(jid))?
+            .resources
             .iter_mut()
             .find(|r| &r.jid == jid && r.sender.conn_id() == conn_id)?;
         f(r);
@@ -423,17 +480,22 @@ impl View {
     pub fn remove_where(&self, reject: impl Fn(&Resource) -> bool) -> Vec<Resource> {
         let mut map = self.write();
         let mut removed = Vec::new();
-        map.retain(|_, list| {
-            let mut i = 0;
-            while i < list.len() {
-                if reject(&list[i]) {
-                    removed.push(list.swap_remove(i));
-                } else {
-                    i += 1;
+        map.retain(
+            |_,
+             Entry {
+                 resources: list, ..
+             }| {
+                let mut i = 0;
+                while i < list.len() {
+                    if reject(&list[i]) {
+                        removed.push(list.swap_remove(i));
+                    } else {
+                        i += 1;
+                    }
                 }
-            }
-            !list.is_empty()
-        });
+                !list.is_empty()
+            },
+        );
         removed
     }
 
@@ -441,12 +503,17 @@ impl View {
     /// cluster, when change events may have been missed).
     pub fn replace_remote(&self, remote: Vec<Resource>) {
         let mut map = self.write();
-        map.retain(|_, list| {
-            list.retain(|r| r.sender.is_local());
-            !list.is_empty()
-        });
+        map.retain(
+            |_,
+             Entry {
+                 resources: list, ..
+             }| {
+                list.retain(|r| r.sender.is_local());
+                !list.is_empty()
+            },
+        );
         for r in remote {
-            let list = map.entry(Account(r.jid.to_bare())).or_default();
+            let list = &mut map.entry(Account(r.jid.to_bare())).or_default().resources;
             match list.iter().position(|l| l.jid == r.jid) {
                 Some(i) if list[i].seq < r.seq => list[i] = r,
                 Some(_) => {}
@@ -459,27 +526,55 @@ impl View {
     pub fn local(&self) -> Vec<Resource> {
         self.read()
             .values()
-            .flatten()
+            .flat_map(|e| &e.resources)
             .filter(|r| r.sender.is_local())
             .cloned()
             .collect()
     }
 
     pub fn resources(&self, bare: &BareJid) -> Vec<Resource> {
-        self.read().get(bare.as_str()).cloned().unwrap_or_default()
+        self.read()
+            .get(bare.as_str())
+            .map(|e| e.resources.clone())
+            .unwrap_or_default()
     }
 
     /// Whether any resource of `bare` is bound, without copying them out.
     pub fn is_bound(&self, bare: &BareJid) -> bool {
         self.read()
             .get(bare.as_str())
-            .is_some_and(|list| !list.is_empty())
+            .is_some_and(|e| !e.resources.is_empty())
     }
 
     pub fn any_carbons(&self, bare: &BareJid) -> bool {
         self.read()
             .get(bare.as_str())
-            .is_some_and(|list| list.iter().any(|r| r.carbons))
+            .is_some_and(|e| e.resources.iter().any(|r| r.carbons))
+    }
+
+    /// What routing asks about `bare` for every message; all unknown if it is not bound.
+    pub fn summary(&self, bare: &BareJid) -> AccountSummary {
+        self.read()
+            .get(bare.as_str())
+            .map_or_else(AccountSummary::default, |e| AccountSummary {
+                carbons: e.resources.iter().any(|r| r.carbons),
+                hints: e.hints,
+            })
+    }
+
+    /// Sets or clears one of `bare`'s hints; nothing if the account is not bound. A feature
+    /// calls this while it holds the lock of its own cache, so that a hint set from a cache
+    /// entry and a hint cleared with it cannot pass each other.
+    pub fn hint(&self, bare: &str, hint: Hint, known: bool) {
+        // Most calls change nothing (an account that is not bound, a hint already there):
+        // they should not wait for the lock every router reads through.
+        let changes = |map: &ViewMap| map.get(bare).is_some_and(|e| e.hints.get(hint) != known);
+        if !changes(&self.read()) {
+            return;
+        }
+        if let Some(e) = self.write().get_mut(bare) {
+            *e.hints.flag(hint) = known;
+        }
     }
 
     /// Queues `stanza` for the resource `jid` without copying the resource out of the view: a
@@ -490,7 +585,7 @@ impl View {
         let map = self.read();
         let Some(resource) = map
             .get(bare_text(jid))
-            .and_then(|list| list.iter().find(|r| &r.jid == jid))
+            .and_then(|e| e.resources.iter().find(|r| &r.jid == jid))
         else {
             return Err(stanza);
         };
@@ -502,6 +597,7 @@ impl View {
     pub fn resource(&self, jid: &FullJid) -> Option<Resource> {
         self.read()
             .get(bare_text(jid))?
+            .resources
             .iter()
             .find(|r| &r.jid == jid)
             .cloned()
@@ -510,7 +606,7 @@ impl View {
     pub fn count_local(&self) -> usize {
         self.read()
             .values()
-            .flatten()
+            .flat_map(|e| &e.resources)
             .filter(|r| r.sender.is_local())
             .count()
     }
@@ -648,6 +744,54 @@ mod tests {
             v.read().is_empty(),
             "the account's entry goes with its last resource"
         );
+    }
+
+    /// Hints live in a bound account's entry: set and cleared there, never for an account
+    /// that is not bound, and gone with its last resource.
+    #[tokio::test]
+    async fn hints_belong_to_bound_accounts_and_go_with_them() {
+        let t = LocalTable::default();
+        let bare = BareJid::new("a@x").unwrap();
+        let (phone, desk) = (
+            FullJid::new("a@x/phone").unwrap(),
+            FullJid::new("a@x/desk").unwrap(),
+        );
+        t.view().hint("a@x", Hint::BlocksNobody, true);
+        assert_eq!(t.summary(&bare), AccountSummary::default(), "not bound");
+
+        let (s1, _r1) = sender(1);
+        let (s2, _r2) = sender(2);
+        t.bind(phone.clone(), s1).await.unwrap();
+        t.bind(desk.clone(), s2).await.unwrap();
+        t.view().hint("a@x", Hint::BlocksNobody, true);
+        t.view().hint("a@x", Hint::ArchivesNothing, true);
+        t.view().hint("a@x", Hint::ArchivesNothing, false);
+        let hints = Hints {
+            blocks_nobody: true,
+            archives_nothing: false,
+        };
+        assert_eq!(
+            t.summary(&bare),
+            AccountSummary {
+                carbons: false,
+                hints
+            }
+        );
+        t.set_carbons(&desk, 2, true).await.unwrap();
+        assert!(t.summary(&bare).carbons);
+        // One resource going keeps the entry and its hints, not the other's carbons.
+        t.unbind(&desk, 2).await.unwrap();
+        assert_eq!(
+            t.summary(&bare),
+            AccountSummary {
+                carbons: false,
+                hints
+            }
+        );
+        t.unbind(&phone, 1).await.unwrap();
+        let (s3, _r3) = sender(3);
+        t.bind(phone, s3).await.unwrap();
+        assert_eq!(t.summary(&bare), AccountSummary::default(), "a new entry");
     }
 
     #[tokio::test]

@@ -1287,11 +1287,13 @@ impl Session<'_> {
         if el.attr("to") != Some(to.as_str()) {
             stanza::set_attr(&mut el, "to", to.as_str());
         }
-        if blocking::blocks(self.server, &self.bare, &to).await {
+        // What the sender's account says of blocking, archiving and carbons, in one lookup.
+        let account = self.server.sessions.summary(&self.bare);
+        if blocking::blocks_hinted(self.server, &self.bare, account.hints, &to).await {
             return self.reply_error(&el, blocking::blocked_error());
         }
-        let archived = mam::archive_sent(self.server, &self.bare, &el).await;
-        let carbon = carbons::wanted(self.server, &self.bare, &el).then(|| el.clone());
+        let archived = mam::archive_sent(self.server, &self.bare, account.hints, &el).await;
+        let carbon = carbons::wanted(&account, &el).then(|| el.clone());
         router::route_from_session(self.server, el, to, &self.jid).await;
         // The session's next stanza (a query of its own archive, say) finds this message: a
         // query waits for the rows of every message numbered before it.
