@@ -259,27 +259,7 @@ async fn a_block_made_while_messages_flow_takes_effect_at_once() {
     let mut bob = XmppClient::connect(&server, "bob@localhost/b", "pw").await;
     alice.send("<presence/>").await;
     bob.send("<presence/>").await;
-    for body in ["one", "two", "three"] {
-        alice
-            .send(&format!(
-                "<message to='bob@localhost/b' type='chat'><body>{body}</body></message>"
-            ))
-            .await;
-        bob.expect("alice's message", |e| {
-            e.name() == "message" && child(e, "body").is_some_and(|b| b.text() == body)
-        })
-        .await;
-        bob.send(&format!(
-            "<message to='alice@localhost/a' type='chat'><body>re {body}</body></message>"
-        ))
-        .await;
-        alice
-            .expect("bob's answer", |e| {
-                e.name() == "message"
-                    && child(e, "body").is_some_and(|b| b.text() == format!("re {body}"))
-            })
-            .await;
-    }
+    exchange(&mut alice, &mut bob, 3).await;
     let sessions = &server.running.as_ref().expect("running").server.sessions;
     let bob_bare = rookery::jid::BareJid::new("bob@localhost").expect("jid");
     assert!(

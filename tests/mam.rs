@@ -518,27 +518,7 @@ async fn preferences_changed_while_messages_flow_take_effect_at_once() {
             "<iq type='set' id='p1'><prefs xmlns='urn:xmpp:mam:2' default='never'/></iq>",
         )
         .await;
-    for body in ["one", "two", "three"] {
-        alice
-            .send(&format!(
-                "<message to='bob@localhost/b' type='chat'><body>{body}</body></message>"
-            ))
-            .await;
-        bob.expect("alice's message", |e| {
-            e.name() == "message" && child(e, "body").is_some_and(|b| b.text() == body)
-        })
-        .await;
-        bob.send(&format!(
-            "<message to='alice@localhost/a' type='chat'><body>re {body}</body></message>"
-        ))
-        .await;
-        alice
-            .expect("bob's answer", |e| {
-                e.name() == "message"
-                    && child(e, "body").is_some_and(|b| b.text() == format!("re {body}"))
-            })
-            .await;
-    }
+    exchange(&mut alice, &mut bob, 3).await;
     let sessions = &server.running.as_ref().expect("running").server.sessions;
     let alice_bare = rookery::jid::BareJid::new("alice@localhost").expect("jid");
     assert!(

@@ -64,11 +64,7 @@ impl Blocking {
         let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
         cache.remove(user);
         // Cleared while the cache is locked: see `blocks`, which sets it likewise.
-        let bare = format!("{user}@{}", server.domain);
-        server
-            .sessions
-            .view()
-            .hint(&bare, Hint::BlocksNobody, false);
+        super::clear_hint(server, user, Hint::BlocksNobody);
     }
 }
 

@@ -428,11 +428,7 @@ impl Mam {
         let mut cache = self.prefs.write().unwrap_or_else(|e| e.into_inner());
         cache.remove(user);
         // Cleared while the cache is locked: see `cached_archives_nothing`.
-        let bare = format!("{user}@{}", server.domain);
-        server
-            .sessions
-            .view()
-            .hint(&bare, Hint::ArchivesNothing, false);
+        super::clear_hint(server, user, Hint::ArchivesNothing);
     }
 
     async fn query(&self, req: &IqRequest<'_>, user: &str) -> IqResult {

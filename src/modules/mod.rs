@@ -202,6 +202,13 @@ pub fn push(server: &Server, owner: &BareJid, payload: &Element, only_interested
 }
 
 /// Builds an element in `ns` with attributes.
+/// Clears `hint` in the session-table entry of the local account `user`, whose cache entry
+/// behind it a module has just dropped.
+fn clear_hint(server: &Server, user: &str, hint: crate::router::table::Hint) {
+    let bare = format!("{user}@{}", server.domain);
+    server.sessions.view().hint(&bare, hint, false);
+}
+
 pub fn el(name: &str, ns: &str, attrs: &[(&str, &str)]) -> Element {
     let mut e = Element::bare(name, ns);
     for (k, v) in attrs {

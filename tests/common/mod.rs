@@ -356,6 +356,27 @@ pub async fn befriend(server: &TestServer, a: &str, b: &str) {
     }
 }
 
+/// `rounds` chat messages from alice@localhost/a to bob@localhost/b, each answered, every one
+/// waited for: enough traffic for the server to have cached what routing asks of both accounts.
+pub async fn exchange(alice: &mut XmppClient, bob: &mut XmppClient, rounds: usize) {
+    for round in 0..rounds {
+        pass(alice, bob, "bob@localhost/b", format!("ping {round}")).await;
+        pass(bob, alice, "alice@localhost/a", format!("pong {round}")).await;
+    }
+}
+
+/// One chat message from `from` to `to` (whose JID is `jid`), waited for.
+async fn pass(from: &mut XmppClient, to: &mut XmppClient, jid: &str, body: String) {
+    from.send(&format!(
+        "<message to='{jid}' type='chat'><body>{body}</body></message>"
+    ))
+    .await;
+    to.expect("the message", |e| {
+        e.name() == "message" && child(e, "body").is_some_and(|b| b.text() == body)
+    })
+    .await;
+}
+
 pub fn is_message_with_body(body: &'static str) -> impl Fn(&Element) -> bool {
     move |e| e.name() == "message" && e.children().any(|c| c.name() == "body" && c.text() == body)
 }
