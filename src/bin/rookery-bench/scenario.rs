@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 use tokio_rustls::client::TlsStream;
 
 use crate::client::{self, ClientError, Conn, Target};
@@ -428,8 +428,8 @@ impl ChatStats {
 
 enum Wake {
     Read(Result<(), ClientError>),
+    /// The next message to send; `None` once the run has dropped the queue's sender (its end).
     Send(Option<usize>),
-    Stop,
 }
 
 /// What one connection sends: `kind` messages to `targets[index]` for each index it is handed,
@@ -444,7 +444,6 @@ struct Sending {
 async fn conn_task(
     mut conn: Connection,
     mut rx: mpsc::Receiver<usize>,
-    mut stop: watch::Receiver<bool>,
     stats: Arc<ChatStats>,
     sending: Sending,
     ready: oneshot::Sender<bool>,
@@ -480,10 +479,9 @@ async fn conn_task(
                 Seen::Other => {}
             }) => Wake::Read(r),
             j = rx.recv() => Wake::Send(j),
-            _ = stop.changed() => Wake::Stop,
         };
         match wake {
-            Wake::Read(Err(_)) | Wake::Stop | Wake::Send(None) => break,
+            Wake::Read(Err(_)) | Wake::Send(None) => break,
             Wake::Read(Ok(())) => {
                 if latencies.is_empty() {
                     continue;
@@ -595,7 +593,6 @@ struct Load {
     senders: Vec<mpsc::Sender<usize>>,
     live: Vec<tokio::task::JoinHandle<()>>,
     stats: Arc<ChatStats>,
-    stop: watch::Sender<bool>,
     epoch: Instant,
 }
 
@@ -605,7 +602,6 @@ impl Load {
             senders: Vec::new(),
             live: Vec::new(),
             stats: Arc::new(ChatStats::default()),
-            stop: watch::channel(false).0,
             epoch: Instant::now(),
         }
     }
@@ -618,7 +614,6 @@ impl Load {
         self.live.push(tokio::spawn(conn_task(
             conn,
             rx,
-            self.stop.subscribe(),
             self.stats.clone(),
             sending,
             ready,
@@ -826,7 +821,6 @@ async fn drive(
         senders,
         live,
         stats,
-        stop,
         epoch,
     } = load;
     let cpu_before = procstat::sample(&args.pid).unwrap_or_default();
@@ -869,7 +863,8 @@ async fn drive(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let cpu_after = procstat::sample(&args.pid).unwrap_or_default();
-    let _ = stop.send(true);
+    // Dropping the queues ends every connection's task (see `Wake::Send`).
+    drop(senders);
     for h in live {
         let _ = tokio::time::timeout(Duration::from_secs(5), h).await;
     }
