@@ -143,3 +143,66 @@ async fn stream_management_bad_input() {
     assert!(closed.contains("undefined-condition"), "{closed}");
     server.shutdown().await;
 }
+
+/// Whether alice's phone session takes stanzas already written out (see `SessionSender`).
+fn phone_writes_through(server: &TestServer) -> bool {
+    let sessions = &server.running.as_ref().expect("running").server.sessions;
+    let jid = rookery::jid::FullJid::new("alice@localhost/phone").expect("jid");
+    match sessions.resource(&jid).map(|r| r.sender) {
+        Some(rookery::router::table::Endpoint::Local(s)) => s.writes_through(),
+        other => panic!("the phone is bound here: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn stanzas_come_written_out_only_while_the_session_neither_keeps_nor_holds_them() {
+    let server = TestServer::start().await;
+    server.add_user("alice", "secret").await;
+    server.add_user("bob", "secret").await;
+    let mut bob = XmppClient::connect(&server, "bob@localhost/desk", "secret").await;
+    bob.send("<presence/>").await;
+    let mut phone = Raw::login(&server, "alice", "secret", "phone").await;
+    phone.send("<presence/>").await;
+    let ping = |id: &str| format!("<iq type='get' id='{id}'><ping xmlns='urn:xmpp:ping'/></iq>");
+    phone.send(&ping("p1")).await;
+    phone.read_iq("p1").await;
+    assert!(
+        phone_writes_through(&server),
+        "a plain session writes through"
+    );
+    send_bodies(&mut bob, 1..=1).await;
+    phone.read_until("m1</body>").await;
+
+    // Inactive (XEP-0352): held stanzas need trees, until the client is active again.
+    phone.send("<inactive xmlns='urn:xmpp:csi:0'/>").await;
+    phone.send(&ping("p2")).await;
+    phone.read_iq("p2").await;
+    assert!(!phone_writes_through(&server));
+    phone.send("<active xmlns='urn:xmpp:csi:0'/>").await;
+    phone.send(&ping("p3")).await;
+    phone.read_iq("p3").await;
+    assert!(phone_writes_through(&server));
+
+    // Stream management keeps a copy of each stanza until it is acknowledged: the phone's ack
+    // of the ping's result and both messages is taken, and the stream goes on.
+    phone.send(&format!("<enable xmlns='{SM}'/>")).await;
+    phone.read_until("<enabled").await;
+    phone.send(&ping("p4")).await;
+    phone.read_iq("p4").await;
+    assert!(!phone_writes_through(&server));
+    send_bodies(&mut bob, 2..=3).await;
+    let got = phone.read_until("m3</body>").await;
+    assert_eq!(bodies(&got), ["m2", "m3"], "{got}");
+    phone
+        .send(&format!("<a xmlns='{SM}' h='3'/><r xmlns='{SM}'/>"))
+        .await;
+    phone.read_until("<a ").await;
+    let ack = format!("<a {}", phone.read_until("/>").await);
+    assert_eq!(
+        attr(&ack, "a", "h").as_deref(),
+        Some("1"),
+        "the ping: {ack}"
+    );
+    bob.close().await;
+    server.shutdown().await;
+}

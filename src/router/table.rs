@@ -5,6 +5,7 @@
 use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
@@ -61,7 +62,7 @@ impl CloseReason {
     }
 }
 
-/// A stanza on its way to a session. Both kinds are boxed: the channel allocates slots of the
+/// A stanza on its way to a session. Every kind is boxed: the channel allocates slots of the
 /// command's size in blocks, and an inline Element would make every idle connection's block
 /// large.
 #[derive(Debug)]
@@ -71,6 +72,9 @@ pub enum QueuedStanza {
     /// One of many copies of a stanza that differ only in `to` (a room's message to each
     /// occupant): shared rather than cloned, until a session needs a copy of its own.
     Addressed(Box<(Arc<Element>, FullJid)>),
+    /// A stanza already written out as XML, for a session that writes what it gets straight
+    /// to its client (see [`SessionSender::deliver`]).
+    Written(Box<Vec<u8>>),
 }
 
 impl QueuedStanza {
@@ -78,10 +82,18 @@ impl QueuedStanza {
         QueuedStanza::Addressed(Box::new((stanza, to)))
     }
 
+    /// Writes `stanza` out now; `None` for one the writer would not write (a name that could
+    /// break the markup), which has to go as a tree.
+    fn written(stanza: &Element) -> Option<QueuedStanza> {
+        let xml = crate::stream::writer::element(stanza);
+        (!xml.is_empty()).then(|| QueuedStanza::Written(Box::new(xml)))
+    }
+
     pub fn name(&self) -> &str {
         match self {
             QueuedStanza::Owned(el) => el.name(),
             QueuedStanza::Addressed(a) => a.0.name(),
+            QueuedStanza::Written(xml) => written_name(xml),
         }
     }
 
@@ -94,6 +106,10 @@ impl QueuedStanza {
                 crate::stanza::set_attr(&mut el, "to", to.as_str());
                 el
             }
+            // Only where a session keeps or holds back a stanza written for it just before it
+            // began to (stream management enabled, the client gone inactive), or ends with
+            // stanzas queued: the tree is read back from the XML.
+            QueuedStanza::Written(xml) => read_back(&xml),
         }
     }
 
@@ -104,8 +120,32 @@ impl QueuedStanza {
             QueuedStanza::Addressed(a) => {
                 crate::stream::writer::element_to_into(&a.0, a.1.as_str(), out)
             }
+            QueuedStanza::Written(xml) => out.extend_from_slice(xml),
         }
     }
+}
+
+/// The element name a written stanza starts with.
+fn written_name(xml: &[u8]) -> &str {
+    let name = xml.get(1..).unwrap_or_default();
+    let end = name
+        .iter()
+        .position(|b| matches!(b, b' ' | b'/' | b'>'))
+        .unwrap_or(name.len());
+    std::str::from_utf8(&name[..end]).unwrap_or_default()
+}
+
+/// The tree of a stanza the server wrote itself. The writer's output is well-formed and
+/// declares the top element's namespace, so reading it back does not fail; if it ever did,
+/// the stanza's bare top element is what is left, and the failure is logged.
+fn read_back(xml: &[u8]) -> Element {
+    let parsed = std::str::from_utf8(xml)
+        .ok()
+        .and_then(|text| text.parse::<Element>().ok());
+    parsed.unwrap_or_else(|| {
+        tracing::error!("a stanza written for a session could not be read back");
+        Element::bare(written_name(xml), crate::stream::ns::CLIENT)
+    })
 }
 
 /// The address of a session's task: a bounded channel, so a slow reader cannot make the
@@ -114,6 +154,9 @@ impl QueuedStanza {
 pub struct SessionSender {
     pub conn_id: u64,
     pub tx: mpsc::Sender<SessionCommand>,
+    /// Shared with the session: set while it writes what it gets straight to its client, and
+    /// so can take stanzas already written out (see [`deliver`](Self::deliver)).
+    writes_through: Arc<AtomicBool>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -125,13 +168,53 @@ pub enum DeliveryError {
 }
 
 impl SessionSender {
-    /// Queues a stanza without waiting. A full queue means the client does not read: the
-    /// session is told to close, and the stanza comes back so the caller can store or bounce it.
-    pub fn deliver(&self, stanza: Element) -> Result<(), DeliveryError> {
-        self.deliver_queued(QueuedStanza::Owned(Box::new(stanza)))
+    /// The sender of a session that always wants stanzas as trees (a component's, which
+    /// rewrites their namespace).
+    pub fn new(conn_id: u64, tx: mpsc::Sender<SessionCommand>) -> SessionSender {
+        SessionSender {
+            conn_id,
+            tx,
+            writes_through: Arc::new(AtomicBool::new(false)),
+        }
     }
 
-    /// [`deliver`](Self::deliver) for either kind of outgoing stanza.
+    /// The sender of a session that says with the returned flag whether it writes what it
+    /// gets straight to its client; it starts out doing so.
+    pub fn writing_through(
+        conn_id: u64,
+        tx: mpsc::Sender<SessionCommand>,
+    ) -> (SessionSender, Arc<AtomicBool>) {
+        let flag = Arc::new(AtomicBool::new(true));
+        let sender = SessionSender {
+            conn_id,
+            tx,
+            writes_through: flag.clone(),
+        };
+        (sender, flag)
+    }
+
+    /// Queues a stanza without waiting. A full queue means the client does not read: the
+    /// session is told to close, and the stanza comes back so the caller can store or bounce it.
+    ///
+    /// A session that writes straight through gets the stanza written out here, by the
+    /// routing task that just parsed or built it: its tree is in this core's cache, and the
+    /// session (often on the other core, later) copies one buffer instead of walking a tree of
+    /// a dozen allocations in cold memory and freeing them there.
+    pub fn deliver(&self, stanza: Element) -> Result<(), DeliveryError> {
+        let written = if self.writes_through.load(Ordering::Relaxed) {
+            QueuedStanza::written(&stanza)
+        } else {
+            None
+        };
+        self.deliver_queued(written.unwrap_or_else(|| QueuedStanza::Owned(Box::new(stanza))))
+    }
+
+    /// Whether stanzas for this session are written out before they are queued.
+    pub fn writes_through(&self) -> bool {
+        self.writes_through.load(Ordering::Relaxed)
+    }
+
+    /// [`deliver`](Self::deliver) for any kind of outgoing stanza.
     pub fn deliver_queued(&self, stanza: QueuedStanza) -> Result<(), DeliveryError> {
         match self.tx.try_send(SessionCommand::Stanza(stanza)) {
             Ok(()) => Ok(()),
@@ -683,7 +766,7 @@ mod tests {
 
     fn sender(id: u64) -> (SessionSender, mpsc::Receiver<SessionCommand>) {
         let (tx, rx) = mpsc::channel(2);
-        (SessionSender { conn_id: id, tx }, rx)
+        (SessionSender::new(id, tx), rx)
     }
 
     #[tokio::test]
@@ -825,5 +908,79 @@ mod tests {
         }
         // The shared original is untouched.
         assert_eq!(room_message.attr("to"), None);
+    }
+
+    /// A stanza with what a writer and a reader could disagree on: escaped text, non-ASCII
+    /// text, `xml:lang`, a child in its own namespace with a namespaced attribute.
+    const AWKWARD: &str = "<message xmlns='jabber:client' to='b@x/r' from='a@x/r' type='chat' \
+        xml:lang='de'><body>1 &lt; 2 &amp;&amp; 'q' \"d\" &gt; \u{fc}\u{2603}</body>\
+        <x xmlns='urn:example' xmlns:e='urn:example:attr' e:flag='1' plain='a&apos;b'><y/></x>\
+        </message>";
+
+    #[test]
+    fn a_session_writing_through_gets_stanzas_written_out_that_read_back_the_same() {
+        let (tx, mut rx) = mpsc::channel(2);
+        let (s, flag) = SessionSender::writing_through(1, tx);
+        let original: Element = AWKWARD.parse().unwrap();
+        s.deliver(original.clone()).unwrap();
+        let Ok(SessionCommand::Stanza(queued)) = rx.try_recv() else {
+            panic!("a stanza is queued");
+        };
+        assert!(matches!(queued, QueuedStanza::Written(_)), "{queued:?}");
+        assert_eq!(queued.name(), "message");
+        let mut out = Vec::new();
+        queued.write_into(&mut out);
+        assert_eq!(
+            out,
+            crate::stream::writer::element(&original),
+            "the same bytes"
+        );
+        assert_eq!(queued.into_element(), original, "the same tree");
+
+        // While the session keeps copies or holds stanzas back, they come as trees.
+        flag.store(false, Ordering::Relaxed);
+        assert!(!s.writes_through());
+        s.deliver(original.clone()).unwrap();
+        assert!(matches!(
+            rx.try_recv(),
+            Ok(SessionCommand::Stanza(QueuedStanza::Owned(_)))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_written_stanza_that_finds_the_queue_full_comes_back_as_its_tree() {
+        let (tx, _rx) = mpsc::channel(1);
+        let (s, _flag) = SessionSender::writing_through(1, tx);
+        let original: Element = AWKWARD.parse().unwrap();
+        s.deliver(original.clone()).unwrap();
+        match s.deliver(original.clone()) {
+            Err(DeliveryError::Full(el)) => assert_eq!(el, original),
+            other => panic!("expected a full queue, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_stanza_the_writer_refuses_goes_as_a_tree() {
+        let (tx, mut rx) = mpsc::channel(1);
+        let (s, _flag) = SessionSender::writing_through(1, tx);
+        // Trees the server builds itself skip the parser's name checks.
+        let bad = Element::bare("a>b", "jabber:client");
+        s.deliver(bad).unwrap();
+        assert!(matches!(
+            rx.try_recv(),
+            Ok(SessionCommand::Stanza(QueuedStanza::Owned(_)))
+        ));
+    }
+
+    #[test]
+    fn written_names_are_read_from_the_start_tag() {
+        for (xml, name) in [
+            (&b"<iq xmlns='jabber:client'/>"[..], "iq"),
+            (b"<presence/>", "presence"),
+            (b"<message>", "message"),
+            (b"", ""),
+        ] {
+            assert_eq!(written_name(xml), name);
+        }
     }
 }

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use base64::Engine;
@@ -642,6 +643,8 @@ struct Session<'a> {
     overflow: bool,
     /// The session went on at another cluster node: nothing is left to end here.
     moved: bool,
+    /// Shared with the session's sender: whether stanzas may come written out already.
+    writes_through: Arc<AtomicBool>,
 }
 
 /// The three stanzas of RFC 6120 §8.
@@ -687,7 +690,7 @@ async fn established(server: &Server, mut conn: XmlConn, conn_id: u64, start: St
         },
     };
     let (tx, mut rx) = mpsc::channel(QUEUE_DEPTH);
-    let sender = SessionSender { conn_id, tx };
+    let (sender, writes_through) = SessionSender::writing_through(conn_id, tx);
     match server.sessions.bind(jid.clone(), sender).await {
         Ok(Some(old)) => old.command(SessionCommand::Replaced),
         Ok(None) => {}
@@ -712,6 +715,7 @@ async fn established(server: &Server, mut conn: XmlConn, conn_id: u64, start: St
         resumptions: None,
         overflow: false,
         moved: false,
+        writes_through,
     };
     let arrived = match start {
         Start::Bound(bound) => {
@@ -843,6 +847,7 @@ impl Session<'_> {
             if let Some(r) = self.sm.as_mut().and_then(Sm::request) {
                 self.conn.queue(&r);
             }
+            self.note_writing_through();
             if let Err(f) = self.conn.flush().await {
                 return f;
             }
@@ -932,6 +937,17 @@ impl Session<'_> {
     fn reply_error(&mut self, stanza: &Element, err: StanzaError) {
         if let Some(reply) = stanza::error_reply(stanza, &err) {
             self.write(&reply);
+        }
+    }
+
+    /// Tells the session's sender whether what it gets goes straight to the client: not while
+    /// stream management keeps copies or the client is inactive, which need trees.
+    fn note_writing_through(&self) {
+        let through = self.sm.is_none() && self.inactive.is_none();
+        // Read first: the flag is read for every stanza routed here, and stays put for the
+        // session's life unless the client enables one of the two.
+        if self.writes_through.load(Ordering::Relaxed) != through {
+            self.writes_through.store(through, Ordering::Relaxed);
         }
     }
 

@@ -140,7 +140,7 @@ async fn established(
     let (tx, mut rx) = mpsc::channel(QUEUE_DEPTH);
     if let Err(e) = server
         .sessions
-        .bind(full.clone(), SessionSender { conn_id, tx })
+        .bind(full.clone(), SessionSender::new(conn_id, tx))
         .await
     {
         tracing::warn!(error = %e, "cannot bind the component");
