@@ -5,6 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use rookery::config::ArchiveDefault;
 use tokio_xmpp::minidom::Element;
 
 fn carbon<'a>(e: &'a Element, kind: &str) -> Option<&'a Element> {
@@ -32,7 +33,17 @@ async fn enable(c: &mut XmppClient, on: bool) {
 
 #[tokio::test(flavor = "current_thread")]
 async fn second_device_sees_sent_and_received_messages() {
-    let server = TestServer::start().await;
+    second_device_sees_sent_and_received_messages_with(ArchiveDefault::Always).await;
+}
+
+/// With archiving off, a message to an account without carbons goes on without its tree.
+#[tokio::test(flavor = "current_thread")]
+async fn second_device_sees_sent_and_received_messages_with_archiving_off() {
+    second_device_sees_sent_and_received_messages_with(ArchiveDefault::Never).await;
+}
+
+async fn second_device_sees_sent_and_received_messages_with(archive: ArchiveDefault) {
+    let server = TestServer::start_with(|c| c.archive.default = archive).await;
     server.add_user("alice", "pw").await;
     server.add_user("bob", "pw").await;
     let mut phone = XmppClient::connect(&server, "alice@localhost/phone", "pw").await;

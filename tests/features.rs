@@ -5,6 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use rookery::config::ArchiveDefault;
 use tokio_xmpp::minidom::Element;
 
 #[tokio::test(flavor = "current_thread")]
@@ -252,7 +253,18 @@ async fn blocking_command() {
 /// the empty block list is cached; a block made while messages flow must clear it at once.
 #[tokio::test]
 async fn a_block_made_while_messages_flow_takes_effect_at_once() {
-    let server = TestServer::start().await;
+    a_block_made_while_messages_flow_takes_effect_at_once_with(ArchiveDefault::Always).await;
+}
+
+/// With archiving off, messages before the block go on without their trees; the block still
+/// stops the next one.
+#[tokio::test]
+async fn a_block_made_while_messages_flow_takes_effect_at_once_with_archiving_off() {
+    a_block_made_while_messages_flow_takes_effect_at_once_with(ArchiveDefault::Never).await;
+}
+
+async fn a_block_made_while_messages_flow_takes_effect_at_once_with(archive: ArchiveDefault) {
+    let server = TestServer::start_with(|c| c.archive.default = archive).await;
     server.add_user("alice", "pw").await;
     server.add_user("bob", "pw").await;
     let mut alice = XmppClient::connect(&server, "alice@localhost/a", "pw").await;

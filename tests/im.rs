@@ -300,6 +300,139 @@ async fn messages_to_bare_and_full_jid() {
     server.shutdown().await;
 }
 
+/// With archiving off, a message between two sessions that need nothing more of it is not
+/// built into a tree on its way: it arrives whole all the same, with `from` stamped, and what
+/// does need it read (a forged stanza id, an address not in its normal form, a long body, a
+/// `from` the client gave, a block) still sees it. Bob's client writes its own XML and does
+/// not enable stream management, so his session writes what it gets straight through.
+#[tokio::test(flavor = "current_thread")]
+async fn messages_between_plain_sessions_arrive_whole() {
+    let server = TestServer::start_with(|c| {
+        c.archive.default = rookery::config::ArchiveDefault::Never;
+        c.limits.max_body_chars = 300;
+    })
+    .await;
+    server.add_user("alice", "pw").await;
+    server.add_user("bob", "pw").await;
+    let mut alice = XmppClient::connect(&server, "alice@localhost/a", "pw").await;
+    let mut bob = Raw::login(&server, "bob", "pw", "b").await;
+    async fn next_message(bob: &mut Raw) -> Element {
+        let text = bob.read_until("</message>").await;
+        let start = text.rfind("<message").expect("a message");
+        text[start..].parse().expect("a message that parses")
+    }
+    for round in 0..2 {
+        alice
+            .send(&format!(
+                "<message to='bob@localhost/b' type='chat'><body>warm {round}</body></message>"
+            ))
+            .await;
+        next_message(&mut bob).await;
+    }
+    let sessions = &server.running.as_ref().expect("running").server.sessions;
+    for account in ["alice@localhost", "bob@localhost"] {
+        let summary = sessions.summary(&rookery::jid::BareJid::new(account).expect("jid"));
+        assert!(
+            summary.hints.blocks_nobody && summary.hints.archives_nothing && !summary.carbons,
+            "nothing about {account} needs a message's tree: {summary:?}"
+        );
+    }
+
+    alice
+        .send(
+            "<message to='bob@localhost/b' type='chat' id='w1' xml:lang='fr'>\
+             <body>h&#xe9;llo &lt;b&gt; &amp; > \u{1F600}</body>\
+             <x xmlns='urn:example:x' a='1'><y>z</y></x>\
+             <p:q xmlns:p='urn:example:p' p:r='&apos;s'/></message>",
+        )
+        .await;
+    let m = next_message(&mut bob).await;
+    assert_eq!(m.attr("id"), Some("w1"));
+    assert_eq!(m.attr("from"), Some("alice@localhost/a"));
+    assert_eq!(m.attr("to"), Some("bob@localhost/b"));
+    assert_eq!(child(&m, "body").unwrap().text(), "héllo <b> & > \u{1F600}");
+    let x = m.get_child("x", "urn:example:x").expect("x");
+    assert_eq!(x.attr("a"), Some("1"));
+    assert_eq!(x.get_child("y", "urn:example:x").expect("y").text(), "z");
+    assert!(m.get_child("q", "urn:example:p").is_some(), "{m:?}");
+
+    // CDATA is written out as text.
+    alice
+        .send("<message to='bob@localhost/b' type='chat' id='c1'><body><![CDATA[<i>]]></body></message>")
+        .await;
+    let m = next_message(&mut bob).await;
+    assert_eq!(m.attr("id"), Some("c1"));
+    assert_eq!(child(&m, "body").unwrap().text(), "<i>");
+    // A stanza id that claims to be bob's server's is removed (XEP-0359).
+    alice
+        .send(
+            "<message to='bob@localhost/b' type='chat' id='w2'><body>forged</body>\
+             <stanza-id xmlns='urn:xmpp:sid:0' by='bob@localhost' id='1'/></message>",
+        )
+        .await;
+    let m = next_message(&mut bob).await;
+    assert_eq!(m.attr("id"), Some("w2"));
+    assert!(
+        m.get_child("stanza-id", "urn:xmpp:sid:0").is_none(),
+        "{m:?}"
+    );
+    // An address in another case arrives in its normal form.
+    alice
+        .send("<message to='Bob@LocalHost/b' type='chat' id='w3'><body>cased</body></message>")
+        .await;
+    let m = next_message(&mut bob).await;
+    assert_eq!(m.attr("id"), Some("w3"));
+    assert_eq!(m.attr("to"), Some("bob@localhost/b"));
+    // The client's own JID as `from` is taken (another is a stream error: `bad_input`).
+    alice
+        .send(
+            "<message from='alice@localhost/a' to='bob@localhost/b' type='chat' id='w4'>\
+             <body>own from</body></message>",
+        )
+        .await;
+    let m = next_message(&mut bob).await;
+    assert_eq!(m.attr("id"), Some("w4"));
+    assert_eq!(m.attr("from"), Some("alice@localhost/a"));
+    // A message longer than the body limit whose body is within it goes; a body over the
+    // limit is refused.
+    let padding = "p".repeat(400);
+    alice
+        .send(&format!(
+            "<message to='bob@localhost/b' type='chat' id='w5'><body>short</body>\
+             <x xmlns='urn:example:x' pad='{padding}'/></message>"
+        ))
+        .await;
+    assert_eq!(next_message(&mut bob).await.attr("id"), Some("w5"));
+    alice
+        .send(&format!(
+            "<message to='bob@localhost/b' type='chat' id='w6'><body>{padding}</body></message>"
+        ))
+        .await;
+    let err = alice
+        .expect("long body refused", |e| {
+            e.attr("id") == Some("w6") && e.attr("type") == Some("error")
+        })
+        .await;
+    assert!(child(child(&err, "error").unwrap(), "policy-violation").is_some());
+    // Once bob blocks alice, her messages bounce.
+    bob.send(
+        "<iq type='set' id='b'><block xmlns='urn:xmpp:blocking'><item jid='alice@localhost'/></block></iq>",
+    )
+    .await;
+    bob.read_iq("b").await;
+    alice
+        .send("<message to='bob@localhost/b' type='chat' id='w7'><body>blocked</body></message>")
+        .await;
+    alice
+        .expect("the bounce", |e| {
+            e.attr("id") == Some("w7") && e.attr("type") == Some("error")
+        })
+        .await;
+    let rest = bob.read_for(Duration::from_millis(300)).await;
+    assert!(!rest.contains("<message"), "{rest}");
+    server.shutdown().await;
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn offline_message_is_delivered_at_next_login_with_delay() {
     let server = TestServer::start().await;

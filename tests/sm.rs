@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::sm::*;
 use common::*;
+use rookery::config::ArchiveDefault;
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_dropped_connection_resumes_with_exactly_the_unacknowledged_stanzas() {
@@ -156,7 +157,27 @@ fn phone_writes_through(server: &TestServer) -> bool {
 
 #[tokio::test(flavor = "current_thread")]
 async fn stanzas_come_written_out_only_while_the_session_neither_keeps_nor_holds_them() {
-    let server = TestServer::start().await;
+    stanzas_come_written_out_only_while_the_session_neither_keeps_nor_holds_them_with(
+        ArchiveDefault::Always,
+    )
+    .await;
+}
+
+/// With archiving off, messages for the phone go on as their client wrote them; those that
+/// arrive while it keeps or holds stanzas are read back into trees.
+#[tokio::test(flavor = "current_thread")]
+async fn stanzas_come_written_out_only_while_the_session_neither_keeps_nor_holds_them_with_archiving_off()
+ {
+    stanzas_come_written_out_only_while_the_session_neither_keeps_nor_holds_them_with(
+        ArchiveDefault::Never,
+    )
+    .await;
+}
+
+async fn stanzas_come_written_out_only_while_the_session_neither_keeps_nor_holds_them_with(
+    archive: ArchiveDefault,
+) {
+    let server = TestServer::start_with(|c| c.archive.default = archive).await;
     server.add_user("alice", "secret").await;
     server.add_user("bob", "secret").await;
     let mut bob = XmppClient::connect(&server, "bob@localhost/desk", "secret").await;

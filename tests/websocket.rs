@@ -8,6 +8,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use common::*;
 use futures::{SinkExt, StreamExt};
+use rookery::config::ArchiveDefault;
 use sasl::client::Mechanism;
 use sasl::client::mechanisms::Scram;
 use sasl::common::ChannelBinding;
@@ -173,7 +174,21 @@ impl WsClient {
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_websocket_client_logs_in_with_scram_and_chats_with_a_tcp_client() {
-    let server = TestServer::start().await;
+    a_websocket_client_logs_in_with_scram_and_chats_with_a_tcp_client_with(ArchiveDefault::Always)
+        .await;
+}
+
+/// With archiving off, messages between the two go on as their clients wrote them.
+#[tokio::test(flavor = "current_thread")]
+async fn a_websocket_client_logs_in_with_scram_and_chats_with_a_tcp_client_with_archiving_off() {
+    a_websocket_client_logs_in_with_scram_and_chats_with_a_tcp_client_with(ArchiveDefault::Never)
+        .await;
+}
+
+async fn a_websocket_client_logs_in_with_scram_and_chats_with_a_tcp_client_with(
+    archive: ArchiveDefault,
+) {
+    let server = TestServer::start_with(|c| c.archive.default = archive).await;
     server.add_user("alice", "secret").await;
     server.add_user("bob", "secret").await;
 
@@ -186,24 +201,35 @@ async fn a_websocket_client_logs_in_with_scram_and_chats_with_a_tcp_client() {
 
     let mut bob = XmppClient::connect(&server, "bob@localhost/tcp", "secret").await;
     bob.send("<presence/>").await;
-    bob.send("<message to='alice@localhost/web' type='chat'><body>to the browser</body></message>")
+    // Several rounds: once the accounts' features have been asked, messages go on as their
+    // clients wrote them where archiving is off, and each still makes a frame of its own.
+    for round in 0..3 {
+        let to_web = format!("to the browser {round}: a > b, 'q'");
+        bob.send(&format!(
+            "<message\n to='alice@localhost/web' type='chat'><body>{}</body></message >",
+            to_web.replace('\'', "&apos;")
+        ))
         .await;
-    let m = web
-        .expect("bob's message", |e| {
-            e.name() == "message" && child(e, "body").is_some_and(|b| b.text() == "to the browser")
-        })
+        let m = web
+            .expect("bob's message", |e| {
+                e.name() == "message" && child(e, "body").is_some_and(|b| b.text() == to_web)
+            })
+            .await;
+        assert_eq!(m.attr("from"), Some("bob@localhost/tcp"));
+        assert_eq!(m.ns(), "jabber:client");
+        let from_web = format!("from the browser {round}");
+        web.send(&format!(
+            "<message xmlns='jabber:client' to='bob@localhost/tcp' type='chat'>\
+             <body>{from_web}</body></message>"
+        ))
         .await;
-    assert_eq!(m.attr("from"), Some("bob@localhost/tcp"));
-    assert_eq!(m.ns(), "jabber:client");
-    web.send(
-        "<message xmlns='jabber:client' to='bob@localhost/tcp' type='chat'>\
-         <body>from the browser</body></message>",
-    )
-    .await;
-    let m = bob
-        .expect("alice's message", is_message_with_body("from the browser"))
-        .await;
-    assert_eq!(m.attr("from"), Some("alice@localhost/web"));
+        let m = bob
+            .expect("alice's message", |e| {
+                e.name() == "message" && child(e, "body").is_some_and(|b| b.text() == from_web)
+            })
+            .await;
+        assert_eq!(m.attr("from"), Some("alice@localhost/web"));
+    }
 
     // RFC 7395 §3.6: <close/> is answered with <close/>, then the connection ends.
     web.send(&format!("<close xmlns='{FRAMING}'/>")).await;

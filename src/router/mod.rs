@@ -54,22 +54,47 @@ async fn route_now(server: &Server, stanza: Element) {
     route_parsed(server, stanza, to, from.as_ref()).await
 }
 
-async fn route_parsed(server: &Server, stanza: Element, to: Jid, from: Option<&Jid>) {
-    if muc::is_service(server, &to) {
-        return muc::route(server, stanza).await;
-    }
-    if upload::is_service(server, &to) {
-        return upload::route(server, stanza).await;
-    }
+/// Who serves an address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Destination {
+    Muc,
+    Upload,
+    Component,
+    /// Another server, over s2s.
+    Remote,
+    /// This server itself: a local domain without a node.
+    Server,
+    /// An account of a local domain.
+    Account,
+}
+
+fn destination(server: &Server, to: &Jid) -> Destination {
     let domain = to.domain().as_str();
-    if component::is_component(server, domain) {
-        return component::deliver(server, domain, stanza).await;
+    if muc::is_service(server, to) {
+        Destination::Muc
+    } else if upload::is_service(server, to) {
+        Destination::Upload
+    } else if component::is_component(server, domain) {
+        Destination::Component
+    } else if !server.is_local_domain(domain) {
+        Destination::Remote
+    } else if to.node().is_none() {
+        Destination::Server
+    } else {
+        Destination::Account
     }
-    if !server.is_local_domain(domain) {
-        return s2s::send(server, stanza).await;
-    }
-    if to.node().is_none() {
-        return to_server(server, stanza).await;
+}
+
+async fn route_parsed(server: &Server, stanza: Element, to: Jid, from: Option<&Jid>) {
+    match destination(server, &to) {
+        Destination::Muc => return muc::route(server, stanza).await,
+        Destination::Upload => return upload::route(server, stanza).await,
+        Destination::Component => {
+            return component::deliver(server, to.domain().as_str(), stanza).await;
+        }
+        Destination::Remote => return s2s::send(server, stanza).await,
+        Destination::Server => return to_server(server, stanza).await,
+        Destination::Account => {}
     }
     // A copy of the text cut at the resource: `to_bare` would format it anew.
     let bare = to.clone().into_bare();
@@ -95,6 +120,54 @@ async fn route_parsed(server: &Server, stanza: Element, to: Jid, from: Option<&J
         "iq" => route_iq(server, &to, bare, stanza).await,
         _ => debug!(name = stanza.name(), "dropping unknown stanza kind"),
     }
+}
+
+/// What [`deliver_written`] did with a message.
+#[derive(Debug)]
+pub enum Written {
+    /// Queued for its recipient.
+    Delivered,
+    /// Nothing: something on the message's way needs its tree.
+    NeedsTree,
+    /// The recipient's session did not take it (its queue is full, or it has just ended):
+    /// here is its tree, to be routed the usual way.
+    Refused(Element),
+}
+
+/// Delivers a message from a local client's account `from` to the resource `to` as the XML
+/// `write` gives (the message with `from` stamped), where routing it as a tree would do no
+/// more than write it out for the recipient: `to` is a resource bound on this node whose
+/// session writes what it gets straight to its client, and neither account has a block
+/// list, archives anything or has carbons on (XEP-0191, XEP-0313, XEP-0280). The caller has
+/// made the checks of a client's message that need no account.
+pub fn deliver_written(
+    server: &Server,
+    from: &BareJid,
+    to: &Jid,
+    write: impl FnOnce() -> Vec<u8>,
+) -> Written {
+    let started = std::time::Instant::now();
+    let Ok(full) = to.try_as_full() else {
+        return Written::NeedsTree;
+    };
+    let plain = |summary: AccountSummary| {
+        summary.hints.blocks_nobody && summary.hints.archives_nothing && !summary.carbons
+    };
+    if destination(server, to) != Destination::Account
+        || !plain(server.sessions.summary(from))
+        || !plain(server.sessions.summary(&to.clone().into_bare()))
+    {
+        return Written::NeedsTree;
+    }
+    let written = match server.sessions.view().deliver_written(full, write) {
+        Ok(true) => Written::Delivered,
+        Ok(false) => Written::NeedsTree,
+        Err(stanza) => Written::Refused(stanza),
+    };
+    if matches!(written, Written::Delivered) {
+        crate::metrics::routed(started);
+    }
+    written
 }
 
 /// Sends one message to many full JIDs (a room's occupants): local sessions get it directly,

@@ -135,15 +135,13 @@ fn written_name(xml: &[u8]) -> &str {
     std::str::from_utf8(&name[..end]).unwrap_or_default()
 }
 
-/// The tree of a stanza the server wrote itself. The writer's output is well-formed and
-/// declares the top element's namespace, so reading it back does not fail; if it ever did,
-/// the stanza's bare top element is what is left, and the failure is logged.
+/// The tree of a stanza written out for a session: by the server's writer, or a client's
+/// message as it was checked when read ([`RawMessage`](crate::stream::parser::RawMessage)).
+/// Either is well-formed and in `jabber:client` by default, so reading it back does not fail;
+/// if it ever did, the stanza's bare top element is what is left, and the failure is logged.
 fn read_back(xml: &[u8]) -> Element {
-    let parsed = std::str::from_utf8(xml)
-        .ok()
-        .and_then(|text| text.parse::<Element>().ok());
-    parsed.unwrap_or_else(|| {
-        tracing::error!("a stanza written for a session could not be read back");
+    crate::stream::parser::read_client_stanza(xml).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "a stanza written for a session could not be read back");
         Element::bare(written_name(xml), crate::stream::ns::CLIENT)
     })
 }
@@ -675,6 +673,31 @@ impl View {
         resource.sender.deliver(stanza).map_err(|e| match e {
             DeliveryError::Full(s) | DeliveryError::Closed(s) => s,
         })
+    }
+
+    /// Queues the XML `write` gives for the resource `jid` if it is bound on this node and its
+    /// session writes straight through: true if queued, false if not tried. A session that
+    /// does not take it gives the stanza back as a tree.
+    pub fn deliver_written(
+        &self,
+        jid: &FullJid,
+        write: impl FnOnce() -> Vec<u8>,
+    ) -> Result<bool, Element> {
+        let map = self.read();
+        let Some(Endpoint::Local(session)) = map
+            .get(bare_text(jid))
+            .and_then(|e| e.resources.iter().find(|r| &r.jid == jid))
+            .map(|r| &r.sender)
+        else {
+            return Ok(false);
+        };
+        if !session.writes_through() {
+            return Ok(false);
+        }
+        match session.deliver_queued(QueuedStanza::Written(Box::new(write()))) {
+            Ok(()) => Ok(true),
+            Err(DeliveryError::Full(s) | DeliveryError::Closed(s)) => Err(s),
+        }
     }
 
     pub fn resource(&self, jid: &FullJid) -> Option<Resource> {

@@ -26,7 +26,7 @@ use crate::router;
 use crate::router::table::{QueuedStanza, SessionCommand, SessionSender, TableError};
 use crate::server::Server;
 use crate::stanza::{self, StanzaError};
-use crate::stream::parser::{ParserLimits, StreamEvent, StreamHeader};
+use crate::stream::parser::{ParserLimits, RawMessage, StreamEvent, StreamHeader};
 use crate::stream::{ns, writer};
 
 /// Outgoing queue of a session: deep enough for bursts, small enough that a client that stops
@@ -783,6 +783,9 @@ impl Session<'_> {
         let timer = tokio::time::sleep_until(Instant::now());
         tokio::pin!(timer);
         let (ping_after, ping_timeout) = idle_limits(self.server);
+        // Bound now, and after a resumption on a connection of its own: messages can be
+        // routed as they were read.
+        self.conn.read_messages_raw();
         loop {
             let deadline = match &self.ping {
                 None if !self.quiet => self.last_read + QUIET_AFTER.min(ping_after),
@@ -896,6 +899,7 @@ impl Session<'_> {
         while let Some(ev) = self.conn.take_event() {
             match ev {
                 StreamEvent::Stanza(el) => self.on_stanza(el).await?,
+                StreamEvent::Message(m) => self.on_raw_message(m).await?,
                 StreamEvent::Close => return Err(Failure::Closed),
                 StreamEvent::Open(_) => {
                     return Err(Failure::stream("invalid-xml", "unexpected stream header"));
@@ -1212,6 +1216,42 @@ impl Session<'_> {
                 self.write(h);
             }
         }
+    }
+
+    /// A message read without its tree: sent on as its bytes where nothing on its way needs
+    /// the tree ([`router::deliver_written`]), and otherwise built and handled as any stanza.
+    async fn on_raw_message(&mut self, message: RawMessage) -> Result<(), Failure> {
+        let el = match self.deliver_written(&message) {
+            router::Written::Delivered => return Ok(()),
+            router::Written::NeedsTree => message.into_element()?,
+            router::Written::Refused(el) => el,
+        };
+        self.on_stanza(el).await
+    }
+
+    /// What [`on_stanza`](Self::on_stanza) and [`on_message`](Self::on_message) would check
+    /// of a message before routing it, for one that goes as its bytes: the parser has made
+    /// sure it has a `to` and no `from`.
+    fn deliver_written(&mut self, message: &RawMessage) -> router::Written {
+        // No body can have more characters than the message has bytes.
+        if message.len() > self.server.config.limits.max_body_chars {
+            return router::Written::NeedsTree;
+        }
+        // Addressed in the normal form of the address, which the tree would be given.
+        let to = match jid::parse(message.to()) {
+            Ok(to) if to.as_str() == message.to() => to,
+            _ => return router::Written::NeedsTree,
+        };
+        let written = router::deliver_written(self.server, &self.bare, &to, || {
+            message.written(self.jid.as_str())
+        });
+        if matches!(written, router::Written::Delivered) {
+            crate::metrics::stanza_in("message");
+            if let Some(sm) = self.sm.as_mut() {
+                sm.handled();
+            }
+        }
+        written
     }
 
     async fn on_stanza(&mut self, mut el: Element) -> Result<(), Failure> {

@@ -206,6 +206,8 @@ async fn on_read(server: &Server, conn: &mut XmlConn, domain: &BareJid) -> Resul
     while let Some(ev) = conn.take_event() {
         match ev {
             StreamEvent::Stanza(el) => on_stanza(server, conn, domain, el).await?,
+            // Only a client's stream reads messages without their trees.
+            StreamEvent::Message(m) => on_stanza(server, conn, domain, m.into_element()?).await?,
             StreamEvent::Close => return Err(Failure::Closed),
             StreamEvent::Open(_) => {
                 return Err(Failure::stream("invalid-xml", "unexpected stream header"));

@@ -179,6 +179,8 @@ pub struct XmlConn {
     /// Our stream header went out on the current stream; a stream error needs one first
     /// (RFC 6120 §4.9.1.1).
     pub header_sent: bool,
+    /// Messages are read as [`RawMessage`](crate::stream::parser::RawMessage)s.
+    raw_messages: bool,
 }
 
 impl XmlConn {
@@ -190,7 +192,15 @@ impl XmlConn {
             events: VecDeque::new(),
             out: Vec::new(),
             header_sent: false,
+            raw_messages: false,
         }
+    }
+
+    /// From now on, gives messages as [`StreamEvent::Message`] where it can (see
+    /// [`StreamParser::read_messages_raw`]).
+    pub fn read_messages_raw(&mut self) {
+        self.raw_messages = true;
+        self.parser.read_messages_raw();
     }
 
     pub fn is_tls(&self) -> bool {
@@ -214,6 +224,9 @@ impl XmlConn {
     /// Starts a new stream on the same connection (after STARTTLS or SASL, RFC 6120 §4.3.3).
     pub fn restart(&mut self) {
         self.parser = StreamParser::new(self.limits);
+        if self.raw_messages {
+            self.parser.read_messages_raw();
+        }
         self.events.clear();
         self.header_sent = false;
     }
@@ -233,6 +246,7 @@ impl XmlConn {
     pub async fn next_stanza(&mut self) -> Result<Element, Failure> {
         match self.next_event().await? {
             StreamEvent::Stanza(el) => Ok(el),
+            StreamEvent::Message(m) => Ok(m.into_element()?),
             StreamEvent::Close => Err(Failure::Closed),
             StreamEvent::Open(_) => Err(Failure::stream("invalid-xml", "unexpected stream header")),
         }

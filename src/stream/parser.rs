@@ -6,7 +6,9 @@
 //! thousand nested elements fail before they are held whole, and it refuses what RFC 6120
 //! §11.1 restricts: comments, processing instructions and document type declarations. A
 //! complete stanza is then read by quick-xml, which borrows from the input instead of copying
-//! it, and built into a `minidom::Element` in the namespaces the stream header declared.
+//! it, and built into a `minidom::Element` in the namespaces the stream header declared; or,
+//! for a client's message that routing may send on as it came, checked by the same walk without
+//! building anything and kept as its bytes ([`RawMessage`]).
 //!
 //! Why not rxml, which checks everything in one incremental pass: it copies every token into
 //! buffers of its own, and took 2.5 µs of the 4 µs it cost to parse a small message and build
@@ -37,6 +39,9 @@ pub struct StreamHeader {
 pub enum StreamEvent {
     Open(StreamHeader),
     Stanza(Element),
+    /// A message read without its tree, from a parser told to read messages that way
+    /// ([`StreamParser::read_messages_raw`]).
+    Message(RawMessage),
     Close,
 }
 
@@ -107,6 +112,9 @@ pub struct StreamParser {
     /// The stream header's namespace declarations, which every stanza inherits.
     root: Vec<Binding>,
     closed: bool,
+    raw_messages: bool,
+    /// Kept from message to message, so that reading one raw allocates only its copy.
+    attr_keys: AttrKeys,
 }
 
 impl StreamParser {
@@ -117,7 +125,15 @@ impl StreamParser {
             held: Vec::new(),
             root: Vec::new(),
             closed: false,
+            raw_messages: false,
+            attr_keys: AttrKeys::default(),
         }
+    }
+
+    /// From now on, gives the messages it can as [`RawMessage`]s (a client's established
+    /// session routes them; everything before that, and every other stream, wants trees).
+    pub fn read_messages_raw(&mut self) {
+        self.raw_messages = true;
     }
 
     /// Feeds a chunk of bytes; complete events are appended to `out`.
@@ -186,8 +202,7 @@ impl StreamParser {
                     if range.len() > max {
                         return Err(ParseError::StanzaTooLarge(max));
                     }
-                    let stanza = build(&input[range], &self.root)?;
-                    out.extend([StreamEvent::Stanza(stanza)]);
+                    out.extend([self.stanza(&input[range])?]);
                 }
                 Frame::Close => {
                     self.closed = true;
@@ -195,6 +210,17 @@ impl StreamParser {
                 }
             }
         }
+    }
+
+    /// The event for one framed stanza.
+    fn stanza(&mut self, raw: &[u8]) -> Result<StreamEvent, ParseError> {
+        if self.raw_messages
+            && RawMessage::may_be(raw)
+            && let Some(message) = RawMessage::read(raw, &self.root, &mut self.attr_keys)?
+        {
+            return Ok(StreamEvent::Message(message));
+        }
+        Ok(StreamEvent::Stanza(build(raw, &self.root)?))
     }
 }
 
@@ -586,7 +612,7 @@ fn read_header(raw: &[u8]) -> Result<(StreamHeader, Vec<Binding>), ParseError> {
         })
         .collect();
     let qname = start.name();
-    let (namespace, name) = scope.resolve(qname.as_ref(), &[])?;
+    let (namespace, name, _) = scope.resolve(qname.as_ref(), &[])?;
     if namespace != ns::STREAM || name != "stream" {
         return Err(ParseError::InvalidNamespace);
     }
@@ -637,21 +663,22 @@ impl Scope {
         Ok(self.bindings.len() - before)
     }
 
-    /// The namespace and local name of a qualified element name.
+    /// The namespace and local name of a qualified element name, and whether its prefix is
+    /// one only the stream header binds.
     fn resolve<'s, 'n>(
         &'s self,
         qname: &'n [u8],
         root: &'s [Binding],
-    ) -> Result<(&'s str, &'n str), ParseError> {
+    ) -> Result<(&'s str, &'n str, bool), ParseError> {
         let (prefix, local) = split_qname(qname)?;
         if prefix == b"xml" {
             // Bound, but no element of XMPP's lives there; rxml refuses them too.
             return Err(not_well_formed("an element in the xml namespace"));
         }
-        let namespace = self
+        let (namespace, by_stream) = self
             .lookup(prefix, root)
             .ok_or_else(|| not_well_formed("an undeclared namespace prefix"))?;
-        Ok((namespace, local))
+        Ok((namespace, local, by_stream))
     }
 
     /// Ends the scope of the last `n` declarations.
@@ -659,17 +686,26 @@ impl Scope {
         self.bindings.truncate(self.bindings.len() - n);
     }
 
-    fn lookup<'s>(&'s self, prefix: &[u8], root: &'s [Binding]) -> Option<&'s str> {
+    /// Whether the last `n` declarations include a default namespace.
+    fn declares_default(&self, n: usize) -> bool {
+        self.bindings[self.bindings.len() - n..]
+            .iter()
+            .any(|(prefix, _)| prefix.is_empty())
+    }
+
+    /// The namespace `prefix` stands for, and whether only the stream header binds it (the
+    /// default namespace aside, which every stanza of a stream shares).
+    fn lookup<'s>(&'s self, prefix: &[u8], root: &'s [Binding]) -> Option<(&'s str, bool)> {
         let inner = self.bindings.iter().rev().find(|(p, _)| p == prefix);
         match inner {
-            Some((_, namespace)) => Some(namespace),
+            Some((_, namespace)) => Some((namespace, false)),
             None => root
                 .iter()
                 .rev()
                 .find(|b| b.prefix == prefix)
-                .map(|b| b.namespace.as_str())
+                .map(|b| (b.namespace.as_str(), !prefix.is_empty()))
                 // Unprefixed names are in no namespace unless one is declared.
-                .or(prefix.is_empty().then_some("")),
+                .or(prefix.is_empty().then_some(("", false))),
         }
     }
 }
@@ -756,13 +792,17 @@ impl<'e> Iterator for Attrs<'e> {
 /// An attribute value as the application sees it (XML 1.0 §3.3.3): literal tabs and line
 /// ends become spaces, references are replaced, and every character must be legal.
 fn attr_value(raw: impl AsRef<[u8]>) -> Result<String, ParseError> {
-    let raw = raw.as_ref();
-    // Most values have nothing to replace or refuse: one look at each byte, one copy.
+    attr_text(raw.as_ref()).map(Cow::into_owned)
+}
+
+/// [`attr_value`], borrowed where nothing needs replacing.
+fn attr_text(raw: &[u8]) -> Result<Cow<'_, str>, ParseError> {
+    // Most values have nothing to replace or refuse: one look at each byte.
     if raw
         .iter()
         .all(|&b| b >= 0x20 && !matches!(b, 0xef | b'<' | b'&'))
     {
-        return Ok(utf8(raw)?.to_owned());
+        return Ok(Cow::Borrowed(utf8(raw)?));
     }
     if raw.contains(&b'<') {
         return Err(not_well_formed("'<' in an attribute value"));
@@ -775,7 +815,7 @@ fn attr_value(raw: impl AsRef<[u8]>) -> Result<String, ParseError> {
     };
     let value = quick_xml::escape::unescape(&spaced).map_err(not_well_formed)?;
     check_chars(&value)?;
-    Ok(value.into_owned())
+    Ok(Cow::Owned(value.into_owned()))
 }
 
 /// A byte that needs no second look in character data: not a control character (tab and
@@ -809,48 +849,101 @@ fn is_xml_char(c: char) -> bool {
 
 /// Builds the tree of one framed stanza.
 fn build(raw: &[u8], root: &[Binding]) -> Result<Element, ParseError> {
+    let mut tree = Tree::default();
+    walk(raw, root, &mut tree)?;
+    tree.stanza
+        .ok_or_else(|| not_well_formed("an element left open"))
+}
+
+/// The tree of a stanza that declares or inherits `jabber:client` as its default namespace
+/// and binds every prefix it uses itself: one the server wrote, or a client's message read
+/// as a [`RawMessage`].
+pub fn read_client_stanza(raw: &[u8]) -> Result<Element, ParseError> {
+    let root = [Binding {
+        prefix: Vec::new(),
+        namespace: ns::CLIENT.to_owned(),
+    }];
+    build(raw, &root)
+}
+
+/// What a walk over one framed stanza does with what it reads: build the tree, or only look
+/// at the top element (see [`RawMessage`]). The walk makes every check of well-formedness
+/// and namespaces itself, in the same order for both, so a stanza that one sink takes the
+/// other takes too, and one they refuse gets the same error from both.
+trait Sink {
+    /// An element starts in `namespace`; `declares_default` if it has an `xmlns` of its own.
+    fn start(&mut self, namespace: &str, name: &str, declares_default: bool);
+    /// An attribute of the element that started last.
+    fn attr(
+        &mut self,
+        namespace: AttrNs<'_>,
+        name: &str,
+        value: Cow<'_, str>,
+    ) -> Result<(), ParseError>;
+    /// Character data of the innermost open element, its line ends normalised.
+    fn text(&mut self, text: &str);
+    /// The innermost open element ends.
+    fn end(&mut self);
+    /// A prefix in the element that started last is one only the stream header binds.
+    fn foreign_prefix(&mut self) {}
+    /// A CDATA section, whose text follows.
+    fn cdata_section(&mut self) {}
+    /// Whether the sink has seen all it needs: the walk ends there, unfinished.
+    fn stopped(&self) -> bool {
+        false
+    }
+}
+
+/// The namespace of an attribute's prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AttrNs<'a> {
+    /// No prefix: no namespace.
+    None,
+    /// `xml:`, bound in every document.
+    Xml,
+    Other(&'a str),
+}
+
+/// Reads one framed stanza, checking what quick-xml leaves to its user (names, characters,
+/// references, namespace bindings), and tells `sink` what it finds.
+fn walk(raw: &[u8], root: &[Binding], sink: &mut impl Sink) -> Result<(), ParseError> {
     let mut reader = reader(utf8(raw)?);
     let mut scope = Scope::default();
-    // The open elements, each with the number of namespaces it declared.
-    let mut open: Vec<(Element, usize)> = Vec::new();
-    // Character data for the innermost open element, gathered across references.
-    let mut text = String::new();
-    let mut stanza = None;
-    loop {
-        match reader.read_event().map_err(not_well_formed)? {
-            Event::Start(start) => {
-                flush_text(&mut open, &mut text);
-                open.push(start_element(&start, &mut scope, root)?);
-            }
-            Event::Empty(start) => {
-                flush_text(&mut open, &mut text);
-                let (element, declared) = start_element(&start, &mut scope, root)?;
-                scope.pop(declared);
-                close_element(element, &mut open, &mut stanza)?;
-            }
+    // The number of namespaces each open element declared, innermost last.
+    let mut open: Vec<usize> = Vec::new();
+    let mut ended = false;
+    while !sink.stopped() {
+        let (start, empty) = match reader.read_event().map_err(not_well_formed)? {
+            Event::Start(start) => (start, false),
+            Event::Empty(start) => (start, true),
             Event::End(_) => {
-                let Some((mut element, declared)) = open.pop() else {
+                let Some(declared) = open.pop() else {
                     return Err(not_well_formed("an end tag without a start tag"));
                 };
-                if !text.is_empty() {
-                    element.append_text(std::mem::take(&mut text));
-                }
                 scope.pop(declared);
-                close_element(element, &mut open, &mut stanza)?;
+                sink.end();
+                ended = open.is_empty();
+                continue;
             }
             Event::Text(raw) => {
                 let raw = raw.into_inner();
                 if memchr::memmem::find(&raw, b"]]>").is_some() {
                     return Err(not_well_formed("']]>' in character data"));
                 }
-                push_text(&mut text, utf8(&raw)?, &open)?;
+                sink.text(&char_data(utf8(&raw)?, &open)?);
+                continue;
             }
-            Event::CData(raw) => push_text(&mut text, utf8(&raw.into_inner())?, &open)?,
+            Event::CData(raw) => {
+                sink.cdata_section();
+                sink.text(&char_data(utf8(&raw.into_inner())?, &open)?);
+                continue;
+            }
             Event::GeneralRef(reference) => {
                 if open.is_empty() {
                     return Err(not_well_formed("a reference outside the stanza"));
                 }
-                text.push(resolve_reference(&reference)?);
+                sink.text(resolve_reference(&reference)?.encode_utf8(&mut [0; 4]));
+                continue;
             }
             Event::Eof => break,
             Event::Comment(_) => return Err(ParseError::Restricted("a comment")),
@@ -858,88 +951,328 @@ fn build(raw: &[u8], root: &[Binding]) -> Result<Element, ParseError> {
             Event::PI(_) | Event::Decl(_) => {
                 return Err(ParseError::Restricted("a processing instruction"));
             }
-        }
-    }
-    match stanza {
-        Some(stanza) if open.is_empty() => Ok(stanza),
-        _ => Err(not_well_formed("an element left open")),
-    }
-}
-
-/// An element from its start tag: name and attributes resolved in the namespaces in scope,
-/// with the number of namespaces it declared.
-fn start_element(
-    start: &BytesStart<'_>,
-    scope: &mut Scope,
-    root: &[Binding],
-) -> Result<(Element, usize), ParseError> {
-    let declared = scope.declare(start)?;
-    let qname = start.name();
-    let (namespace, name) = scope.resolve(qname.as_ref(), root)?;
-    let mut element = Element::builder(name, namespace).build();
-    for attr in Attrs::of(start) {
-        let (key, raw) = attr?;
-        let (prefix, local) = split_qname(key)?;
-        let namespace = match prefix {
-            b"" => rxml::Namespace::NONE,
-            b"xml" => rxml::Namespace::XML,
-            _ => match scope.lookup(prefix, root) {
-                Some(namespace) => rxml::Namespace::from(namespace.to_owned()),
-                None => return Err(not_well_formed("an undeclared namespace prefix")),
-            },
         };
-        let local = rxml::NcName::try_from(local).map_err(not_well_formed)?;
-        if element
-            .attrs_mut()
-            .insert(namespace, local, attr_value(raw)?)
-            .is_some()
-        {
-            return Err(not_well_formed("an attribute given twice"));
+        if ended {
+            return Err(not_well_formed("two elements where one stanza was framed"));
+        }
+        let declared = scope.declare(&start)?;
+        start_tag(&start, &scope, declared, root, sink)?;
+        if empty {
+            scope.pop(declared);
+            sink.end();
+            ended = open.is_empty();
+        } else {
+            open.push(declared);
         }
     }
-    Ok((element, declared))
-}
-
-/// Puts a finished element into its parent, or makes it the stanza.
-fn close_element(
-    element: Element,
-    open: &mut [(Element, usize)],
-    stanza: &mut Option<Element>,
-) -> Result<(), ParseError> {
-    match open.last_mut() {
-        Some((parent, _)) => {
-            parent.append_child(element);
-        }
-        None if stanza.is_none() => *stanza = Some(element),
-        None => return Err(not_well_formed("two elements where one stanza was framed")),
+    if !sink.stopped() && (!ended || !open.is_empty()) {
+        return Err(not_well_formed("an element left open"));
     }
     Ok(())
 }
 
-fn flush_text(open: &mut [(Element, usize)], text: &mut String) {
-    if let Some((parent, _)) = open.last_mut()
-        && !text.is_empty()
-    {
-        parent.append_text(std::mem::take(text));
+/// Resolves a start tag's names in the namespaces in scope (its own `declared` last) and hands
+/// the element and its attributes to `sink`.
+fn start_tag(
+    start: &BytesStart<'_>,
+    scope: &Scope,
+    declared: usize,
+    root: &[Binding],
+    sink: &mut impl Sink,
+) -> Result<(), ParseError> {
+    let qname = start.name();
+    let (namespace, name, by_stream) = scope.resolve(qname.as_ref(), root)?;
+    sink.start(namespace, name, scope.declares_default(declared));
+    if by_stream {
+        sink.foreign_prefix();
     }
+    for attr in Attrs::of(start) {
+        if sink.stopped() {
+            return Ok(());
+        }
+        let (key, raw) = attr?;
+        let (prefix, local) = split_qname(key)?;
+        let namespace = match prefix {
+            b"" => AttrNs::None,
+            b"xml" => AttrNs::Xml,
+            _ => match scope.lookup(prefix, root) {
+                Some((namespace, by_stream)) => {
+                    if by_stream {
+                        sink.foreign_prefix();
+                    }
+                    AttrNs::Other(namespace)
+                }
+                None => return Err(not_well_formed("an undeclared namespace prefix")),
+            },
+        };
+        sink.attr(namespace, local, attr_text(&raw)?)?;
+    }
+    Ok(())
 }
 
-/// Adds character data with its line ends normalised (XML 1.0 §2.11).
-fn push_text(text: &mut String, raw: &str, open: &[(Element, usize)]) -> Result<(), ParseError> {
+/// Character data with its characters checked and its line ends normalised (XML 1.0 §2.11).
+fn char_data<'t>(raw: &'t str, open: &[usize]) -> Result<Cow<'t, str>, ParseError> {
     if open.is_empty() {
         return Err(not_well_formed("character data outside the stanza"));
     }
     if raw.bytes().all(plain) {
-        text.push_str(raw);
-        return Ok(());
+        return Ok(Cow::Borrowed(raw));
     }
     check_chars(raw)?;
     if raw.contains('\r') {
-        text.push_str(&raw.replace("\r\n", "\n").replace('\r', "\n"));
+        Ok(Cow::Owned(raw.replace("\r\n", "\n").replace('\r', "\n")))
     } else {
-        text.push_str(raw);
+        Ok(Cow::Borrowed(raw))
     }
-    Ok(())
+}
+
+/// Builds the stanza's tree.
+#[derive(Default)]
+struct Tree {
+    /// The open elements, innermost last.
+    open: Vec<Element>,
+    /// Character data for the innermost open element, gathered across references.
+    text: String,
+    stanza: Option<Element>,
+}
+
+impl Sink for Tree {
+    fn start(&mut self, namespace: &str, name: &str, _declares_default: bool) {
+        if let Some(parent) = self.open.last_mut()
+            && !self.text.is_empty()
+        {
+            parent.append_text(std::mem::take(&mut self.text));
+        }
+        self.open.push(Element::builder(name, namespace).build());
+    }
+
+    fn attr(
+        &mut self,
+        namespace: AttrNs<'_>,
+        name: &str,
+        value: Cow<'_, str>,
+    ) -> Result<(), ParseError> {
+        let namespace = match namespace {
+            AttrNs::None => rxml::Namespace::NONE,
+            AttrNs::Xml => rxml::Namespace::XML,
+            AttrNs::Other(namespace) => rxml::Namespace::from(namespace.to_owned()),
+        };
+        let name = rxml::NcName::try_from(name).map_err(not_well_formed)?;
+        let Some(element) = self.open.last_mut() else {
+            return Err(not_well_formed("an attribute outside an element"));
+        };
+        if element
+            .attrs_mut()
+            .insert(namespace, name, value.into_owned())
+            .is_some()
+        {
+            return Err(not_well_formed("an attribute given twice"));
+        }
+        Ok(())
+    }
+
+    fn text(&mut self, text: &str) {
+        self.text.push_str(text);
+    }
+
+    fn end(&mut self) {
+        let Some(mut element) = self.open.pop() else {
+            return;
+        };
+        if !self.text.is_empty() {
+            element.append_text(std::mem::take(&mut self.text));
+        }
+        match self.open.last_mut() {
+            Some(parent) => {
+                parent.append_child(element);
+            }
+            None => self.stanza = Some(element),
+        }
+    }
+}
+
+/// A `<message/>` from a client, checked as thoroughly as a tree is built but kept as the
+/// bytes the client sent, with the little that routing reads from it.
+///
+/// Building a message's tree, writing it out again for the recipient and freeing it was a
+/// fifth of the server's time per message in the `chat` benchmark, and a message between two
+/// plain sessions needs none of it: its bytes, with `from` stamped, are what the tree would
+/// have been written as. So a client's session gets its messages this way, and builds the
+/// tree ([`into_element`](Self::into_element)) for any that routing cannot send as bytes.
+///
+/// Only a message that binds every prefix it uses itself is read this way, so that its bytes
+/// mean the same on another stream; and only one whose top element has a `to` and no `from`,
+/// at most [`MAX_ATTRS`] attributes on any element, no `<stanza-id/>` (which the recipient's
+/// server strips when it claims to be by the recipient, XEP-0359) and no CDATA section (the
+/// WebSocket and BOSH transports cut what a session writes into frames, reading the server's
+/// own output, which has none).
+#[derive(Debug, PartialEq)]
+pub struct RawMessage {
+    xml: Vec<u8>,
+    to: String,
+    /// The top element has an `xmlns` of its own.
+    declares_default: bool,
+}
+
+/// Elements with more attributes than this are left to the tree to check for duplicates.
+const MAX_ATTRS: usize = 16;
+
+impl RawMessage {
+    /// Whether a framed stanza starts as an unprefixed message does.
+    fn may_be(raw: &[u8]) -> bool {
+        raw.strip_prefix(b"<message")
+            .and_then(|rest| rest.first())
+            .is_some_and(|&b| is_xml_space(b) || b == b'>' || b == b'/')
+    }
+
+    /// Reads a framed stanza; `None` for one that has to be built as a tree.
+    fn read(
+        raw: &[u8],
+        root: &[Binding],
+        keys: &mut AttrKeys,
+    ) -> Result<Option<RawMessage>, ParseError> {
+        let mut top = MessageTop {
+            depth: 0,
+            declares_default: false,
+            to: None,
+            needs_tree: false,
+            keys,
+        };
+        walk(raw, root, &mut top)?;
+        if top.needs_tree {
+            return Ok(None);
+        }
+        Ok(top.to.map(|to| RawMessage {
+            xml: raw.to_vec(),
+            to,
+            declares_default: top.declares_default,
+        }))
+    }
+
+    /// The `to` attribute's value.
+    pub fn to(&self) -> &str {
+        &self.to
+    }
+
+    /// The message's size in bytes, which no text in it can exceed in characters.
+    pub fn len(&self) -> usize {
+        self.xml.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.xml.is_empty()
+    }
+
+    /// The message as a session writes it to its client: `from` stamped, and `jabber:client`
+    /// declared on it, as the server writes every stanza.
+    pub fn written(&self, from: &str) -> Vec<u8> {
+        const NAME: &[u8] = b"<message";
+        let mut out = Vec::with_capacity(self.xml.len() + from.len() + 48);
+        out.extend_from_slice(NAME);
+        if !self.declares_default {
+            out.extend_from_slice(b" xmlns='");
+            out.extend_from_slice(ns::CLIENT.as_bytes());
+            out.push(b'\'');
+        }
+        out.extend_from_slice(b" from='");
+        super::writer::attr_value_into(from, &mut out);
+        out.push(b'\'');
+        out.extend_from_slice(&self.xml[NAME.len()..]);
+        out
+    }
+
+    /// The message's tree, the same as building it when it was read would have given.
+    pub fn into_element(self) -> Result<Element, ParseError> {
+        read_client_stanza(&self.xml)
+    }
+}
+
+/// What [`RawMessage::read`] learns from its walk, which it stops as soon as the message
+/// turns out to need its tree: the tree is built then, by a walk that makes the same checks.
+struct MessageTop<'k> {
+    depth: usize,
+    declares_default: bool,
+    to: Option<String>,
+    needs_tree: bool,
+    keys: &'k mut AttrKeys,
+}
+
+/// The attributes of the element that started last, to find duplicates among: each one's
+/// namespace and name with a NUL between them (neither can hold one), ending at the offset
+/// listed.
+#[derive(Default)]
+struct AttrKeys {
+    text: String,
+    ends: Vec<usize>,
+}
+
+impl Sink for MessageTop<'_> {
+    fn start(&mut self, namespace: &str, name: &str, declares_default: bool) {
+        if self.depth == 0 {
+            self.needs_tree |= name != "message" || namespace != ns::CLIENT;
+            self.declares_default = declares_default;
+        }
+        self.needs_tree |= name == "stanza-id";
+        self.depth += 1;
+        self.keys.text.clear();
+        self.keys.ends.clear();
+    }
+
+    fn attr(
+        &mut self,
+        namespace: AttrNs<'_>,
+        name: &str,
+        value: Cow<'_, str>,
+    ) -> Result<(), ParseError> {
+        let keys = &mut *self.keys;
+        if keys.ends.len() == MAX_ATTRS {
+            self.needs_tree = true;
+            return Ok(());
+        }
+        let begin = keys.text.len();
+        match namespace {
+            AttrNs::None => {}
+            AttrNs::Xml => keys.text.push_str(rxml::XMLNS_XML),
+            AttrNs::Other(namespace) => keys.text.push_str(namespace),
+        }
+        keys.text.push('\0');
+        keys.text.push_str(name);
+        let key = &keys.text[begin..];
+        let mut from = 0;
+        for &end in &keys.ends {
+            if &keys.text[from..end] == key {
+                return Err(not_well_formed("an attribute given twice"));
+            }
+            from = end;
+        }
+        keys.ends.push(keys.text.len());
+        if self.depth == 1 && namespace == AttrNs::None {
+            match name {
+                "to" => self.to = Some(value.into_owned()),
+                "from" => self.needs_tree = true,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn text(&mut self, _text: &str) {}
+
+    fn end(&mut self) {
+        self.depth -= 1;
+    }
+
+    fn foreign_prefix(&mut self) {
+        self.needs_tree = true;
+    }
+
+    fn cdata_section(&mut self) {
+        self.needs_tree = true;
+    }
+
+    fn stopped(&self) -> bool {
+        self.needs_tree
+    }
 }
 
 /// `&lt;` and the other four predefined entities, or a character reference to a legal
@@ -1319,82 +1652,94 @@ mod tests {
         }
     }
 
+    const NAMES: &[&str] = &["a", "body", "x:y", "p:q", "xml:lang", "_1", "é", "1", ""];
+    const TEXTS: &[&str] = &[
+        "hi",
+        " ",
+        "&amp;",
+        "&lt;&gt;",
+        "&#65;",
+        "&#x263A;",
+        "&#0;",
+        "&foo;",
+        "a&b",
+        "]]>",
+        "]]",
+        ">",
+        "\r\n",
+        "\r",
+        "\t",
+        "<![CDATA[ <&> ]]>",
+        "\u{1}",
+        "\u{fffe}",
+        "é",
+    ];
+    const VALUES: &[&str] = &["v", "", "&quot;'", "a\tb\nc", "&#10;", "<", "&", "u:1"];
+    /// Appends a random element, often broken, to `out` (see `agrees_with_rxml_on_random_stanzas`).
+    fn element(next: &mut dyn FnMut(usize) -> usize, depth: usize, out: &mut String) {
+        let name = NAMES[next(NAMES.len())];
+        out.push('<');
+        out.push_str(name);
+        for _ in 0..next(4) {
+            let attr = match next(6) {
+                0 => "xmlns:p",
+                1 => "xmlns",
+                _ => NAMES[next(NAMES.len())],
+            };
+            let quote = if next(2) == 0 { '\'' } else { '"' };
+            out.push_str(&format!(
+                " {attr}={quote}{}{quote}",
+                VALUES[next(VALUES.len())]
+            ));
+        }
+        if depth > 2 || next(3) == 0 {
+            out.push_str("/>");
+            return;
+        }
+        out.push('>');
+        for _ in 0..next(4) {
+            if next(2) == 0 {
+                out.push_str(TEXTS[next(TEXTS.len())]);
+            } else {
+                element(next, depth + 1, out);
+            }
+        }
+        out.push_str(&format!("</{name}>"));
+    }
+
+    /// Pseudo-random numbers below the bound asked for (xorshift), the same on every run.
+    fn numbers(mut state: u64) -> impl FnMut(usize) -> usize {
+        move |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        }
+    }
+
+    /// `stanza`, one time in three with a byte changed to one of markup; None if that left it
+    /// no longer UTF-8.
+    fn edited(stanza: String, next: &mut impl FnMut(usize) -> usize) -> Option<String> {
+        let mut bytes = stanza.into_bytes();
+        if next(3) == 0 && !bytes.is_empty() {
+            let i = next(bytes.len());
+            let edits = b"<>/='\"&;: x";
+            bytes[i] = edits[next(edits.len())];
+        }
+        String::from_utf8(bytes).ok()
+    }
+
     /// Random stanzas, many of them broken by small edits, read by this parser and by minidom's
     /// own (rxml, which checks all of XML in one pass): both accept and build the same tree, or
     /// both refuse.
     #[test]
     fn agrees_with_rxml_on_random_stanzas() {
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move |n: usize| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state % n as u64) as usize
-        };
-        const NAMES: &[&str] = &["a", "body", "x:y", "p:q", "xml:lang", "_1", "é", "1", ""];
-        const TEXTS: &[&str] = &[
-            "hi",
-            " ",
-            "&amp;",
-            "&lt;&gt;",
-            "&#65;",
-            "&#x263A;",
-            "&#0;",
-            "&foo;",
-            "a&b",
-            "]]>",
-            "]]",
-            ">",
-            "\r\n",
-            "\r",
-            "\t",
-            "<![CDATA[ <&> ]]>",
-            "\u{1}",
-            "\u{fffe}",
-            "é",
-        ];
-        const VALUES: &[&str] = &["v", "", "&quot;'", "a\tb\nc", "&#10;", "<", "&", "u:1"];
-        fn element(next: &mut dyn FnMut(usize) -> usize, depth: usize, out: &mut String) {
-            let name = NAMES[next(NAMES.len())];
-            out.push('<');
-            out.push_str(name);
-            for _ in 0..next(4) {
-                let attr = match next(6) {
-                    0 => "xmlns:p",
-                    1 => "xmlns",
-                    _ => NAMES[next(NAMES.len())],
-                };
-                let quote = if next(2) == 0 { '\'' } else { '"' };
-                out.push_str(&format!(
-                    " {attr}={quote}{}{quote}",
-                    VALUES[next(VALUES.len())]
-                ));
-            }
-            if depth > 2 || next(3) == 0 {
-                out.push_str("/>");
-                return;
-            }
-            out.push('>');
-            for _ in 0..next(4) {
-                if next(2) == 0 {
-                    out.push_str(TEXTS[next(TEXTS.len())]);
-                } else {
-                    element(next, depth + 1, out);
-                }
-            }
-            out.push_str(&format!("</{name}>"));
-        }
+        let mut next = numbers(0x9e37_79b9_7f4a_7c15);
         let mut checked = [0usize; 2];
         for _ in 0..20_000 {
             let mut stanza = String::new();
             element(&mut next, 0, &mut stanza);
-            let mut bytes = stanza.into_bytes();
-            if next(3) == 0 && !bytes.is_empty() {
-                let i = next(bytes.len());
-                let edits = b"<>/='\"&;: x";
-                bytes[i] = edits[next(edits.len())];
-            }
-            let Ok(stanza) = String::from_utf8(bytes) else {
+            let Some(stanza) = edited(stanza, &mut next) else {
                 continue;
             };
             let ours = {
@@ -1440,5 +1785,142 @@ mod tests {
         }
         // Both kinds are well represented.
         assert!(checked[0] > 1_000 && checked[1] > 1_000, "{checked:?}");
+    }
+
+    /// A fresh stream's events for `stanza`, from a parser that reads messages raw or not.
+    fn events(raw: bool, stanza: &str) -> Result<Vec<StreamEvent>, ParseError> {
+        let mut p = StreamParser::new(ParserLimits::default());
+        if raw {
+            p.read_messages_raw();
+        }
+        feed_all(&mut p, OPEN).unwrap();
+        feed_all(&mut p, stanza)
+    }
+
+    fn one_raw(stanza: &str) -> Result<StreamEvent, ParseError> {
+        let mut out = events(true, stanza)?;
+        assert_eq!(out.len(), 1, "{stanza}");
+        Ok(out.remove(0))
+    }
+
+    /// What a raw message gives against the tree read the usual way: the same tree, and
+    /// written with `from` stamped, that tree with `from`.
+    fn assert_same(message: RawMessage, tree: &Element, stanza: &str) {
+        let from = "alice@localhost/it's <&>";
+        let mut stamped = tree.clone();
+        crate::stanza::set_attr(&mut stamped, "from", from);
+        let written = message.written(from);
+        assert_eq!(
+            read_client_stanza(&written).as_ref(),
+            Ok(&stamped),
+            "{stanza}"
+        );
+        assert_eq!(message.into_element().as_ref(), Ok(tree), "{stanza}");
+    }
+
+    #[test]
+    fn plain_messages_are_read_raw_and_give_the_same_tree() {
+        for stanza in [
+            "<message to='bob@localhost/b' type='chat' id='1' xml:lang='en'>\
+             <body>h&#xe9;llo &lt;b&gt; &amp;\r\n ]] > \u{1F600}</body>\
+             <x xmlns='urn:x' a='1'><y/></x><p:z xmlns:p='urn:p' p:q='&apos;\t'/></message>",
+            // One that declares jabber:client itself is not given a second declaration.
+            "<message xmlns='jabber:client' to='a@b/c'><body>x</body></message>",
+            "<message\n  to=\"a@b/c\"/>",
+        ] {
+            let Ok(StreamEvent::Message(message)) = one_raw(stanza) else {
+                panic!("{stanza} was not read raw");
+            };
+            assert_eq!(Some(message.to()), one(stanza).unwrap().attr("to"));
+            assert_same(message, &one(stanza).unwrap(), stanza);
+        }
+    }
+
+    #[test]
+    fn messages_that_need_their_tree_are_built() {
+        let many_attrs: String = (0..=MAX_ATTRS).map(|i| format!(" a{i}=''")).collect();
+        for stanza in [
+            "<message type='chat'><body>no to</body></message>",
+            "<message to='a@b/c' from='x@y/z'/>",
+            // A prefix only the stream header binds.
+            "<message to='a@b/c'><stream:error/></message>",
+            "<message to='a@b/c'><x stream:a='1'/></message>",
+            "<message to='a@b/c'><stanza-id xmlns='urn:xmpp:sid:0' by='a@b' id='1'/></message>",
+            "<message to='a@b/c'><body><![CDATA[<b>]]></body></message>",
+            "<c:message xmlns:c='jabber:client' to='a@b/c'/>",
+            "<message xmlns='urn:other' to='a@b/c'/>",
+            &format!("<message to='a@b/c'><x{many_attrs}/></message>"),
+            "<iq type='get' id='1' to='a@b/c'/>",
+            "<messages to='a@b/c'/>",
+        ] {
+            match one_raw(stanza) {
+                Ok(StreamEvent::Stanza(el)) => assert_eq!(el, one(stanza).unwrap(), "{stanza}"),
+                other => panic!("{stanza}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn raw_messages_are_refused_as_trees_are() {
+        for stanza in [
+            "<message to='a@b/c' to='d@e/f'/>",
+            "<message to='a@b/c' xmlns:p='u:1' xmlns:q='u:1' p:a='1' q:a='2'/>",
+            "<message to='a@b/c'><x:y/></message>",
+            "<message to='a@b/c' x:y='1'/>",
+            "<message to='a@b/c'>&#0;</message>",
+            "<message to='a@b/c'>&lol;</message>",
+            "<message to='a@b/c'>]]></message>",
+            "<message to='a@b/c'>\u{1}</message>",
+            "<message to='a@b/c'><body a='&lt;&#1;'/></message>",
+            "<message to='a@b/c'><xml:x/></message>",
+            "<message to='a@b/c' xmlns:p=''/>",
+            "<message to='a@b/c\u{fffe}'/>",
+        ] {
+            assert_eq!(one_raw(stanza).err(), one(stanza).err(), "{stanza}");
+            assert!(one_raw(stanza).is_err(), "{stanza}");
+        }
+    }
+
+    /// Random messages, many of them broken by small edits: read raw or as trees, both are
+    /// refused with the same error, or both read, to the same tree.
+    #[test]
+    fn raw_and_tree_reading_agree_on_random_messages() {
+        let mut next = numbers(0x6a09_e667_f3bc_c908);
+        let mut raw_read = 0;
+        for _ in 0..20_000 {
+            let mut stanza = String::from("<message to='b@c/d'");
+            if next(8) == 0 {
+                stanza.push_str(" from='x@y/z'");
+            }
+            stanza.push('>');
+            for _ in 0..next(4) {
+                if next(2) == 0 {
+                    stanza.push_str(TEXTS[next(TEXTS.len())]);
+                } else {
+                    element(&mut next, 1, &mut stanza);
+                }
+            }
+            stanza.push_str("</message>");
+            let Some(stanza) = edited(stanza, &mut next) else {
+                continue;
+            };
+            match (events(true, &stanza), events(false, &stanza)) {
+                (Err(a), Err(b)) => assert_eq!(a, b, "{stanza}"),
+                (Ok(raw), Ok(trees)) => {
+                    assert_eq!(raw.len(), trees.len(), "{stanza}");
+                    for (r, t) in raw.into_iter().zip(trees) {
+                        match (r, t) {
+                            (StreamEvent::Message(m), StreamEvent::Stanza(t)) => {
+                                raw_read += 1;
+                                assert_same(m, &t, &stanza);
+                            }
+                            (r, t) => assert_eq!(r, t, "{stanza}"),
+                        }
+                    }
+                }
+                (a, b) => panic!("{stanza}: raw {a:?}, trees {b:?}"),
+            }
+        }
+        assert!(raw_read > 1_000, "{raw_read}");
     }
 }

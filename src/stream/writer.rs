@@ -15,6 +15,11 @@ pub fn escape(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Appends `s` escaped for an attribute value in either kind of quotes.
+pub fn attr_value_into(s: &str, out: &mut Vec<u8>) {
+    escape_into(s, ATTR, out);
+}
+
 /// The response stream header (RFC 6120 §4.7).
 pub fn stream_header(from: &str, to: Option<&str>, id: &str, content_ns: &str) -> String {
     let to = to

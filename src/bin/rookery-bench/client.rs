@@ -219,6 +219,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         for ev in events {
             match ev {
                 StreamEvent::Stanza(el) => out.push(el),
+                // The client's parser reads every stanza as a tree.
+                StreamEvent::Message(m) => out.push(m.into_element()?),
                 StreamEvent::Close => return Err(ClientError::Closed),
                 StreamEvent::Open(_) => {}
             }

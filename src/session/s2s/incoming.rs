@@ -233,6 +233,8 @@ impl Incoming<'_> {
         while let Some(ev) = self.conn.take_event() {
             match ev {
                 StreamEvent::Stanza(el) => self.on_element(el).await?,
+                // Only a client's stream reads messages without their trees.
+                StreamEvent::Message(m) => self.on_element(m.into_element()?).await?,
                 StreamEvent::Close => return Err(Failure::Closed),
                 StreamEvent::Open(_) => {
                     return Err(Failure::stream("invalid-xml", "unexpected stream header"));

@@ -362,6 +362,8 @@ async fn dialback(
                 while let Some(ev) = conn.take_event() {
                     let el = match ev {
                         StreamEvent::Stanza(el) => el,
+                        // Only a client's stream reads messages without their trees.
+                        StreamEvent::Message(m) => m.into_element().map_err(Failure::from)?,
                         StreamEvent::Close => return Err(Failure::Closed.into()),
                         StreamEvent::Open(_) => {
                             return Err(Failure::stream("invalid-xml", "unexpected stream header").into());
@@ -448,6 +450,11 @@ async fn established(server: &Server, pair: &Pair, link: Link, queues: &mut Queu
                         }
                         StreamEvent::Stanza(el) => {
                             debug!(name = el.name(), "ignoring an element on an outgoing stream");
+                        }
+                        // Only a client's stream reads messages without their trees: a
+                        // server's never gives one.
+                        StreamEvent::Message(_) => {
+                            debug!("ignoring a message read without its tree");
                         }
                         StreamEvent::Close => {
                             conn.close().await;
