@@ -153,13 +153,10 @@ pub fn deliver_written(
     let plain = |summary: AccountSummary| {
         summary.hints.blocks_nobody && summary.hints.archives_nothing && !summary.carbons
     };
-    if destination(server, to) != Destination::Account
-        || !plain(server.sessions.summary(from))
-        || !plain(server.sessions.summary(&to.clone().into_bare()))
-    {
+    if destination(server, to) != Destination::Account || !plain(server.sessions.summary(from)) {
         return Written::NeedsTree;
     }
-    let written = match server.sessions.view().deliver_written(full, write) {
+    let written = match server.sessions.view().deliver_written(full, plain, write) {
         Ok(true) => Written::Delivered,
         Ok(false) => Written::NeedsTree,
         Err(stanza) => Written::Refused(stanza),

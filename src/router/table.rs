@@ -489,6 +489,15 @@ struct Entry {
     hints: Hints,
 }
 
+impl Entry {
+    fn summary(&self) -> AccountSummary {
+        AccountSummary {
+            carbons: self.resources.iter().any(|r| r.carbons),
+            hints: self.hints,
+        }
+    }
+}
+
 type ViewMap = HashMap<Account, Entry>;
 
 /// The in-memory map of bound resources that every routing decision reads. A single node's
@@ -637,10 +646,7 @@ impl View {
     pub fn summary(&self, bare: &BareJid) -> AccountSummary {
         self.read()
             .get(bare.as_str())
-            .map_or_else(AccountSummary::default, |e| AccountSummary {
-                carbons: e.resources.iter().any(|r| r.carbons),
-                hints: e.hints,
-            })
+            .map_or_else(AccountSummary::default, Entry::summary)
     }
 
     /// Sets or clears one of `bare`'s hints; nothing if the account is not bound. A feature
@@ -675,23 +681,29 @@ impl View {
         })
     }
 
-    /// Queues the XML `write` gives for the resource `jid` if it is bound on this node and its
-    /// session writes straight through: true if queued, false if not tried. A session that
-    /// does not take it gives the stanza back as a tree.
+    /// Queues the XML `write` gives for the resource `jid` if it is bound on this node, its
+    /// session writes straight through and `wanted` says yes to what routing asks of its
+    /// account (one lookup for both): true if queued, false if not tried. A session that does
+    /// not take it gives the stanza back as a tree.
     pub fn deliver_written(
         &self,
         jid: &FullJid,
+        wanted: impl FnOnce(AccountSummary) -> bool,
         write: impl FnOnce() -> Vec<u8>,
     ) -> Result<bool, Element> {
         let map = self.read();
-        let Some(Endpoint::Local(session)) = map
-            .get(bare_text(jid))
-            .and_then(|e| e.resources.iter().find(|r| &r.jid == jid))
+        let Some(entry) = map.get(bare_text(jid)) else {
+            return Ok(false);
+        };
+        let Some(Endpoint::Local(session)) = entry
+            .resources
+            .iter()
+            .find(|r| &r.jid == jid)
             .map(|r| &r.sender)
         else {
             return Ok(false);
         };
-        if !session.writes_through() {
+        if !session.writes_through() || !wanted(entry.summary()) {
             return Ok(false);
         }
         match session.deliver_queued(QueuedStanza::Written(Box::new(write()))) {
