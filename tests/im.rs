@@ -321,7 +321,9 @@ async fn messages_between_plain_sessions_arrive_whole() {
         let start = text.rfind("<message").expect("a message");
         text[start..].parse().expect("a message that parses")
     }
-    for round in 0..2 {
+    // Enough that the accounts' features have been asked, and that the session reads messages
+    // raw again after the first ones, which needed their trees.
+    for round in 0..20 {
         alice
             .send(&format!(
                 "<message to='bob@localhost/b' type='chat'><body>warm {round}</body></message>"

@@ -201,9 +201,9 @@ async fn a_websocket_client_logs_in_with_scram_and_chats_with_a_tcp_client_with(
 
     let mut bob = XmppClient::connect(&server, "bob@localhost/tcp", "secret").await;
     bob.send("<presence/>").await;
-    // Several rounds: once the accounts' features have been asked, messages go on as their
-    // clients wrote them where archiving is off, and each still makes a frame of its own.
-    for round in 0..3 {
+    // Enough rounds that, where archiving is off, messages go on as their clients wrote them
+    // once the accounts' features have been asked; each still makes a frame of its own.
+    for round in 0..20 {
         let to_web = format!("to the browser {round}: a > b, 'q'");
         bob.send(&format!(
             "<message\n to='alice@localhost/web' type='chat'><body>{}</body></message >",

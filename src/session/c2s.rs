@@ -29,6 +29,9 @@ use crate::stanza::{self, StanzaError};
 use crate::stream::parser::{ParserLimits, RawMessage, StreamEvent, StreamHeader};
 use crate::stream::{ns, writer};
 
+/// How many messages a session reads as trees after one read raw needed its tree after all.
+const TREES_BEFORE_RAW: u32 = 16;
+
 /// Outgoing queue of a session: deep enough for bursts, small enough that a client that stops
 /// reading is noticed quickly.
 const QUEUE_DEPTH: usize = 1024;
@@ -645,6 +648,11 @@ struct Session<'a> {
     moved: bool,
     /// Shared with the session's sender: whether stanzas may come written out already.
     writes_through: Arc<AtomicBool>,
+    /// Messages still to be read as trees before the next is read raw again: a message that
+    /// needed its tree after all was read twice, and a session whose messages all do (its
+    /// account or its peers' archive them, their clients keep copies) should not pay that on
+    /// every one.
+    trees_before_raw: u32,
 }
 
 /// The three stanzas of RFC 6120 §8.
@@ -716,6 +724,7 @@ async fn established(server: &Server, mut conn: XmlConn, conn_id: u64, start: St
         overflow: false,
         moved: false,
         writes_through,
+        trees_before_raw: 0,
     };
     let arrived = match start {
         Start::Bound(bound) => {
@@ -785,7 +794,7 @@ impl Session<'_> {
         let (ping_after, ping_timeout) = idle_limits(self.server);
         // Bound now, and after a resumption on a connection of its own: messages can be
         // routed as they were read.
-        self.conn.read_messages_raw();
+        self.conn.read_messages_raw(true);
         loop {
             let deadline = match &self.ping {
                 None if !self.quiet => self.last_read + QUIET_AFTER.min(ping_after),
@@ -898,7 +907,15 @@ impl Session<'_> {
         self.quiet = false;
         while let Some(ev) = self.conn.take_event() {
             match ev {
-                StreamEvent::Stanza(el) => self.on_stanza(el).await?,
+                StreamEvent::Stanza(el) => {
+                    if self.trees_before_raw > 0 && el.name() == "message" {
+                        self.trees_before_raw -= 1;
+                        if self.trees_before_raw == 0 {
+                            self.conn.read_messages_raw(true);
+                        }
+                    }
+                    self.on_stanza(el).await?
+                }
                 StreamEvent::Message(m) => self.on_raw_message(m).await?,
                 StreamEvent::Close => return Err(Failure::Closed),
                 StreamEvent::Open(_) => {
@@ -1226,6 +1243,8 @@ impl Session<'_> {
             router::Written::NeedsTree => message.into_element()?,
             router::Written::Refused(el) => el,
         };
+        self.trees_before_raw = TREES_BEFORE_RAW;
+        self.conn.read_messages_raw(false);
         self.on_stanza(el).await
     }
 

@@ -196,11 +196,11 @@ impl XmlConn {
         }
     }
 
-    /// From now on, gives messages as [`StreamEvent::Message`] where it can (see
-    /// [`StreamParser::read_messages_raw`]).
-    pub fn read_messages_raw(&mut self) {
-        self.raw_messages = true;
-        self.parser.read_messages_raw();
+    /// From now on, gives messages as [`StreamEvent::Message`] where it can, or no longer
+    /// (see [`StreamParser::read_messages_raw`]).
+    pub fn read_messages_raw(&mut self, on: bool) {
+        self.raw_messages = on;
+        self.parser.read_messages_raw(on);
     }
 
     pub fn is_tls(&self) -> bool {
@@ -224,9 +224,7 @@ impl XmlConn {
     /// Starts a new stream on the same connection (after STARTTLS or SASL, RFC 6120 §4.3.3).
     pub fn restart(&mut self) {
         self.parser = StreamParser::new(self.limits);
-        if self.raw_messages {
-            self.parser.read_messages_raw();
-        }
+        self.parser.read_messages_raw(self.raw_messages);
         self.events.clear();
         self.header_sent = false;
     }

@@ -130,10 +130,11 @@ impl StreamParser {
         }
     }
 
-    /// From now on, gives the messages it can as [`RawMessage`]s (a client's established
-    /// session routes them; everything before that, and every other stream, wants trees).
-    pub fn read_messages_raw(&mut self) {
-        self.raw_messages = true;
+    /// From now on, gives the messages it can as [`RawMessage`]s, or no longer (a client's
+    /// established session routes them; everything before that, and every other stream, wants
+    /// trees).
+    pub fn read_messages_raw(&mut self, on: bool) {
+        self.raw_messages = on;
     }
 
     /// Feeds a chunk of bytes; complete events are appended to `out`.
@@ -1791,7 +1792,7 @@ mod tests {
     fn events(raw: bool, stanza: &str) -> Result<Vec<StreamEvent>, ParseError> {
         let mut p = StreamParser::new(ParserLimits::default());
         if raw {
-            p.read_messages_raw();
+            p.read_messages_raw(true);
         }
         feed_all(&mut p, OPEN).unwrap();
         feed_all(&mut p, stanza)
