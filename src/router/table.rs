@@ -106,9 +106,9 @@ impl QueuedStanza {
                 crate::stanza::set_attr(&mut el, "to", to.as_str());
                 el
             }
-            // Only where a session keeps or holds back a stanza written for it just before it
-            // began to (stream management enabled, the client gone inactive), or ends with
-            // stanzas queued: the tree is read back from the XML.
+            // Only where a session holds back a stanza written for it just before its client
+            // went inactive, hibernates, or ends with stanzas queued or unacknowledged: the
+            // tree is read back from the XML.
             QueuedStanza::Written(xml) => read_back(&xml),
         }
     }
@@ -139,7 +139,7 @@ fn written_name(xml: &[u8]) -> &str {
 /// message as it was checked when read ([`RawMessage`](crate::stream::parser::RawMessage)).
 /// Either is well-formed and in `jabber:client` by default, so reading it back does not fail;
 /// if it ever did, the stanza's bare top element is what is left, and the failure is logged.
-fn read_back(xml: &[u8]) -> Element {
+pub fn read_back(xml: &[u8]) -> Element {
     crate::stream::parser::read_client_stanza(xml).unwrap_or_else(|e| {
         tracing::error!(error = %e, "a stanza written for a session could not be read back");
         Element::bare(written_name(xml), crate::stream::ns::CLIENT)
@@ -972,7 +972,7 @@ mod tests {
         );
         assert_eq!(queued.into_element(), original, "the same tree");
 
-        // While the session keeps copies or holds stanzas back, they come as trees.
+        // While the session holds stanzas back, they come as trees.
         flag.store(false, Ordering::Relaxed);
         assert!(!s.writes_through());
         s.deliver(original.clone()).unwrap();

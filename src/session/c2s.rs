@@ -650,8 +650,8 @@ struct Session<'a> {
     writes_through: Arc<AtomicBool>,
     /// Messages still to be read as trees before the next is read raw again: a message that
     /// needed its tree after all was read twice, and a session whose messages all do (its
-    /// account or its peers' archive them, their clients keep copies) should not pay that on
-    /// every one.
+    /// account or its peers' archive them or have carbons on) should not pay that on every
+    /// one.
     trees_before_raw: u32,
 }
 
@@ -962,11 +962,12 @@ impl Session<'_> {
     }
 
     /// Tells the session's sender whether what it gets goes straight to the client: not while
-    /// stream management keeps copies or the client is inactive, which need trees.
+    /// the client is inactive, since what it holds back is chosen by looking into the trees.
+    /// (Stream management keeps the written bytes, so it takes stanzas written out as well.)
     fn note_writing_through(&self) {
-        let through = self.sm.is_none() && self.inactive.is_none();
-        // Read first: the flag is read for every stanza routed here, and stays put for the
-        // session's life unless the client enables one of the two.
+        let through = self.inactive.is_none();
+        // Read first: the flag is read for every stanza routed here, and changes only when
+        // the client says it is inactive or active again.
         if self.writes_through.load(Ordering::Relaxed) != through {
             self.writes_through.store(through, Ordering::Relaxed);
         }
@@ -974,11 +975,17 @@ impl Session<'_> {
 
     /// Writes a stanza to the client, counting it for stream management.
     fn write(&mut self, el: &Element) {
-        self.conn.queue(el);
-        if let Some(sm) = self.sm.as_mut()
-            && !sm.sent(el)
-        {
-            self.overflow = true;
+        let written = self.conn.queue(el);
+        if let Some(sm) = self.sm.as_mut() {
+            Self::keep(sm, &mut self.overflow, written.to_vec());
+        }
+    }
+
+    /// Keeps a stanza's bytes until the client acknowledges it; one the writer refused was
+    /// not sent and is not counted.
+    fn keep(sm: &mut Sm, overflow: &mut bool, written: Vec<u8>) {
+        if !written.is_empty() && !sm.sent(written) {
+            *overflow = true;
         }
     }
 
@@ -997,7 +1004,9 @@ impl Session<'_> {
                     .queue(&sm.enabled(self.server.config.limits.resume_seconds));
                 self.sm = Some(sm);
             }
-            "enable" => self.conn.queue(&sm::failed("unexpected-request")),
+            "enable" => {
+                self.conn.queue(&sm::failed("unexpected-request"));
+            }
             "r" => {
                 if let Some(sm) = &self.sm {
                     self.conn.queue(&sm.ack());
@@ -1039,8 +1048,8 @@ impl Session<'_> {
         sm.acknowledge(h)
             .map_err(|e| Failure::stream("undefined-condition", e.to_string()))?;
         self.conn.queue(&sm.resumed());
-        for el in sm.pending() {
-            self.conn.queue(&el);
+        for xml in sm.pending() {
+            self.conn.queue_bytes(xml);
         }
         self.last_read = Instant::now();
         self.ping = None;
@@ -1155,8 +1164,8 @@ impl Session<'_> {
         acknowledged.map_err(|e| Failure::stream("undefined-condition", e.to_string()))?;
         if let Some(sm) = self.sm.as_mut() {
             self.conn.queue(&sm.resumed());
-            for el in sm.pending() {
-                self.conn.queue(&el);
+            for xml in sm.pending() {
+                self.conn.queue_bytes(xml);
             }
         }
         info!("session resumed from another node");
@@ -1187,7 +1196,8 @@ impl Session<'_> {
                     Some(SessionCommand::Stanza(el)) => {
                         let el = el.into_element();
                         let sm = self.sm.as_mut()?;
-                        if !sm.sent(&el) {
+                        let xml = writer::element(&el);
+                        if !xml.is_empty() && !sm.sent(xml) {
                             return None;
                         }
                         // The phone may be asleep: its app server can wake it (XEP-0357).
@@ -1204,9 +1214,18 @@ impl Session<'_> {
 
     /// Writes a stanza for the client, or holds it while the client is inactive.
     fn deliver(&mut self, out: QueuedStanza) {
-        if self.inactive.is_none() && self.sm.is_none() {
-            // Nothing keeps a copy: a shared stanza is written without one of its own.
-            return self.conn.queue_stanza(&out);
+        if self.inactive.is_none() {
+            // No tree is needed: a shared stanza is written without a copy of its own, and
+            // stream management keeps the bytes (those written out already without a copy).
+            let written = self.conn.queue_stanza(&out);
+            if let Some(sm) = self.sm.as_mut() {
+                let xml = match out {
+                    QueuedStanza::Written(xml) => *xml,
+                    _ => written.to_vec(),
+                };
+                Self::keep(sm, &mut self.overflow, xml);
+            }
+            return;
         }
         let el = out.into_element();
         let Some(held) = self.inactive.as_mut() else {

@@ -297,14 +297,20 @@ impl XmlConn {
         self.out.extend_from_slice(&writer::dialback(el));
     }
 
-    pub fn queue_stanza(&mut self, stanza: &crate::router::table::QueuedStanza) {
+    /// Queues a stanza; returns the bytes it was written as (stream management keeps them).
+    pub fn queue_stanza(&mut self, stanza: &crate::router::table::QueuedStanza) -> &[u8] {
         crate::metrics::stanza_out(stanza.name());
+        let start = self.out.len();
         stanza.write_into(&mut self.out);
+        &self.out[start..]
     }
 
-    pub fn queue(&mut self, el: &Element) {
+    /// Queues an element; returns the bytes it was written as (empty if the writer refused it).
+    pub fn queue(&mut self, el: &Element) -> &[u8] {
         crate::metrics::stanza_out(el.name());
+        let start = self.out.len();
         writer::element_into(el, &mut self.out);
+        &self.out[start..]
     }
 
     /// Writes what is queued.

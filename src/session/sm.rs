@@ -1,6 +1,11 @@
 //! Stream Management (XEP-0198 v3): the counters and the queue of stanzas the client has not
 //! acknowledged yet, and the registry through which a new connection resumes a session whose
 //! connection dropped. The c2s session drives it; this file holds the bookkeeping.
+//!
+//! The queue keeps each stanza as the bytes written to the client, not as a tree: that is what
+//! a resumed stream sends again, a copy of bytes costs less than a copy of a tree, and a
+//! stanza the router wrote out already (or a client's message passed on as it came) is kept
+//! without ever being built into one.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -11,6 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::conn::XmlConn;
 use crate::jid::BareJid;
+use crate::router::table;
 use crate::stanza;
 use crate::stream::ns;
 
@@ -35,8 +41,8 @@ pub struct Sm {
     inbound: u32,
     /// Stanzas the client has acknowledged, modulo 2^32.
     acked: u32,
-    /// Sent and not acknowledged, oldest first.
-    unacked: VecDeque<Element>,
+    /// Sent and not acknowledged, oldest first, as written.
+    unacked: VecDeque<Vec<u8>>,
     /// An `<r/>` of ours is outstanding.
     requested: bool,
 }
@@ -74,9 +80,9 @@ impl Sm {
         a
     }
 
-    /// Records a stanza written to the client; false once too many wait for an ack.
-    pub fn sent(&mut self, el: &Element) -> bool {
-        self.unacked.push_back(el.clone());
+    /// Records a stanza written to the client, as written; false once too many wait for an ack.
+    pub fn sent(&mut self, xml: Vec<u8>) -> bool {
+        self.unacked.push_back(xml);
         self.unacked.len() <= MAX_UNACKED
     }
 
@@ -113,9 +119,9 @@ impl Sm {
     }
 
     /// What is still unacknowledged, to send again on a resumed stream; it stays queued.
-    pub fn pending(&mut self) -> Vec<Element> {
+    pub fn pending(&mut self) -> impl Iterator<Item = &[u8]> {
         self.requested = false;
-        self.unacked.iter().cloned().collect()
+        self.unacked.iter().map(Vec::as_slice)
     }
 
     /// The counters and the unacknowledged stanzas, for a session moving to another node.
@@ -123,13 +129,13 @@ impl Sm {
         let unacked = self
             .unacked
             .drain(..)
-            .filter_map(|el| String::from_utf8(crate::stream::writer::element(&el)).ok())
+            .filter_map(|xml| String::from_utf8(xml).ok())
             .collect();
         (self.inbound, self.acked, unacked)
     }
 
-    /// The state of a session that moved here from another node; stanzas that no longer
-    /// parse are dropped.
+    /// The state of a session that moved here from another node; stanzas that do not read
+    /// as a client's stanza are dropped, so that what the new stream sends again is sound.
     pub fn restore(moved: &Moved) -> Sm {
         Sm {
             id: Some(moved.id.clone()),
@@ -138,15 +144,20 @@ impl Sm {
             unacked: moved
                 .unacked
                 .iter()
-                .filter_map(|xml| xml.parse().ok())
+                .filter(|xml| crate::stream::parser::read_client_stanza(xml.as_bytes()).is_ok())
+                .map(|xml| xml.as_bytes().to_vec())
                 .collect(),
             requested: false,
         }
     }
 
-    /// Everything unacknowledged, for the session's end: such messages are routed again.
-    pub fn take(&mut self) -> VecDeque<Element> {
+    /// Everything unacknowledged, as trees, for the session's end: such messages are routed
+    /// again.
+    pub fn take(&mut self) -> Vec<Element> {
         std::mem::take(&mut self.unacked)
+            .into_iter()
+            .map(|xml| table::read_back(&xml))
+            .collect()
     }
 }
 
@@ -211,10 +222,18 @@ impl Registry {
 mod tests {
     use super::*;
 
-    fn msg(n: u32) -> Element {
-        format!("<message xmlns='jabber:client' id='{n}'/>")
-            .parse()
-            .unwrap()
+    fn msg(n: u32) -> Vec<u8> {
+        format!("<message xmlns='jabber:client' id='{n}'/>").into_bytes()
+    }
+
+    /// The ids of what waits for an ack, in order.
+    fn pending_ids(sm: &mut Sm) -> Vec<String> {
+        sm.pending()
+            .map(|xml| {
+                let el = crate::stream::parser::read_client_stanza(xml).unwrap();
+                el.attr("id").unwrap().to_owned()
+            })
+            .collect()
     }
 
     #[test]
@@ -223,17 +242,12 @@ mod tests {
         assert!(sm.id.is_some());
         assert!(sm.request().is_none(), "nothing to ask about");
         for n in 0..5 {
-            assert!(sm.sent(&msg(n)));
+            assert!(sm.sent(msg(n)));
         }
         assert!(sm.request().is_some());
         assert!(sm.request().is_none(), "one request at a time");
         sm.acknowledge(2).unwrap();
-        let ids: Vec<_> = sm
-            .pending()
-            .iter()
-            .map(|m| m.attr("id").unwrap().to_owned())
-            .collect();
-        assert_eq!(ids, ["2", "3", "4"]);
+        assert_eq!(pending_ids(&mut sm), ["2", "3", "4"]);
         assert!(sm.acknowledge(1).is_err(), "h cannot go back");
         assert!(sm.acknowledge(9).is_err(), "h cannot exceed what was sent");
         sm.acknowledge(5).unwrap();
@@ -247,11 +261,13 @@ mod tests {
     fn a_moved_session_keeps_its_counters_and_queue() {
         let mut sm = Sm::new(true);
         for n in 0..3 {
-            sm.sent(&msg(n));
+            sm.sent(msg(n));
         }
         sm.handled();
         sm.acknowledge(1).unwrap();
-        let (inbound, acked, unacked) = sm.export();
+        let (inbound, acked, mut unacked) = sm.export();
+        // What does not read as a client's stanza is dropped on arrival, not sent again.
+        unacked.insert(1, "<message id='broken'".into());
         let moved = Moved {
             jid: "a@b/c".into(),
             id: sm.id.clone().unwrap(),
@@ -268,12 +284,8 @@ mod tests {
         let mut there = Sm::restore(&moved);
         assert_eq!(there.resumed().attr("h"), Some("1"));
         there.acknowledge(2).unwrap();
-        let ids: Vec<_> = there
-            .pending()
-            .iter()
-            .map(|m| m.attr("id").unwrap().to_owned())
-            .collect();
-        assert_eq!(ids, ["2"]);
+        assert_eq!(pending_ids(&mut there), ["2"]);
+        assert_eq!(there.take()[0].attr("id"), Some("2"), "read back as a tree");
     }
 
     #[test]
@@ -281,9 +293,9 @@ mod tests {
         let mut sm = Sm::new(false);
         sm.acked = u32::MAX - 1;
         for n in 0..4 {
-            sm.sent(&msg(n));
+            sm.sent(msg(n));
         }
         sm.acknowledge(1).unwrap();
-        assert_eq!(sm.pending().len(), 1);
+        assert_eq!(sm.pending().count(), 1);
     }
 }
