@@ -11,6 +11,7 @@
 #   SERVERS="rookery-mam rookery-pg-mam" bench/compare.sh   # rookery archiving to SQLite, to PostgreSQL
 #   SERVERS="rookery-s2s prosody-s2s ejabberd-s2s" bench/compare.sh   # two of each, federating
 #   SCENARIOS="login" SERVERS="rookery ejabberd" bench/compare.sh   # only some scenarios
+#   SM=1 SCENARIOS="chat muc" SERVERS="rookery prosody ejabberd" bench/compare.sh   # clients ack (XEP-0198)
 #   SERVERS="rookery-held" bench/compare.sh   # HELD (100,000) idle connections held at once
 #
 # Each server runs on its own loopback address with the standard port, in a throwaway
@@ -36,6 +37,7 @@ LOGIN_LOOPS=${LOGIN_LOOPS:-"16 64"}   # concurrent login loops: each server's be
 HALF_REPEATS=${HALF_REPEATS:-5}   # chat runs at half of rookery's top rate (its latency target)
 HALF_SERVERS=${HALF_SERVERS:-"rookery relay"}   # the labels that make them
 KEEP_RESULTS=${KEEP_RESULTS:-}   # a file to keep every run's JSON line in (the table is built from them)
+SM=${SM:-0}   # 1: in chat and muc, clients enable stream management (XEP-0198) and answer acks (not the relay)
 WORK=$(mktemp -d /tmp/rookery-bench.XXXXXX)
 # The servers run as their own users and must reach their directories inside.
 chmod 755 "$WORK"
@@ -89,6 +91,9 @@ run() {  # label addr[:port][,addr:port…] pid[,pid…] scenario extra-args...;
   local label=$1 addr=$2 pid=$3 scenario=$4
   shift 4
   [[ "$addr" == *:* ]] || addr="$addr:5222"
+  if [ "$SM" = 1 ] && [ "$label" != relay ] && [[ "$scenario" == chat || "$scenario" == muc ]]; then
+    set -- "$@" --sm
+  fi
   timeout "${RUN_TIMEOUT:-$((DURATION * 3 + 120))}" "$BENCH" run --json --label "$label" --server "$addr" \
     --pid "$pid" --scenario "$scenario" --duration "$DURATION" "$@" | mark | tee -a "$RESULTS"
 }
@@ -465,6 +470,7 @@ prosody_run() {  # [label mam]: "prosody-mam 1" archives every message (mod_mam,
   local label=${1:-prosody} mam=${2:-0} modules='"roster"; "saslauth"; "tls"; "disco"; "ping"; "offline"; "posix"'
   local dir="$WORK/$label"
   [ "$mam" = 1 ] && modules="$modules; \"mam\""
+  [ "$SM" = 1 ] && modules="$modules; \"smacks\""
   mkdir -p "$dir/data"
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
     -subj /CN=localhost -addext "subjectAltName=DNS:localhost" \
@@ -515,9 +521,10 @@ ejabberd_ctl() {
 ejabberd_stop() { [ -d "$WORK/ejabberd" ] && ejabberd_ctl stop; }
 
 ejabberd_run() {  # [label mam]: "ejabberd-mam 1" archives every message (mod_mam on mnesia)
-  local label=${1:-ejabberd} mam=${2:-0} mam_module=""
+  local label=${1:-ejabberd} mam=${2:-0} extra_modules=""
   local dir="$WORK/ejabberd"
-  [ "$mam" = 1 ] && mam_module=$'  mod_mam:\n    default: always'
+  [ "$mam" = 1 ] && extra_modules=$'  mod_mam:\n    default: always'
+  [ "$SM" = 1 ] && extra_modules+=$'\n  mod_stream_mgmt: {}'
   rm -rf "$dir"
   mkdir -p "$dir/logs" "$dir/spool"
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
@@ -570,7 +577,7 @@ modules:
     access_create: all
     max_users: 1000
     history_size: 0
-$mam_module
+$extra_modules
 EOF
   cat > "$dir/ejabberdctl.cfg" <<EOF
 ERLANG_NODE=$EJ_NODE

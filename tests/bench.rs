@@ -135,6 +135,31 @@ async fn chat_run_against_rookery_delivers_everything() {
     server.shutdown().await;
 }
 
+/// With stream management on, the load's client answers the server's requests for acks: each
+/// of the two users reads more messages than a session may leave unacknowledged (1,000), and
+/// none is lost. With archiving off they go on as their sender's bytes, kept by the recipient's
+/// session until acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_run_with_stream_management_acknowledges_what_it_reads() {
+    let server =
+        TestServer::start_with(|c| c.archive.default = rookery::config::ArchiveDefault::Never)
+            .await;
+    for i in 1..=2 {
+        server.add_user(&format!("acked{i}"), "pw").await;
+    }
+    let json = run_against(
+        &server,
+        "chat",
+        2,
+        "acked",
+        &["--rate", "1500", "--duration", "2", "--sm"],
+    )
+    .await;
+    check_chat(&json);
+    assert!(field(&json, "delivered") > 2.0 * 1000.0, "{json}");
+    server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_and_idle_runs_report_their_figures() {
     let server = TestServer::start().await;

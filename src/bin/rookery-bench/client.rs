@@ -52,6 +52,8 @@ pub struct Target {
     pub sources: Vec<IpAddr>,
     /// SaltedPassword per user, so repeated logins do not spend client CPU on PBKDF2.
     pub salted: SaltedCache,
+    /// Enable stream management (XEP-0198) after binding, as mobile and desktop clients do.
+    pub sm: bool,
 }
 
 /// A rustls verifier that accepts any certificate and any handshake signature: the load only
@@ -148,6 +150,29 @@ pub struct Conn<S> {
     /// Stanzas cut out and not yet handed out.
     raw: VecDeque<Vec<u8>>,
     pub jid: String,
+    /// Stream management's count, once the client enabled it.
+    acks: Option<Acks>,
+}
+
+/// The client's side of stream management (XEP-0198): stanzas read since it was enabled, and
+/// whether the server asked for that count since it was last given.
+#[derive(Debug, Default)]
+struct Acks {
+    handled: u32,
+    asked: bool,
+}
+
+impl Acks {
+    /// Counts a piece as it is read, so that every stanza counts once, however it is handed out.
+    fn count(acks: &mut Option<Acks>, piece: &[u8]) {
+        if let Some(acks) = acks {
+            match split::counted(piece) {
+                split::Counted::Stanza => acks.handled = acks.handled.wrapping_add(1),
+                split::Counted::AckRequest => acks.asked = true,
+                split::Counted::Neither => {}
+            }
+        }
+    }
 }
 
 fn header(domain: &str) -> String {
@@ -175,6 +200,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             pending: VecDeque::new(),
             raw: VecDeque::new(),
             jid: String::new(),
+            acks: None,
         }
     }
 
@@ -207,6 +233,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 &mut self.io,
                 &mut self.unread,
                 &mut self.open,
+                &mut self.acks,
                 |_, bytes| {
                     if parsed.is_ok() {
                         parsed = parser.feed(bytes, &mut events);
@@ -244,6 +271,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             &mut self.io,
             &mut self.unread,
             &mut self.open,
+            &mut self.acks,
             |_, bytes| seen(split::classify(bytes)),
         )
         .await
@@ -255,6 +283,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         io: &mut S,
         unread: &mut Vec<u8>,
         open: &mut bool,
+        acks: &mut Option<Acks>,
         mut each: impl FnMut(Piece, &[u8]),
     ) -> Result<(), ClientError> {
         unread.reserve(16 * 1024);
@@ -268,7 +297,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             match piece {
                 Piece::Close(_) => return Err(ClientError::Closed),
                 Piece::Header(_) => *open = true,
-                Piece::Stanza(_) => {}
+                Piece::Stanza(_) => Acks::count(acks, bytes),
             }
             each(piece, bytes);
         }
@@ -294,13 +323,41 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 &mut self.io,
                 &mut self.unread,
                 &mut self.open,
+                &mut self.acks,
                 |piece, bytes| match piece {
                     Piece::Header(_) => *header = bytes.to_vec(),
                     _ => raw.push_back(bytes.to_vec()),
                 },
             )
             .await?;
+            self.answer_acks().await?;
         }
+    }
+
+    /// Enables stream management (XEP-0198), without resumption: from now on the client
+    /// counts the stanzas it reads and answers the server's requests for that count.
+    pub async fn enable_acks(&mut self) -> Result<(), ClientError> {
+        self.send("<enable xmlns='urn:xmpp:sm:3'/>").await?;
+        self.acks = Some(Acks::default());
+        loop {
+            let piece = self.next_raw().await?;
+            match Top::new(&piece).map(|t| t.name()) {
+                Some("enabled") => return Ok(()),
+                Some("failed") => return Err(protocol("stream management refused")),
+                _ => {}
+            }
+        }
+    }
+
+    /// Gives the server the count it asked for, if it asked. Not part of a read: a read may
+    /// be dropped for something else (a message to send), and a write must not be.
+    pub async fn answer_acks(&mut self) -> Result<(), ClientError> {
+        let Some(acks) = self.acks.as_mut().filter(|a| a.asked) else {
+            return Ok(());
+        };
+        acks.asked = false;
+        let answer = format!("<a xmlns='urn:xmpp:sm:3' h='{}'/>", acks.handled);
+        self.send(&answer).await
     }
 
     fn restart(&mut self) {
@@ -420,6 +477,9 @@ pub async fn login(
     )
     .await?;
     let _ = conn.next_raw().await?;
+    if target.sm {
+        conn.enable_acks().await?;
+    }
     conn.jid = format!("{user}@{}/{resource}", target.domain);
     Ok(conn)
 }

@@ -147,6 +147,11 @@ pub struct RunArgs {
     /// (milliseconds; sent since the measured window began), to see when the slow ones were.
     #[arg(long, hide = true)]
     pub latency_trace: Option<std::path::PathBuf>,
+    /// Enable stream management (XEP-0198, without resumption) on every connection: the
+    /// server keeps what it sends until the client acknowledges it, as for mobile and desktop
+    /// clients.
+    #[arg(long)]
+    pub sm: bool,
     /// Source addresses in 127.0.0.0/8 to spread connections over.
     #[arg(long, value_delimiter = ',')]
     pub sources: Vec<IpAddr>,

@@ -173,6 +173,7 @@ fn target(args: &RunArgs) -> Target {
         tls: client::tls_config(),
         sources: args.sources.clone(),
         salted: Arc::new(Mutex::new(HashMap::new())),
+        sm: args.sm,
     }
 }
 
@@ -483,6 +484,9 @@ async fn conn_task(
         match wake {
             Wake::Read(Err(_)) | Wake::Send(None) => break,
             Wake::Read(Ok(())) => {
+                if conn.answer_acks().await.is_err() {
+                    break;
+                }
                 if latencies.is_empty() {
                     continue;
                 }

@@ -80,6 +80,40 @@ pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
+/// What stream management (XEP-0198) counts a top-level element as.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub enum Counted {
+    /// A message, presence or iq: one more handled.
+    Stanza,
+    /// The server's `<r/>`: it wants to know how many were handled.
+    AckRequest,
+    /// Anything else (an `<a/>`, say).
+    Neither,
+}
+
+/// Counts a complete top-level element (with any leading whitespace) for stream management.
+pub fn counted(piece: &[u8]) -> Counted {
+    let start = piece
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(piece.len());
+    let piece = &piece[start..];
+    let named = |name: &[u8]| {
+        piece.get(1..=name.len()) == Some(name)
+            && matches!(
+                piece.get(name.len() + 1),
+                Some(b' ' | b'>' | b'/' | b'\t' | b'\r' | b'\n')
+            )
+    };
+    if named(b"message") || named(b"presence") || named(b"iq") {
+        Counted::Stanza
+    } else if named(b"r") {
+        Counted::AckRequest
+    } else {
+        Counted::Neither
+    }
+}
+
 /// What the load needs from a stanza, read from its bytes.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Seen {
@@ -270,6 +304,22 @@ mod tests {
         assert_eq!(next_piece(stanza, true), Some(Piece::Stanza(stanza.len())));
         assert_eq!(next_piece(b"<stream:stream x='>", false), None);
         assert_eq!(next_piece(b"  \n", true), None);
+    }
+
+    #[test]
+    fn stanzas_and_ack_requests_are_counted_by_their_bytes() {
+        for (piece, want) in [
+            ("<message to='a'><body>x</body></message>", Counted::Stanza),
+            ("\n<presence/>", Counted::Stanza),
+            ("<iq type='result' id='1'/>", Counted::Stanza),
+            ("<r xmlns='urn:xmpp:sm:3'/>", Counted::AckRequest),
+            ("<a xmlns='urn:xmpp:sm:3' h='3'/>", Counted::Neither),
+            ("<iqx/>", Counted::Neither),
+            ("<rr/>", Counted::Neither),
+            ("<enabled xmlns='urn:xmpp:sm:3'/>", Counted::Neither),
+        ] {
+            assert_eq!(counted(piece.as_bytes()), want, "{piece}");
+        }
     }
 
     #[test]
