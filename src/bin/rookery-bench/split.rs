@@ -91,23 +91,31 @@ pub enum Counted {
     Neither,
 }
 
-/// Counts a complete top-level element (with any leading whitespace) for stream management.
-pub fn counted(piece: &[u8]) -> Counted {
+/// A piece without the whitespace before it.
+fn trimmed(piece: &[u8]) -> &[u8] {
     let start = piece
         .iter()
         .position(|b| !b.is_ascii_whitespace())
         .unwrap_or(piece.len());
-    let piece = &piece[start..];
-    let named = |name: &[u8]| {
-        piece.get(1..=name.len()) == Some(name)
-            && matches!(
-                piece.get(name.len() + 1),
-                Some(b' ' | b'>' | b'/' | b'\t' | b'\r' | b'\n')
-            )
-    };
-    if named(b"message") || named(b"presence") || named(b"iq") {
+    &piece[start..]
+}
+
+/// Whether a trimmed piece starts with an element of this (unprefixed) name.
+fn named(piece: &[u8], name: &[u8]) -> bool {
+    piece.first() == Some(&b'<')
+        && piece.get(1..=name.len()) == Some(name)
+        && matches!(
+            piece.get(name.len() + 1),
+            Some(b' ' | b'>' | b'/' | b'\t' | b'\r' | b'\n')
+        )
+}
+
+/// Counts a complete top-level element (with any leading whitespace) for stream management.
+pub fn counted(piece: &[u8]) -> Counted {
+    let piece = trimmed(piece);
+    if named(piece, b"message") || named(piece, b"presence") || named(piece, b"iq") {
         Counted::Stanza
-    } else if named(b"r") {
+    } else if named(piece, b"r") {
         Counted::AckRequest
     } else {
         Counted::Neither
@@ -128,17 +136,8 @@ pub enum Seen {
 
 /// Classifies a complete stanza (with any leading whitespace).
 pub fn classify(stanza: &[u8]) -> Seen {
-    let start = stanza
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(stanza.len());
-    let stanza = &stanza[start..];
-    let is_message = stanza.starts_with(b"<message")
-        && matches!(
-            stanza.get(8),
-            Some(b' ' | b'>' | b'/' | b'\t' | b'\r' | b'\n')
-        );
-    if !is_message {
+    let stanza = trimmed(stanza);
+    if !named(stanza, b"message") {
         return Seen::Other;
     }
     let Some((head_end, _)) = tag_end(stanza, 0) else {
