@@ -321,8 +321,26 @@ async fn messages_between_plain_sessions_arrive_whole() {
         let start = text.rfind("<message").expect("a message");
         text[start..].parse().expect("a message that parses")
     }
-    // Enough that the accounts' features have been asked, and that the session reads messages
-    // raw again after the first ones, which needed their trees.
+    // Once an account is online, nothing about it needs a message's tree: what its features
+    // would be asked was noted when its first presence was handled, before any message.
+    alice.send("<presence/>").await;
+    bob.send("<presence/>").await;
+    let sessions = &server.running.as_ref().expect("running").server.sessions;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    for account in ["alice@localhost", "bob@localhost"] {
+        let bare = rookery::jid::BareJid::new(account).expect("jid");
+        loop {
+            let summary = sessions.summary(&bare);
+            if summary.hints.blocks_nobody && summary.hints.archives_nothing {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{account}'s first presence noted nothing: {summary:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     for round in 0..20 {
         alice
             .send(&format!(
@@ -331,7 +349,6 @@ async fn messages_between_plain_sessions_arrive_whole() {
             .await;
         next_message(&mut bob).await;
     }
-    let sessions = &server.running.as_ref().expect("running").server.sessions;
     for account in ["alice@localhost", "bob@localhost"] {
         let summary = sessions.summary(&rookery::jid::BareJid::new(account).expect("jid"));
         assert!(

@@ -84,6 +84,21 @@ pub fn forget_cached(server: &Server, user: &str) {
 pub async fn preload(server: &Server, owner: &BareJid) {
     if let (Some(m), Some(user)) = (module(server), owner.node()) {
         m.list(server, user.as_str()).await;
+        // Noted now rather than at the account's first message, which then takes the router's
+        // short way as well.
+        m.cached(user.as_str(), |list| note_empty(server, owner, list));
+    }
+}
+
+/// Notes an empty block list in the account's entry in the session table, where the router
+/// finds it with the account's other answers. Called with the cache locked, so that `forget`
+/// cannot clear the note before it is made.
+fn note_empty(server: &Server, owner: &BareJid, list: &[String]) {
+    if list.is_empty() {
+        server
+            .sessions
+            .view()
+            .hint(owner.as_str(), Hint::BlocksNobody, true);
     }
 }
 
@@ -100,16 +115,9 @@ pub async fn blocks(server: &Server, owner: &BareJid, other: &Jid) -> bool {
         return false;
     }
     // Every message asks twice (the sender's list and the recipient's): a cached list is read
-    // in place rather than copied out. An empty one is noted in the account's entry in the
-    // session table, where the router finds it with the account's other answers; noted while
-    // the cache is locked, so that `forget` cannot clear the note before it is made.
+    // in place rather than copied out.
     let cached = m.cached(user.as_str(), |list| {
-        if list.is_empty() {
-            server
-                .sessions
-                .view()
-                .hint(owner.as_str(), Hint::BlocksNobody, true);
-        }
+        note_empty(server, owner, list);
         matches_entry(list, other)
     });
     if let Some(blocked) = cached {

@@ -588,6 +588,9 @@ fn job(
 pub async fn preload(server: &Server, owner: &BareJid) {
     if let (Some(m), Some(user)) = (module(server), owner.node()) {
         m.prefs(server, user.as_str()).await;
+        // Noted now rather than at the account's first message, which then takes the router's
+        // short way as well.
+        m.cached_archives_nothing(server, owner, user.as_str());
     }
 }
 
