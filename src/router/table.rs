@@ -126,7 +126,7 @@ impl QueuedStanza {
 }
 
 /// The element name a written stanza starts with.
-fn written_name(xml: &[u8]) -> &str {
+pub fn written_name(xml: &[u8]) -> &str {
     let name = xml.get(1..).unwrap_or_default();
     let end = name
         .iter()

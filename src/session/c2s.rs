@@ -1049,7 +1049,7 @@ impl Session<'_> {
             .map_err(|e| Failure::stream("undefined-condition", e.to_string()))?;
         self.conn.queue(&sm.resumed());
         for xml in sm.pending() {
-            self.conn.queue_bytes(xml);
+            self.conn.queue_written(xml);
         }
         self.last_read = Instant::now();
         self.ping = None;
@@ -1165,7 +1165,7 @@ impl Session<'_> {
         if let Some(sm) = self.sm.as_mut() {
             self.conn.queue(&sm.resumed());
             for xml in sm.pending() {
-                self.conn.queue_bytes(xml);
+                self.conn.queue_written(xml);
             }
         }
         info!("session resumed from another node");
@@ -1193,10 +1193,11 @@ impl Session<'_> {
         loop {
             tokio::select! {
                 cmd = rx.recv() => match cmd {
-                    Some(SessionCommand::Stanza(el)) => {
-                        let el = el.into_element();
+                    Some(SessionCommand::Stanza(out)) => {
+                        let mut xml = Vec::new();
+                        out.write_into(&mut xml);
+                        let el = out.into_element();
                         let sm = self.sm.as_mut()?;
-                        let xml = writer::element(&el);
                         if !xml.is_empty() && !sm.sent(xml) {
                             return None;
                         }

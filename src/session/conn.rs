@@ -297,6 +297,12 @@ impl XmlConn {
         self.out.extend_from_slice(&writer::dialback(el));
     }
 
+    /// Queues a stanza kept as it was written before (sent again on a resumed stream).
+    pub fn queue_written(&mut self, xml: &[u8]) {
+        crate::metrics::stanza_out(crate::router::table::written_name(xml));
+        self.out.extend_from_slice(xml);
+    }
+
     /// Queues a stanza; returns the bytes it was written as (stream management keeps them).
     pub fn queue_stanza(&mut self, stanza: &crate::router::table::QueuedStanza) -> &[u8] {
         crate::metrics::stanza_out(stanza.name());
