@@ -13,6 +13,7 @@
 #   SCENARIOS="login" SERVERS="rookery ejabberd" bench/compare.sh   # only some scenarios
 #   SM=1 SCENARIOS="chat muc" SERVERS="rookery prosody ejabberd" bench/compare.sh   # clients ack (XEP-0198)
 #   SERVERS="rookery-held" bench/compare.sh   # HELD (100,000) idle connections held at once
+#   SERVER_CPUS=0,1 GEN_CPUS=2,3 bench/compare.sh   # servers and load generator on cores of their own
 #
 # Each server runs on its own loopback address with the standard port, in a throwaway
 # directory, with TLS (STARTTLS required), SCRAM-SHA-1 accounts, rosters and offline storage,
@@ -38,6 +39,8 @@ HALF_REPEATS=${HALF_REPEATS:-5}   # chat runs at half of rookery's top rate (its
 HALF_SERVERS=${HALF_SERVERS:-"rookery relay"}   # the labels that make them
 KEEP_RESULTS=${KEEP_RESULTS:-}   # a file to keep every run's JSON line in (the table is built from them)
 SM=${SM:-0}   # 1: in chat and muc, clients enable stream management (XEP-0198) and answer acks (not the relay)
+SERVER_CPUS=${SERVER_CPUS:-}   # e.g. "0,1": the servers, and all they start, run on these CPUs only
+GEN_CPUS=${GEN_CPUS:-}         # e.g. "2,3": the load generator runs on these (unset: wherever)
 WORK=$(mktemp -d /tmp/rookery-bench.XXXXXX)
 # The servers run as their own users and must reach their directories inside.
 chmod 755 "$WORK"
@@ -76,6 +79,12 @@ cargo build --release --bins -q
 BENCH=target/release/rookery-bench
 ROOKERY=target/release/rookery
 MAXUSERS=$(( USERS > IDLE_USERS ? USERS : IDLE_USERS ))
+# Where the machine has cores to spare, the generator gets its own, so that its CPU no longer
+# decides when a server's threads run. The script itself moves to the servers' cores: every
+# server, database and helper it starts inherits them.
+if [ -n "$SERVER_CPUS" ]; then taskset -pc "$SERVER_CPUS" $$ >/dev/null; fi
+GEN_PIN=()
+if [ -n "$GEN_CPUS" ]; then GEN_PIN=(taskset -c "$GEN_CPUS"); fi
 ulimit -n 1048576 2>/dev/null || ulimit -n 65536 2>/dev/null || true
 
 wait_port() {  # host port
@@ -94,7 +103,7 @@ run() {  # label addr[:port][,addr:port…] pid[,pid…] scenario extra-args...;
   if [ "$SM" = 1 ] && [ "$label" != relay ] && [[ "$scenario" == chat || "$scenario" == muc ]]; then
     set -- "$@" --sm
   fi
-  timeout "${RUN_TIMEOUT:-$((DURATION * 3 + 120))}" "$BENCH" run --json --label "$label" --server "$addr" \
+  timeout "${RUN_TIMEOUT:-$((DURATION * 3 + 120))}" "${GEN_PIN[@]}" "$BENCH" run --json --label "$label" --server "$addr" \
     --pid "$pid" --scenario "$scenario" --duration "$DURATION" "$@" | mark | tee -a "$RESULTS"
 }
 
