@@ -138,6 +138,13 @@ pub fn set_sessions(n: usize) {
     metrics::gauge!("rookery_sessions").set(n as f64);
 }
 
+/// Messages waiting in offline storage, read from the store when `/metrics` is asked for: a
+/// count kept in memory would drift from the store, which other cluster nodes and `rookery user`
+/// (deleting an account) change as well.
+pub fn set_offline_messages(n: u64) {
+    metrics::gauge!("rookery_offline_messages").set(n as f64);
+}
+
 /// A frame crossing the cluster bus, `direction` "out" or "in".
 pub fn bus_frame(direction: &'static str) {
     metrics::counter!("rookery_cluster_bus_frames_total", "direction" => direction).increment(1);

@@ -67,6 +67,10 @@ async fn health_and_metrics() {
         .await;
     let (status, text) = get(&server, "/metrics").await;
     assert_eq!(status, 200);
+    assert!(
+        text.lines().any(|l| l == "rookery_offline_messages 1"),
+        "bob's message waits offline:\n{text}"
+    );
     for metric in [
         "rookery_connections{kind=\"c2s\"}",
         "rookery_stanzas_in_total{kind=\"message\"}",

@@ -127,12 +127,15 @@ async fn every_method(store: &dyn Store) {
             .unwrap();
     }
     assert_eq!(store.offline_count("alice").await.unwrap(), 3);
+    store.push_offline("bob", "<b/>", 0).await.unwrap();
+    assert_eq!(store.offline_total().await.unwrap(), 4, "every account's");
     let msgs = store.offline_messages("alice").await.unwrap();
     assert_eq!(
         msgs.iter().map(|m| m.stanza.as_str()).collect::<Vec<_>>(),
         ["<m0/>", "<m1/>", "<m2/>"]
     );
     store.remove_offline("alice", msgs[1].id).await.unwrap();
+    assert_eq!(store.offline_total().await.unwrap(), 2);
     assert_eq!(
         store.offline_messages("alice").await.unwrap()[0].stanza,
         "<m2/>"

@@ -76,6 +76,11 @@ async fn health(State(server): State<Arc<Server>>) -> impl IntoResponse {
 
 async fn prometheus(State(server): State<Arc<Server>>) -> impl IntoResponse {
     metrics::set_sessions(server.sessions.count());
+    match server.store.offline_total().await {
+        Ok(n) => metrics::set_offline_messages(n),
+        // The scrape still answers with everything else; the gauge keeps its last value.
+        Err(e) => tracing::warn!(error = %e, "counting offline messages for /metrics"),
+    }
     match metrics::render() {
         Some(text) => (
             StatusCode::OK,

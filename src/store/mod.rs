@@ -342,6 +342,8 @@ pub trait Store: Send + Sync {
     // Offline messages (XEP-0160).
     async fn push_offline(&self, user: &str, stanza: &str, stamp_ms: i64) -> StoreResult<()>;
     async fn offline_count(&self, user: &str) -> StoreResult<u64>;
+    /// Messages waiting in offline storage for all accounts (the `/metrics` queue size).
+    async fn offline_total(&self) -> StoreResult<u64>;
     /// All stored messages, oldest first; they stay stored until `remove_offline`.
     async fn offline_messages(&self, user: &str) -> StoreResult<Vec<OfflineMessage>>;
     /// Removes messages up to and including `up_to_id` once they have been handed on.

@@ -473,6 +473,14 @@ impl Store for SqliteStore {
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
+    async fn offline_total(&self) -> StoreResult<u64> {
+        let row = sqlx::query("SELECT COUNT(*) FROM offline_messages")
+            .fetch_one(&self.pool)
+            .await?;
+        let n: i64 = row.try_get(0)?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
     async fn offline_messages(&self, user: &str) -> StoreResult<Vec<OfflineMessage>> {
         let rows = sqlx::query(
             "SELECT id, stanza, stamp_ms FROM offline_messages WHERE username = ? ORDER BY id",

@@ -89,6 +89,9 @@ impl Store for Timed {
     async fn offline_count(&self, user: &str) -> StoreResult<u64> {
         timed!("offline_count", self.0.offline_count(user))
     }
+    async fn offline_total(&self) -> StoreResult<u64> {
+        timed!("offline_total", self.0.offline_total())
+    }
     async fn offline_messages(&self, user: &str) -> StoreResult<Vec<OfflineMessage>> {
         timed!("offline_messages", self.0.offline_messages(user))
     }
