@@ -8,6 +8,7 @@ pub mod upload;
 pub mod xmpp;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -74,12 +75,17 @@ async fn health(State(server): State<Arc<Server>>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], body)
 }
 
+/// How long a scrape waits for the store to count the messages waiting offline.
+const OFFLINE_COUNT_WAIT: Duration = Duration::from_secs(2);
+
 async fn prometheus(State(server): State<Arc<Server>>) -> impl IntoResponse {
     metrics::set_sessions(server.sessions.count());
-    match server.store.offline_total().await {
-        Ok(n) => metrics::set_offline_messages(n),
-        // The scrape still answers with everything else; the gauge keeps its last value.
-        Err(e) => tracing::warn!(error = %e, "counting offline messages for /metrics"),
+    // Counting a large table takes a while on a busy store: a scrape waits for it only so long,
+    // and otherwise (or on an error) answers with everything else and the gauge's last value.
+    match tokio::time::timeout(OFFLINE_COUNT_WAIT, server.store.offline_total()).await {
+        Ok(Ok(n)) => metrics::set_offline_messages(n),
+        Ok(Err(e)) => tracing::warn!(error = %e, "counting offline messages for /metrics"),
+        Err(_) => tracing::warn!("counting offline messages for /metrics took too long"),
     }
     match metrics::render() {
         Some(text) => (
