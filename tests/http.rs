@@ -127,3 +127,57 @@ async fn available_session_has_its_settings_loaded_before_it_chats() {
     dave.close().await;
     server.shutdown().await;
 }
+
+/// A store that cannot count the offline messages does not break the scrape: everything else
+/// is served, and the gauge keeps the last count it had.
+#[tokio::test(flavor = "current_thread")]
+async fn metrics_are_served_when_the_offline_count_fails() {
+    if std::env::var("ROOKERY_TEST_STORE").as_deref() == Ok("postgres") {
+        return; // the table is broken through the SQLite file below
+    }
+    let _turn = METRICS.lock().await;
+    let server = TestServer::start().await;
+    server.add_user("erin", "pw").await;
+    server.add_user("frank", "pw").await;
+    let mut erin = XmppClient::connect(&server, "erin@localhost/e", "pw").await;
+    erin.send("<message to='frank@localhost' type='chat'><body>waits</body></message>")
+        .await;
+    erin.iq(
+        "p",
+        "<iq type='get' id='p'><ping xmlns='urn:xmpp:ping'/></iq>",
+    )
+    .await;
+    let gauge = |text: &str| {
+        text.lines()
+            .find(|l| l.starts_with("rookery_offline_messages "))
+            .map(str::to_owned)
+    };
+    let (status, text) = get(&server, "/metrics").await;
+    assert_eq!(status, 200);
+    assert_eq!(gauge(&text).as_deref(), Some("rookery_offline_messages 1"));
+    // A second message waits too, so a count that still worked would read 2.
+    erin.send("<message to='frank@localhost' type='chat'><body>waits too</body></message>")
+        .await;
+    erin.iq(
+        "q",
+        "<iq type='get' id='q'><ping xmlns='urn:xmpp:ping'/></iq>",
+    )
+    .await;
+
+    let db = server.dir.path().join("rookery.db");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .expect("the server's database opens");
+    sqlx::query("ALTER TABLE offline_messages RENAME TO offline_messages_gone")
+        .execute(&pool)
+        .await
+        .expect("table renamed");
+    pool.close().await;
+
+    let (status, text) = get(&server, "/metrics").await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("rookery_sessions"), "{text}");
+    assert_eq!(gauge(&text).as_deref(), Some("rookery_offline_messages 1"));
+    erin.close().await;
+    server.shutdown().await;
+}
