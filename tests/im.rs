@@ -494,6 +494,60 @@ async fn offline_message_is_delivered_at_next_login_with_delay() {
     server.shutdown().await;
 }
 
+/// The router found no resource for a message, and by the time it is stored the recipient has
+/// sent initial presence and taken its stored messages: it is delivered now, not at the next
+/// login.
+#[tokio::test(flavor = "current_thread")]
+async fn a_message_stored_as_its_recipient_comes_online_is_delivered() {
+    let server = TestServer::start().await;
+    for user in ["alice", "bob", "carol"] {
+        server.add_user(user, "pw").await;
+    }
+    let running = server.running.as_ref().expect("running");
+    let stored_late = |to: &str, body: &str| {
+        let msg: minidom::Element = format!(
+            "<message xmlns='jabber:client' from='alice@localhost/a' to='{to}' type='chat'>\
+             <body>{body}</body></message>"
+        )
+        .parse()
+        .expect("message");
+        let to = rookery::jid::parse_bare(to).expect("jid");
+        let server = running.server.clone();
+        async move { rookery::modules::offline::store_or_bounce(&server, &to, msg).await }
+    };
+    let mut bob = XmppClient::connect(&server, "bob@localhost/b", "pw").await;
+    bob.send("<presence/>").await;
+    bob.expect("own presence", is_presence("bob@localhost/b".into(), None))
+        .await;
+    stored_late("bob@localhost", "just in time").await;
+    let m = bob
+        .expect("the message, live", is_message_with_body("just in time"))
+        .await;
+    assert!(child(&m, "delay").is_none(), "not a stored one: {m:?}");
+    let store = &running.server.store;
+    assert_eq!(store.offline_count("bob").await.expect("count"), 0);
+
+    // A resource of negative priority takes no bare-JID message (RFC 6121 §8.5.2.1.1): it stays.
+    let mut carol = XmppClient::connect(&server, "carol@localhost/c", "pw").await;
+    carol
+        .send("<presence><priority>-1</priority></presence>")
+        .await;
+    carol
+        .expect(
+            "own presence",
+            is_presence("carol@localhost/c".into(), None),
+        )
+        .await;
+    stored_late("carol@localhost", "for later").await;
+    assert_eq!(store.offline_count("carol").await.expect("count"), 1);
+    carol
+        .expect_none("a stored message", Duration::from_millis(300), |e| {
+            e.name() == "message"
+        })
+        .await;
+    server.shutdown().await;
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn same_resource_twice_replaces_the_first_with_conflict() {
     let server = TestServer::start().await;

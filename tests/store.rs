@@ -120,26 +120,61 @@ async fn every_method(store: &dyn Store) {
             .unwrap()
     );
 
-    for i in 0..3 {
-        store
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        let id = store
             .push_offline("alice", &format!("<m{i}/>"), i)
             .await
             .unwrap();
+        ids.push(id);
     }
-    assert_eq!(store.offline_count("alice").await.unwrap(), 3);
-    store.push_offline("bob", "<b/>", 0).await.unwrap();
-    assert_eq!(store.offline_total().await.unwrap(), 4, "every account's");
-    let msgs = store.offline_messages("alice").await.unwrap();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    assert_eq!(store.offline_count("alice").await.unwrap(), 4);
+    let bobs = store.push_offline("bob", "<b/>", 0).await.unwrap();
+    assert_eq!(store.offline_total().await.unwrap(), 5, "every account's");
+    // A claim takes exactly its own message, once, and only for its account.
+    assert!(!store.claim_offline("alice", bobs).await.unwrap());
+    assert!(store.claim_offline("alice", ids[3]).await.unwrap());
+    assert!(!store.claim_offline("alice", ids[3]).await.unwrap());
+    assert_eq!(store.offline_total().await.unwrap(), 4);
+    let msgs = store.take_offline("alice").await.unwrap();
     assert_eq!(
         msgs.iter().map(|m| m.stanza.as_str()).collect::<Vec<_>>(),
         ["<m0/>", "<m1/>", "<m2/>"]
     );
-    store.remove_offline("alice", msgs[1].id).await.unwrap();
-    assert_eq!(store.offline_total().await.unwrap(), 2);
     assert_eq!(
-        store.offline_messages("alice").await.unwrap()[0].stanza,
-        "<m2/>"
+        msgs.iter().map(|m| m.stamp_ms).collect::<Vec<_>>(),
+        [0, 1, 2]
     );
+    assert_eq!(msgs[0].id, ids[0]);
+    assert!(
+        store.take_offline("alice").await.unwrap().is_empty(),
+        "taken once"
+    );
+    assert!(!store.claim_offline("alice", ids[0]).await.unwrap());
+    assert_eq!(store.offline_total().await.unwrap(), 1, "bob's is left");
+    // Two takers at once (two resources coming online together) share the messages: none is
+    // lost and none is given to both.
+    for i in 0..50 {
+        store
+            .push_offline("bob", &format!("<c{i}/>"), i)
+            .await
+            .unwrap();
+    }
+    let (first, second) = tokio::join!(store.take_offline("bob"), store.take_offline("bob"));
+    let mut taken: Vec<i64> = first
+        .unwrap()
+        .into_iter()
+        .chain(second.unwrap())
+        .map(|m| m.id)
+        .collect();
+    let handed_out = taken.len();
+    taken.sort_unstable();
+    taken.dedup();
+    assert_eq!((handed_out, taken.len()), (51, 51));
+    assert_eq!(store.offline_total().await.unwrap(), 0);
+    // One stays, for reopening and deletion.
+    store.push_offline("alice", "<kept/>", 9).await.unwrap();
 
     store
         .block("alice", &["x@y".into(), "z".into(), "x@y".into()])

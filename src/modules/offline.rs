@@ -70,9 +70,11 @@ pub async fn store_or_bounce(server: &Server, to: &BareJid, msg: Element) {
     };
     let now = chrono::Utc::now().timestamp_millis();
     match server.store.push_offline(user, &xml, now).await {
-        Ok(()) => {
+        Ok(id) => {
             crate::metrics::offline_stored();
-            super::push::notify(server, to, &msg).await;
+            if !came_online(server, to, user, id, &xml, msg.clone()).await {
+                super::push::notify(server, to, &msg).await;
+            }
         }
         Err(e) => {
             warn!(error = %e, "cannot store offline message");
@@ -81,18 +83,52 @@ pub async fn store_or_bounce(server: &Server, to: &BareJid, msg: Element) {
     }
 }
 
-/// Takes the stored messages of `user`, stamped with when they were received (XEP-0203).
-/// They are removed from the store only once handed over.
+/// The router found no resource for the message, but one may have sent its initial presence
+/// and taken its stored messages while this one was being stored; without this it would wait
+/// until the next login. If a resource is available now, the message is claimed back from the
+/// store and delivered. True when the account has it, or a resource's taking has it.
+async fn came_online(
+    server: &Server,
+    to: &BareJid,
+    user: &str,
+    id: i64,
+    xml: &str,
+    msg: Element,
+) -> bool {
+    if !router::has_candidates(server, to) {
+        return false;
+    }
+    match server.store.claim_offline(user, id).await {
+        // Taken by a resource coming online, which delivers it.
+        Ok(false) => true,
+        Ok(true) => {
+            crate::metrics::offline_delivered(1);
+            if router::to_top_resources(server, to, msg).is_ok() {
+                return true;
+            }
+            // The resource went away again (or cannot take more): store it once more.
+            let now = chrono::Utc::now().timestamp_millis();
+            if let Err(e) = server.store.push_offline(user, xml, now).await {
+                warn!(error = %e, "cannot store offline message again");
+            }
+            false
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot claim a stored message back");
+            false
+        }
+    }
+}
+
+/// Takes the stored messages of `user` out of the store, stamped with when they were received
+/// (XEP-0203).
 pub async fn take(server: &Server, user: &str) -> Vec<Element> {
-    let stored = match server.store.offline_messages(user).await {
+    let stored = match server.store.take_offline(user).await {
         Ok(s) => s,
         Err(e) => {
-            warn!(error = %e, "cannot read offline messages");
+            warn!(error = %e, "cannot take offline messages");
             return Vec::new();
         }
-    };
-    let Some(last) = stored.last().map(|m| m.id) else {
-        return Vec::new();
     };
     let owner = crate::jid::parse_bare(&format!("{user}@{}", server.domain)).ok();
     let mut out = Vec::with_capacity(stored.len());
@@ -118,9 +154,6 @@ pub async fn take(server: &Server, user: &str) -> Vec<Element> {
         delay.append_text_node("Offline storage");
         msg.append_child(delay);
         out.push(msg);
-    }
-    if let Err(e) = server.store.remove_offline(user, last).await {
-        warn!(error = %e, "cannot remove delivered offline messages");
     }
     crate::metrics::offline_delivered(out.len());
     out

@@ -329,21 +329,35 @@ async fn message_to_bare(server: &Server, bare: &BareJid, stanza: Element) {
             }
         }
         _ => {
-            let list = candidates(server, bare);
-            let top = list.first().map(|r| r.priority);
-            let mut delivered = Vec::new();
-            for r in list.iter().filter(|r| Some(r.priority) == top) {
-                if deliver(r, stanza.clone()).is_ok() {
-                    delivered.push(r.jid.clone());
-                }
-            }
-            if delivered.is_empty() {
+            if let Err(stanza) = to_top_resources(server, bare, stanza) {
                 offline::store_or_bounce(server, bare, stanza).await;
-            } else {
-                carbons::copy(server, bare, "received", &stanza, &delivered);
             }
         }
     }
+}
+
+/// Delivers a chat or normal message for the bare JID to each available resource of the
+/// highest non-negative priority (RFC 6121 §8.5.2.1.1), with carbons to the others. Gives the
+/// message back when no resource took it.
+pub fn to_top_resources(server: &Server, bare: &BareJid, stanza: Element) -> Result<(), Element> {
+    let list = candidates(server, bare);
+    let top = list.first().map(|r| r.priority);
+    let mut delivered = Vec::new();
+    for r in list.iter().filter(|r| Some(r.priority) == top) {
+        if deliver(r, stanza.clone()).is_ok() {
+            delivered.push(r.jid.clone());
+        }
+    }
+    if delivered.is_empty() {
+        return Err(stanza);
+    }
+    carbons::copy(server, bare, "received", &stanza, &delivered);
+    Ok(())
+}
+
+/// Whether a message for the bare JID now has a resource to go to.
+pub fn has_candidates(server: &Server, bare: &BareJid) -> bool {
+    !candidates(server, bare).is_empty()
 }
 
 async fn route_presence(server: &Server, to: &Jid, bare: &BareJid, stanza: Element) {

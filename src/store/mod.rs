@@ -132,7 +132,7 @@ pub struct SubscriptionRequest {
     pub stanza: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct OfflineMessage {
     pub id: i64,
     /// The serialized `<message/>`.
@@ -307,6 +307,21 @@ pub(crate) fn from_row<'r, R: sqlx::Row, T: sqlx::FromRow<'r, R>>(row: &'r R) ->
     Ok(T::from_row(row)?)
 }
 
+/// Rows of `offline_messages` (both engines), oldest first: `DELETE … RETURNING` gives them
+/// in no set order.
+pub(crate) fn offline_in_order<'r, R>(rows: &'r [R]) -> StoreResult<Vec<OfflineMessage>>
+where
+    R: sqlx::Row,
+    OfflineMessage: sqlx::FromRow<'r, R>,
+{
+    let mut msgs = rows
+        .iter()
+        .map(from_row)
+        .collect::<StoreResult<Vec<OfflineMessage>>>()?;
+    msgs.sort_by_key(|m| m.id);
+    Ok(msgs)
+}
+
 #[async_trait]
 pub trait Store: Send + Sync {
     // Accounts.
@@ -340,14 +355,17 @@ pub trait Store: Send + Sync {
     async fn has_subscription_request(&self, user: &str, contact: &str) -> StoreResult<bool>;
 
     // Offline messages (XEP-0160).
-    async fn push_offline(&self, user: &str, stanza: &str, stamp_ms: i64) -> StoreResult<()>;
+    /// Stores a message and returns its id, for [`Store::claim_offline`].
+    async fn push_offline(&self, user: &str, stanza: &str, stamp_ms: i64) -> StoreResult<i64>;
     async fn offline_count(&self, user: &str) -> StoreResult<u64>;
     /// Messages waiting in offline storage for all accounts (the `/metrics` queue size).
     async fn offline_total(&self) -> StoreResult<u64>;
-    /// All stored messages, oldest first; they stay stored until `remove_offline`.
-    async fn offline_messages(&self, user: &str) -> StoreResult<Vec<OfflineMessage>>;
-    /// Removes messages up to and including `up_to_id` once they have been handed on.
-    async fn remove_offline(&self, user: &str, up_to_id: i64) -> StoreResult<()>;
+    /// Takes all stored messages out of the store, oldest first. Reading and removing are one
+    /// statement, so two takers (two resources coming online, or a taker and
+    /// [`Store::claim_offline`]) never both get a message.
+    async fn take_offline(&self, user: &str) -> StoreResult<Vec<OfflineMessage>>;
+    /// Takes one stored message out; false when somebody took it first.
+    async fn claim_offline(&self, user: &str, id: i64) -> StoreResult<bool>;
 
     // Blocking command (XEP-0191).
     async fn blocklist(&self, user: &str) -> StoreResult<Vec<String>>;

@@ -12,7 +12,7 @@ use super::{
     ArchivePage, ArchivePrefs, ArchiveQuery, ArchivedMessage, Credentials, NewArchived,
     NewRestMessage, OfflineMessage, PepItem, PepNode, PushRegistration, RestApp, RestChat,
     RestMessage, Roster, RosterItem, ScramKeys, Store, StoreError, StoreResult, StoredRoom,
-    Subscription, SubscriptionRequest, archive_sql, search_words,
+    Subscription, SubscriptionRequest, archive_sql, offline_in_order, search_words,
 };
 
 // The columns each REST row is read from, as literals so that queries stay `&'static str`.
@@ -350,16 +350,17 @@ impl Store for PgStore {
         Ok(row.is_some())
     }
 
-    async fn push_offline(&self, user: &str, stanza: &str, stamp_ms: i64) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO offline_messages (username, stanza, stamp_ms) VALUES ($1, $2, $3)",
+    async fn push_offline(&self, user: &str, stanza: &str, stamp_ms: i64) -> StoreResult<i64> {
+        let row = sqlx::query(
+            "INSERT INTO offline_messages (username, stanza, stamp_ms) VALUES ($1, $2, $3) \
+             RETURNING id",
         )
         .bind(user)
         .bind(stanza)
         .bind(stamp_ms)
-        .execute(&self.pool)
+        .fetch_one(&self.pool)
         .await?;
-        Ok(())
+        Ok(row.try_get(0)?)
     }
 
     async fn offline_count(&self, user: &str) -> StoreResult<u64> {
@@ -379,31 +380,23 @@ impl Store for PgStore {
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
-    async fn offline_messages(&self, user: &str) -> StoreResult<Vec<OfflineMessage>> {
+    async fn take_offline(&self, user: &str) -> StoreResult<Vec<OfflineMessage>> {
         let rows = sqlx::query(
-            "SELECT id, stanza, stamp_ms FROM offline_messages WHERE username = $1 ORDER BY id",
+            "DELETE FROM offline_messages WHERE username = $1 RETURNING id, stanza, stamp_ms",
         )
         .bind(user)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(OfflineMessage {
-                    id: r.try_get(0)?,
-                    stanza: r.try_get(1)?,
-                    stamp_ms: r.try_get(2)?,
-                })
-            })
-            .collect()
+        offline_in_order(&rows)
     }
 
-    async fn remove_offline(&self, user: &str, up_to_id: i64) -> StoreResult<()> {
-        sqlx::query("DELETE FROM offline_messages WHERE username = $1 AND id <= $2")
+    async fn claim_offline(&self, user: &str, id: i64) -> StoreResult<bool> {
+        let done = sqlx::query("DELETE FROM offline_messages WHERE username = $1 AND id = $2")
             .bind(user)
-            .bind(up_to_id)
+            .bind(id)
             .execute(&self.pool)
             .await?;
-        Ok(())
+        Ok(done.rows_affected() == 1)
     }
 
     async fn push_registrations(&self, user: &str) -> StoreResult<Vec<PushRegistration>> {

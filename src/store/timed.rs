@@ -83,7 +83,7 @@ impl Store for Timed {
             self.0.has_subscription_request(user, contact)
         )
     }
-    async fn push_offline(&self, user: &str, stanza: &str, stamp_ms: i64) -> StoreResult<()> {
+    async fn push_offline(&self, user: &str, stanza: &str, stamp_ms: i64) -> StoreResult<i64> {
         timed!("push_offline", self.0.push_offline(user, stanza, stamp_ms))
     }
     async fn offline_count(&self, user: &str) -> StoreResult<u64> {
@@ -92,11 +92,11 @@ impl Store for Timed {
     async fn offline_total(&self) -> StoreResult<u64> {
         timed!("offline_total", self.0.offline_total())
     }
-    async fn offline_messages(&self, user: &str) -> StoreResult<Vec<OfflineMessage>> {
-        timed!("offline_messages", self.0.offline_messages(user))
+    async fn take_offline(&self, user: &str) -> StoreResult<Vec<OfflineMessage>> {
+        timed!("take_offline", self.0.take_offline(user))
     }
-    async fn remove_offline(&self, user: &str, up_to_id: i64) -> StoreResult<()> {
-        timed!("remove_offline", self.0.remove_offline(user, up_to_id))
+    async fn claim_offline(&self, user: &str, id: i64) -> StoreResult<bool> {
+        timed!("claim_offline", self.0.claim_offline(user, id))
     }
     async fn push_registrations(&self, user: &str) -> StoreResult<Vec<PushRegistration>> {
         timed!("push_registrations", self.0.push_registrations(user))
