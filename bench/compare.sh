@@ -181,6 +181,9 @@ http = "127.0.0.2:5280"
 default = "$archive"
 [muc]
 message_rate = 0
+[limits]
+c2s_bytes_per_second = 0
+s2s_bytes_per_second = 0
 [tls]
 post_quantum = false
 EOF
@@ -223,7 +226,7 @@ redis_up() {
 rookery_node() {  # name addr extra-toml: starts a node in the background, pid in NODE_PID
   local dir="$WORK/$1"
   mkdir -p "$dir"
-  printf 'data_dir = "%s"\n[listen]\nc2s = "%s:5222"\nc2s_tls = "%s:5223"\ns2s = "%s:5269"\nhttp = "%s:5280"\n[storage]\nurl = "%s"\n[archive]\ndefault = "%s"\n[muc]\nmessage_rate = 0\n[tls]\npost_quantum = false\n%s\n' \
+  printf 'data_dir = "%s"\n[listen]\nc2s = "%s:5222"\nc2s_tls = "%s:5223"\ns2s = "%s:5269"\nhttp = "%s:5280"\n[storage]\nurl = "%s"\n[archive]\ndefault = "%s"\n[muc]\nmessage_rate = 0\n[limits]\nc2s_bytes_per_second = 0\ns2s_bytes_per_second = 0\n[tls]\npost_quantum = false\n%s\n' \
     "$dir/data" "$2" "$2" "$2" "$2" "$PG_URL" "${NODE_ARCHIVE:-never}" "$3" > "$dir/rookery.toml"
   RUST_LOG=warn "$ROOKERY" serve --config "$dir/rookery.toml" 2> "$dir/log" &
   NODE_PID=$!
@@ -320,6 +323,9 @@ key = "$CERTS/$domain.key"
 post_quantum = false
 [archive]
 default = "never"
+[limits]
+c2s_bytes_per_second = 0
+s2s_bytes_per_second = 0
 [s2s]
 trust = ["$CERTS/ca.pem"]
 [s2s.routes]

@@ -145,6 +145,12 @@ pub fn set_offline_messages(n: u64) {
     metrics::gauge!("rookery_offline_messages").set(n as f64);
 }
 
+/// A connection of `kind` ("c2s", "s2s") sent faster than `limits.*_bytes_per_second` and is
+/// not read for a while.
+pub fn read_paused(kind: &'static str) {
+    metrics::counter!("rookery_read_pauses_total", "kind" => kind).increment(1);
+}
+
 /// A frame crossing the cluster bus, `direction` "out" or "in".
 pub fn bus_frame(direction: &'static str) {
     metrics::counter!("rookery_cluster_bus_frames_total", "direction" => direction).increment(1);

@@ -373,3 +373,52 @@ async fn messages_to_made_up_addresses_bounce_and_leave_nothing_cached() {
     still_talking(&mut alice, &mut bob, "after the ghosts").await;
     server.shutdown().await;
 }
+
+/// A client that sends faster than `limits.c2s_bytes_per_second` is read no faster than that:
+/// nothing it sent is refused or lost, and other clients are served meanwhile.
+#[tokio::test(flavor = "current_thread")]
+async fn a_flooding_client_is_slowed_down_and_nobody_else() {
+    let server = TestServer::start_with(|c| {
+        c.limits.max_stanza_bytes = 10_000;
+        // A burst of 20 kB, then 10 kB/s.
+        c.limits.c2s_bytes_per_second = 10_000;
+    })
+    .await;
+    for u in ["alice", "bob", "mallory"] {
+        server.add_user(u, "pw").await;
+    }
+    let (mut alice, mut bob) = bystanders(&server).await;
+    let mut mallory = Raw::login(&server, "mallory", "pw", "m").await;
+    // 600 pings of 100 bytes: 60 kB, four seconds' worth past the burst.
+    let flood: String = (0..600)
+        .map(|i| {
+            format!(
+                "<iq type='get' id='flood-{i:03}-padding-to-a-hundred' to='localhost'>\
+                 <ping xmlns='urn:xmpp:ping'/></iq>"
+            )
+        })
+        .collect();
+    assert_eq!(flood.len(), 60_000);
+    mallory.send(&flood).await;
+
+    still_talking(&mut alice, &mut bob, "served meanwhile").await;
+    let early = mallory
+        .read_for(std::time::Duration::from_millis(300))
+        .await;
+    let answered = early.matches("id='flood-").count();
+    assert!(
+        answered > 0 && answered < 400,
+        "the burst and a little more are read at once, not all 600: {answered}"
+    );
+    let rest = mallory
+        .read_until("id='flood-599-padding-to-a-hundred'")
+        .await;
+    assert_eq!(
+        answered + rest.matches("id='flood-").count(),
+        600,
+        "every ping is answered in the end"
+    );
+    assert!(!rest.contains("<error"), "{rest}");
+    still_talking(&mut alice, &mut bob, "and after").await;
+    server.shutdown().await;
+}

@@ -644,3 +644,56 @@ async fn personal_eventing_reaches_contacts_on_another_server() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// A peer that sends faster than `limits.s2s_bytes_per_second` is read no faster than that, and
+/// everything it sent arrives.
+#[tokio::test(flavor = "current_thread")]
+async fn a_fast_peer_is_slowed_down_and_loses_nothing() {
+    let (pa, pb) = (free_port(), free_port());
+    let a = server("rookery.test", pa, ("other.test", pb), CA_AND_DIALBACK).await;
+    let b = server_with(
+        "other.test",
+        pb,
+        ("rookery.test", pa),
+        CA_AND_DIALBACK,
+        |c| {
+            // A burst of 20 kB, then 10 kB/s.
+            c.limits.max_stanza_bytes = 10_000;
+            c.limits.s2s_bytes_per_second = 10_000;
+        },
+    )
+    .await;
+    a.add_user("alice", "pw").await;
+    b.add_user("bob", "pw").await;
+    let mut alice = XmppClient::connect(&a, "alice@rookery.test/a", "pw").await;
+    let mut bob = XmppClient::connect(&b, "bob@other.test/b", "pw").await;
+    alice.send("<presence/>").await;
+    bob.send("<presence/>").await;
+    // Four messages of 8 kB: 32 kB, more than a second's worth past the burst.
+    let body = "x".repeat(8_000);
+    for i in 0..4 {
+        alice
+            .send(&format!(
+                "<message to='bob@other.test' type='chat' id='big{i}'><body>{body}</body></message>"
+            ))
+            .await;
+    }
+    for i in 0..4 {
+        let id = format!("big{i}");
+        let m = bob
+            .expect("a large message", |e| {
+                e.name() == "message" && e.attr("id") == Some(id.as_str())
+            })
+            .await;
+        assert_eq!(child(&m, "body").map(|b| b.text().len()), Some(8_000));
+    }
+    let metrics = rookery::metrics::render().expect("metrics recorder");
+    let pauses = metrics
+        .lines()
+        .find(|l| l.starts_with("rookery_read_pauses_total{kind=\"s2s\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse::<f64>().ok());
+    assert!(pauses.is_some_and(|n| n >= 1.0), "{metrics}");
+    alice.close().await;
+    bob.close().await;
+}

@@ -296,6 +296,11 @@ pub struct Limits {
     /// How long a stream-managed session whose connection dropped waits to be resumed
     /// (XEP-0198) before what it holds goes to offline storage.
     pub resume_seconds: u64,
+    /// How fast a client connection is read, in bytes per second (0: no limit). A client
+    /// that sends faster is not read for a while, so TCP slows it down.
+    pub c2s_bytes_per_second: u64,
+    /// The same for incoming server-to-server connections.
+    pub s2s_bytes_per_second: u64,
 }
 
 impl Default for Config {
@@ -339,6 +344,8 @@ impl Default for Limits {
             max_body_chars: 100_000,
             idle_seconds: 180,
             resume_seconds: 300,
+            c2s_bytes_per_second: 100_000,
+            s2s_bytes_per_second: 500_000,
         }
     }
 }
@@ -572,6 +579,8 @@ mod tests {
         assert_eq!(c.listen.c2s.port(), 5222);
         assert_eq!(c.listen.c2s_tls.port(), 5223);
         assert_eq!(c.limits.max_stanza_bytes, 262_144);
+        assert_eq!(c.limits.c2s_bytes_per_second, 100_000);
+        assert_eq!(c.limits.s2s_bytes_per_second, 500_000);
         assert_eq!(c.storage_url(), "sqlite://./data/rookery.db");
         assert!(!c.registration.open);
     }
@@ -583,6 +592,14 @@ mod tests {
         assert!(!c.tls.post_quantum);
         let err = Config::from_toml("[tls]\npost_quantum = \"no\"\n").unwrap_err();
         assert!(err.to_string().contains("post_quantum"), "{err}");
+    }
+
+    #[test]
+    fn read_rates_can_be_lifted_but_not_made_negative() {
+        let c = Config::from_toml("[limits]\nc2s_bytes_per_second = 0\n").unwrap();
+        assert_eq!(c.limits.c2s_bytes_per_second, 0);
+        let err = Config::from_toml("[limits]\ns2s_bytes_per_second = -1\n").unwrap_err();
+        assert!(err.to_string().contains("s2s_bytes_per_second"), "{err}");
     }
 
     #[test]

@@ -17,6 +17,7 @@ use tracing::{Instrument, debug, info, info_span};
 
 use super::conn::{Failure, Socket, XmlConn};
 use super::sm::{self, Moved, Resumption, Sm};
+use super::throttle::Throttle;
 use crate::auth::{AuthError, plain, scram};
 use crate::jid::{self, BareJid, FullJid, Jid};
 use crate::modules::{
@@ -75,11 +76,7 @@ async fn serve_socket(
         info_span!("c2s", conn = conn_id, %peer, transport = kind, jid = tracing::field::Empty);
     async move {
         let _counted = crate::metrics::connection(kind);
-        let limits = ParserLimits {
-            max_stanza_bytes: server.config.limits.max_stanza_bytes,
-            max_depth: MAX_DEPTH,
-        };
-        let mut conn = XmlConn::new(socket, limits);
+        let mut conn = client_conn(&server, socket);
         if direct_tls {
             conn = match Box::pin(tls_accept(&server, conn)).await {
                 Ok(c) => c,
@@ -132,11 +129,18 @@ async fn finish(server: &Server, conn: &mut XmlConn, failure: Failure) {
     }
 }
 
-async fn tls_accept(server: &Server, conn: XmlConn) -> Result<XmlConn, Failure> {
-    let limits = ParserLimits {
-        max_stanza_bytes: server.config.limits.max_stanza_bytes,
+/// A client's socket as an XML stream, with the configured limits.
+fn client_conn(server: &Server, socket: Socket) -> XmlConn {
+    let limits = &server.config.limits;
+    let parser = ParserLimits {
+        max_stanza_bytes: limits.max_stanza_bytes,
         max_depth: MAX_DEPTH,
     };
+    let throttle = Throttle::new("c2s", limits.c2s_bytes_per_second, limits.max_stanza_bytes);
+    XmlConn::new(socket, parser).with_throttle(throttle)
+}
+
+async fn tls_accept(server: &Server, conn: XmlConn) -> Result<XmlConn, Failure> {
     let Socket::Plain(tcp) = conn.socket else {
         return Err(Failure::stream("policy-violation", "TLS is already on"));
     };
@@ -144,7 +148,7 @@ async fn tls_accept(server: &Server, conn: XmlConn) -> Result<XmlConn, Failure> 
     let tls = tokio::time::timeout(NEGOTIATION_TIMEOUT, acceptor.accept(tcp))
         .await
         .map_err(|_| Failure::WriteTimeout)??;
-    Ok(XmlConn::new(Socket::Tls(Box::new(tls)), limits))
+    Ok(client_conn(server, Socket::Tls(Box::new(tls))))
 }
 
 /// Reads the peer's stream header, answers with ours, and checks it (RFC 6120 §4.7, §4.9.3).

@@ -12,6 +12,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
+use super::throttle::Throttle;
 use crate::stream::parser::{ParseError, ParserLimits, StreamEvent, StreamParser};
 use crate::stream::writer;
 
@@ -181,6 +182,8 @@ pub struct XmlConn {
     pub header_sent: bool,
     /// Messages are read as [`RawMessage`](crate::stream::parser::RawMessage)s.
     raw_messages: bool,
+    /// None when the peer may send as fast as it likes.
+    throttle: Option<Box<Throttle>>,
 }
 
 impl XmlConn {
@@ -193,7 +196,14 @@ impl XmlConn {
             out: Vec::new(),
             header_sent: false,
             raw_messages: false,
+            throttle: None,
         }
+    }
+
+    /// Reads the peer no faster than `throttle` allows from now on.
+    pub fn with_throttle(mut self, throttle: Option<Throttle>) -> XmlConn {
+        self.throttle = throttle.map(Box::new);
+        self
     }
 
     /// From now on, gives messages as [`StreamEvent::Message`] where it can, or no longer
@@ -257,6 +267,9 @@ impl XmlConn {
     }
 
     fn poll_read_and_parse(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Failure>> {
+        if let Some(throttle) = self.throttle.as_mut() {
+            std::task::ready!(throttle.poll_ready(cx));
+        }
         SCRATCH.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
             let mut buf = ReadBuf::new(&mut scratch[..]);
@@ -265,6 +278,9 @@ impl XmlConn {
                 Poll::Ready(Err(e)) => Poll::Ready(Err(e.into())),
                 Poll::Ready(Ok(())) if buf.filled().is_empty() => Poll::Ready(Err(Failure::Eof)),
                 Poll::Ready(Ok(())) => {
+                    if let Some(throttle) = self.throttle.as_mut() {
+                        throttle.spend(buf.filled().len());
+                    }
                     let parsed = self.parser.feed(buf.filled(), &mut self.events);
                     Poll::Ready(parsed.map_err(Failure::from))
                 }

@@ -5,3 +5,4 @@ pub mod component;
 pub mod conn;
 pub mod s2s;
 pub mod sm;
+pub mod throttle;

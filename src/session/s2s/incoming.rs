@@ -21,6 +21,7 @@ use crate::jid;
 use crate::router;
 use crate::server::Server;
 use crate::session::conn::{self, Failure, Socket, XmlConn};
+use crate::session::throttle::Throttle;
 use crate::stanza::{self, StanzaError};
 use crate::stream::parser::{ParserLimits, StreamEvent, StreamHeader};
 use crate::stream::{ns, writer};
@@ -61,6 +62,17 @@ struct Incoming<'a> {
     pending: Pending,
 }
 
+/// A peer server's socket as an XML stream, with the configured limits.
+fn peer_conn(server: &Server, socket: Socket) -> XmlConn {
+    let limits = &server.config.limits;
+    let parser = ParserLimits {
+        max_stanza_bytes: limits.max_stanza_bytes,
+        max_depth: MAX_DEPTH,
+    };
+    let throttle = Throttle::new("s2s", limits.s2s_bytes_per_second, limits.max_stanza_bytes);
+    XmlConn::new(socket, parser).with_throttle(throttle)
+}
+
 /// Serves one accepted connection on `listen.s2s` until it ends.
 pub async fn serve(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr) {
     let conn_id = server.next_conn_id();
@@ -71,14 +83,10 @@ pub async fn serve(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr) {
             return;
         };
         let _ = tcp.set_nodelay(true);
-        let limits = ParserLimits {
-            max_stanza_bytes: server.config.limits.max_stanza_bytes,
-            max_depth: MAX_DEPTH,
-        };
         let mut session = Incoming {
             server: &server,
             federation,
-            conn: XmlConn::new(Socket::Plain(tcp), limits),
+            conn: peer_conn(&server, Socket::Plain(tcp)),
             stream_id: String::new(),
             header: StreamHeader::default(),
             local: server.domain.clone(),
@@ -290,10 +298,6 @@ impl Incoming<'_> {
             return Err(Failure::stream("policy-violation", "TLS is already on"));
         }
         self.conn.send(&Element::bare("proceed", ns::TLS)).await?;
-        let limits = ParserLimits {
-            max_stanza_bytes: self.server.config.limits.max_stanza_bytes,
-            max_depth: MAX_DEPTH,
-        };
         let Some(tcp) = self.conn.take_plain() else {
             return Err(Failure::stream("policy-violation", "TLS is already on"));
         };
@@ -301,7 +305,7 @@ impl Incoming<'_> {
         let tls = tokio::time::timeout(NEGOTIATION_TIMEOUT, acceptor.accept(tcp))
             .await
             .map_err(|_| Failure::WriteTimeout)??;
-        self.conn = XmlConn::new(Socket::Tls(Box::new(tls)), limits);
+        self.conn = peer_conn(self.server, Socket::Tls(Box::new(tls)));
         self.open().await
     }
 
