@@ -17,7 +17,7 @@ use tokio::time::{Instant, Sleep};
 
 /// Seconds of its rate that a quiet connection may send at once.
 const BURST_SECONDS: u64 = 2;
-const NANOS_PER_SECOND: u128 = 1_000_000_000;
+const NANOS_PER_SECOND: u64 = 1_000_000_000;
 
 pub struct Throttle {
     per_second: u64,
@@ -76,19 +76,25 @@ impl Throttle {
         }
     }
 
+    /// Runs on every read, so it keeps to 64-bit arithmetic (a 128-bit division is a library
+    /// call); a product too large for it means the bucket has long been full.
     fn refill(&mut self, now: Instant) {
-        let elapsed = now.saturating_duration_since(self.refilled).as_nanos();
-        let earned = elapsed * u128::from(self.per_second) / NANOS_PER_SECOND;
-        let room = u128::try_from(self.burst.saturating_sub(self.tokens)).unwrap_or(0);
+        let elapsed = now.saturating_duration_since(self.refilled);
+        let elapsed = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        let room = u64::try_from(self.burst.saturating_sub(self.tokens)).unwrap_or(0);
+        let earned = elapsed
+            .checked_mul(self.per_second)
+            .map_or(u64::MAX, |n| n / NANOS_PER_SECOND);
         if earned >= room {
             self.tokens = self.burst;
             self.refilled = now;
             return;
         }
         // Only the time that earned whole tokens is used up, so that short intervals between
-        // reads add up instead of each losing its fraction of a byte.
-        let used = earned * NANOS_PER_SECOND / u128::from(self.per_second);
-        self.refilled += Duration::from_nanos(u64::try_from(used).unwrap_or(u64::MAX));
+        // reads add up instead of each losing its fraction of a byte. `earned` is below the
+        // burst here, so the product fits.
+        let used = earned.saturating_mul(NANOS_PER_SECOND) / self.per_second;
+        self.refilled += Duration::from_nanos(used);
         self.tokens = self
             .tokens
             .saturating_add(i64::try_from(earned).unwrap_or(i64::MAX));
@@ -97,7 +103,7 @@ impl Throttle {
     /// How long until at least one byte may be read again.
     fn until_positive(&self) -> Duration {
         let needed = u128::try_from(1 - self.tokens.min(0)).unwrap_or(1);
-        let nanos = (needed * NANOS_PER_SECOND).div_ceil(u128::from(self.per_second));
+        let nanos = (needed * u128::from(NANOS_PER_SECOND)).div_ceil(u128::from(self.per_second));
         Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
     }
 }
