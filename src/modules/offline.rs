@@ -72,7 +72,7 @@ pub async fn store_or_bounce(server: &Server, to: &BareJid, msg: Element) {
     match server.store.push_offline(user, &xml, now).await {
         Ok(id) => {
             crate::metrics::offline_stored();
-            if !came_online(server, to, user, id, &xml, msg.clone()).await {
+            if !came_online(server, to, user, (id, now), &xml, msg.clone()).await {
                 super::push::notify(server, to, &msg).await;
             }
         }
@@ -86,12 +86,13 @@ pub async fn store_or_bounce(server: &Server, to: &BareJid, msg: Element) {
 /// The router found no resource for the message, but one may have sent its initial presence
 /// and taken its stored messages while this one was being stored; without this it would wait
 /// until the next login. If a resource is available now, the message is claimed back from the
-/// store and delivered. True when the account has it, or a resource's taking has it.
+/// store and delivered. True when nothing is left to do: a resource has it (or a resource's
+/// taking has it), or it went back to its sender.
 async fn came_online(
     server: &Server,
     to: &BareJid,
     user: &str,
-    id: i64,
+    (id, stamp_ms): (i64, i64),
     xml: &str,
     msg: Element,
 ) -> bool {
@@ -102,14 +103,15 @@ async fn came_online(
         // Taken by a resource coming online, which delivers it.
         Ok(false) => true,
         Ok(true) => {
-            crate::metrics::offline_delivered(1);
-            if router::to_top_resources(server, to, msg).is_ok() {
+            let Err(msg) = router::to_top_resources(server, to, msg) else {
+                crate::metrics::offline_delivered(1);
                 return true;
-            }
-            // The resource went away again (or cannot take more): store it once more.
-            let now = chrono::Utc::now().timestamp_millis();
-            if let Err(e) = server.store.push_offline(user, xml, now).await {
+            };
+            // The resource went away again (or cannot take more): stored once more, as it was.
+            if let Err(e) = server.store.push_offline(user, xml, stamp_ms).await {
                 warn!(error = %e, "cannot store offline message again");
+                router::bounce(server, &msg, StanzaError::internal()).await;
+                return true;
             }
             false
         }
