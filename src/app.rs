@@ -44,6 +44,8 @@ pub struct Running {
     /// None when `listen.https` is not configured.
     pub https_addr: Option<SocketAddr>,
     pub s2s_addr: SocketAddr,
+    /// None when `listen.s2s_tls` is not configured.
+    pub s2s_tls_addr: Option<SocketAddr>,
     /// None when no component is configured.
     pub component_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
@@ -76,6 +78,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         None => None,
     };
     let s2s = bind("listen.s2s", config.listen.s2s).await?;
+    let s2s_tls = match config.listen.s2s_tls {
+        Some(addr) => Some(bind("listen.s2s_tls", addr).await?),
+        None => None,
+    };
     // Components only where some are configured: the port stays free otherwise.
     let component = if config.components.is_empty() {
         None
@@ -95,6 +101,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .map(|(l, configured)| local(l, configured));
     config.listen.https = https_addr;
     let s2s_addr = local(&s2s, config.listen.s2s);
+    let s2s_tls_addr = s2s_tls
+        .as_ref()
+        .zip(config.listen.s2s_tls)
+        .map(|(l, configured)| local(l, configured));
     let component_addr = component
         .as_ref()
         .map(|c| local(c, config.listen.component));
@@ -162,6 +172,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         })?;
         listeners.push(tokio::spawn(crate::http::serve_tls(server.clone(), https)));
     }
+    if let Some(s2s_tls) = s2s_tls {
+        listeners.push(tokio::spawn(listener::accept_loop(
+            server.clone(),
+            s2s_tls,
+            ListenerKind::S2sDirectTls,
+        )));
+    }
     if let Some(component) = component {
         listeners.push(tokio::spawn(listener::accept_loop(
             server.clone(),
@@ -180,6 +197,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         http_addr,
         https_addr,
         s2s_addr,
+        s2s_tls_addr,
         component_addr,
         stop,
         listeners,

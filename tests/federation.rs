@@ -325,6 +325,38 @@ impl RawPeer {
         let mut b = [0u8; 4096];
         let n = tcp.read(&mut b).await.expect("read");
         assert!(String::from_utf8_lossy(&b[..n]).contains("<proceed"));
+        let tls = Self::tls(tcp, Vec::new()).await.expect("TLS");
+        let mut peer = RawPeer {
+            tls,
+            buf: String::new(),
+        };
+        peer.send(&header).await;
+        peer.read_until("</stream:features>").await;
+        peer
+    }
+
+    /// TLS from the first byte (XEP-0368), naming `alpn`; the features it was offered.
+    async fn connect_direct(
+        addr: std::net::SocketAddr,
+        from: &str,
+        alpn: &[u8],
+    ) -> std::io::Result<(RawPeer, String)> {
+        let tcp = TcpStream::connect(addr).await?;
+        let tls = Self::tls(tcp, vec![alpn.to_vec()]).await?;
+        let mut peer = RawPeer {
+            tls,
+            buf: String::new(),
+        };
+        peer.send(&peer_header(from)).await;
+        let features = peer.read_until("</stream:features>").await;
+        Ok((peer, features))
+    }
+
+    /// TLS as other.test, with its certificate as the client certificate.
+    async fn tls(
+        tcp: TcpStream,
+        alpn: Vec<Vec<u8>>,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
         let certs = test_certs();
         let chain: Vec<_> = rustls_pemfile::certs(
             &mut std::fs::read(certs.join("other.test.pem"))
@@ -348,17 +380,11 @@ impl RawPeer {
         .with_root_certificates(ca_roots())
         .with_client_auth_cert(chain, key)
         .expect("client cert");
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        let mut config = config;
+        config.alpn_protocols = alpn;
+        tokio_rustls::TlsConnector::from(Arc::new(config))
             .connect(ServerName::try_from("rookery.test").expect("name"), tcp)
             .await
-            .expect("TLS");
-        let mut peer = RawPeer {
-            tls,
-            buf: String::new(),
-        };
-        peer.send(&header).await;
-        peer.read_until("</stream:features>").await;
-        peer
     }
 
     async fn send(&mut self, s: &str) {
@@ -696,4 +722,57 @@ async fn a_fast_peer_is_slowed_down_and_loses_nothing() {
     assert!(pauses.is_some_and(|n| n >= 1.0), "{metrics}");
     alice.close().await;
     bob.close().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_peer_may_connect_with_tls_from_the_first_byte() {
+    let a = server_with(
+        "rookery.test",
+        free_port(),
+        ("other.test", free_port()),
+        CA_AND_DIALBACK,
+        |c| c.listen.s2s_tls = Some("127.0.0.1:0".parse().expect("addr")),
+    )
+    .await;
+    a.add_user("alice", "pw").await;
+    let mut alice = XmppClient::connect(&a, "alice@rookery.test/a", "pw").await;
+    alice.send("<presence/>").await;
+    let addr = a
+        .running
+        .as_ref()
+        .and_then(|r| r.s2s_tls_addr)
+        .expect("the s2s_tls listener");
+
+    let (mut peer, features) = RawPeer::connect_direct(addr, "other.test", b"xmpp-server")
+        .await
+        .expect("TLS with ALPN xmpp-server");
+    assert!(
+        !features.contains("starttls"),
+        "TLS is on already: {features}"
+    );
+    assert!(features.contains("EXTERNAL"), "{features}");
+    assert!(peer.authenticate("other.test").await);
+    peer.send(
+        "<message from='bob@other.test/b' to='alice@rookery.test' type='chat'>\
+         <body>straight over TLS</body></message>",
+    )
+    .await;
+    alice
+        .expect(
+            "the message over direct TLS",
+            is_message_with_body("straight over TLS"),
+        )
+        .await;
+
+    // Another protocol's name is refused in the handshake, and the listener goes on.
+    assert!(
+        RawPeer::connect_direct(addr, "other.test", b"xmpp-client")
+            .await
+            .is_err()
+    );
+    let (mut again, _) = RawPeer::connect_direct(addr, "other.test", b"xmpp-server")
+        .await
+        .expect("a second peer");
+    assert!(again.authenticate("other.test").await);
+    alice.close().await;
 }

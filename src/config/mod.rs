@@ -49,6 +49,9 @@ pub struct Listen {
     /// Direct TLS listener (XEP-0368).
     pub c2s_tls: SocketAddr,
     pub s2s: SocketAddr,
+    /// Server-to-server over TLS from the first byte (XEP-0368, ALPN `xmpp-server`); off when
+    /// absent.
+    pub s2s_tls: Option<SocketAddr>,
     pub http: SocketAddr,
     /// The HTTP routes over TLS with the server's certificate (wss, https); off when absent.
     pub https: Option<SocketAddr>,
@@ -332,6 +335,7 @@ impl Default for Listen {
             s2s: ([127, 0, 0, 1], 5269).into(),
             http: ([127, 0, 0, 1], 5280).into(),
             https: None,
+            s2s_tls: None,
             component: ([127, 0, 0, 1], 5347).into(),
         }
     }

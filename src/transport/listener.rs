@@ -18,6 +18,8 @@ pub enum ListenerKind {
     C2sDirectTls,
     /// Server-to-server streams (RFC 6120), STARTTLS.
     S2s,
+    /// Server-to-server streams over TLS from the first byte (XEP-0368).
+    S2sDirectTls,
     /// External components (XEP-0114).
     Component,
 }
@@ -46,7 +48,10 @@ pub async fn accept_loop(server: Arc<Server>, listener: TcpListener, kind: Liste
                             tokio::spawn(c2s::serve(server, tcp, peer, true));
                         }
                         ListenerKind::S2s => {
-                            tokio::spawn(s2s::incoming::serve(server, tcp, peer));
+                            tokio::spawn(s2s::incoming::serve(server, tcp, peer, false));
+                        }
+                        ListenerKind::S2sDirectTls => {
+                            tokio::spawn(s2s::incoming::serve(server, tcp, peer, true));
                         }
                         ListenerKind::Component => {
                             tokio::spawn(component::serve(server, tcp, peer));

@@ -28,6 +28,9 @@ use super::tls::{TlsError, TlsSetup, load_certs};
 pub struct PeerTls {
     /// For incoming connections: asks the peer for its certificate, without requiring one.
     pub acceptor: Arc<ServerConfig>,
+    /// The same for connections that start with TLS (XEP-0368), which name their protocol
+    /// by ALPN.
+    pub direct_acceptor: Arc<ServerConfig>,
     /// For outgoing connections: presents our certificate as the client certificate, which is
     /// what SASL EXTERNAL on the peer's side looks at.
     pub connector: Arc<ClientConfig>,
@@ -47,6 +50,8 @@ impl PeerTls {
             .with_protocol_versions(&versions)?
             .with_client_cert_verifier(deferred.clone())
             .with_single_cert(ours.chain.clone(), ours.key.clone_key())?;
+        let mut direct_acceptor = acceptor.clone();
+        direct_acceptor.alpn_protocols = vec![b"xmpp-server".to_vec()];
         let connector = ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&versions)?
             .dangerous()
@@ -57,6 +62,7 @@ impl PeerTls {
             tracing::warn!("no trust anchors for peer certificates: only dialback can work");
         }
         Ok(PeerTls {
+            direct_acceptor: Arc::new(direct_acceptor),
             acceptor: Arc::new(acceptor),
             connector: Arc::new(connector),
             roots,

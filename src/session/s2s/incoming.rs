@@ -73,8 +73,9 @@ fn peer_conn(server: &Server, socket: Socket) -> XmlConn {
     XmlConn::new(socket, parser).with_throttle(throttle)
 }
 
-/// Serves one accepted connection on `listen.s2s` until it ends.
-pub async fn serve(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr) {
+/// Serves one accepted connection on `listen.s2s` (or, `direct_tls`, on `listen.s2s_tls`)
+/// until it ends.
+pub async fn serve(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, direct_tls: bool) {
     let conn_id = server.next_conn_id();
     let span = info_span!("s2s_in", conn = conn_id, %peer, remote = tracing::field::Empty);
     async move {
@@ -83,10 +84,20 @@ pub async fn serve(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr) {
             return;
         };
         let _ = tcp.set_nodelay(true);
+        let socket = if direct_tls {
+            let acceptor = tokio_rustls::TlsAcceptor::from(federation.tls.direct_acceptor.clone());
+            match tokio::time::timeout(NEGOTIATION_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => Socket::Tls(Box::new(tls)),
+                Ok(Err(e)) => return debug!(error = %e, "TLS handshake failed"),
+                Err(_) => return debug!("TLS handshake timed out"),
+            }
+        } else {
+            Socket::Plain(tcp)
+        };
         let mut session = Incoming {
             server: &server,
             federation,
-            conn: peer_conn(&server, Socket::Plain(tcp)),
+            conn: peer_conn(&server, socket),
             stream_id: String::new(),
             header: StreamHeader::default(),
             local: server.domain.clone(),
