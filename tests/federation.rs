@@ -776,3 +776,42 @@ async fn a_peer_may_connect_with_tls_from_the_first_byte() {
     assert!(again.authenticate("other.test").await);
     alice.close().await;
 }
+
+/// Each server reaches the other through a `tls://` route to its direct-TLS listener: the
+/// outgoing side starts TLS at once (ALPN `xmpp-server`), and nothing listens for STARTTLS
+/// there, so only TLS from the first byte can carry the chat.
+#[tokio::test(flavor = "current_thread")]
+async fn two_servers_federate_over_tls_from_the_first_byte() {
+    let (tls_a, tls_b) = (free_port(), free_port());
+    let with_tls_listener = |port: u16, peer: &'static str, peer_port: u16| {
+        move |c: &mut rookery::config::Config| {
+            c.listen.s2s_tls = Some(format!("127.0.0.1:{port}").parse().expect("addr"));
+            c.s2s
+                .routes
+                .insert(peer.to_owned(), format!("tls://127.0.0.1:{peer_port}"));
+        }
+    };
+    let a = server_with(
+        "rookery.test",
+        free_port(),
+        ("other.test", free_port()),
+        CA_AND_DIALBACK,
+        with_tls_listener(tls_a, "other.test", tls_b),
+    )
+    .await;
+    let b = server_with(
+        "other.test",
+        free_port(),
+        ("rookery.test", free_port()),
+        CA_AND_DIALBACK,
+        with_tls_listener(tls_b, "rookery.test", tls_a),
+    )
+    .await;
+    a.add_user("alice", "pw").await;
+    b.add_user("bob", "pw").await;
+    let mut alice = XmppClient::connect(&a, "alice@rookery.test/a", "pw").await;
+    let mut bob = XmppClient::connect(&b, "bob@other.test/b", "pw").await;
+    chat_both_ways(&mut alice, &mut bob).await;
+    alice.close().await;
+    bob.close().await;
+}

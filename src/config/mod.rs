@@ -231,6 +231,15 @@ impl Archive {
 }
 
 /// Splits `host:port` (a name, an IPv4 address, or `[v6]:port`).
+/// A static route (`s2s.routes`): `host:port`, or `tls://host:port` for a peer that expects TLS
+/// from the first byte (XEP-0368). Returns the host, the port and whether TLS comes first.
+pub fn parse_route(text: &str) -> Option<(String, u16, bool)> {
+    match text.strip_prefix("tls://") {
+        Some(rest) => parse_host_port(rest).map(|(host, port)| (host, port, true)),
+        None => parse_host_port(text).map(|(host, port)| (host, port, false)),
+    }
+}
+
 pub fn parse_host_port(text: &str) -> Option<(String, u16)> {
     let (host, port) = text.rsplit_once(':')?;
     let port = port.parse().ok()?;
@@ -483,10 +492,10 @@ impl Config {
                     key: "s2s.routes",
                     message: format!("`{domain}`: {e}"),
                 })?;
-            if parse_host_port(&addr).is_none() {
+            if parse_route(&addr).is_none() {
                 return Err(ConfigError::Invalid {
                     key: "s2s.routes",
-                    message: format!("`{addr}`: expected host:port"),
+                    message: format!("`{addr}`: expected host:port or tls://host:port"),
                 });
             }
             routes.insert(domain, addr);
@@ -684,5 +693,17 @@ mod tests {
             parse_host_port("[::1]:5269"),
             Some(("::1".to_owned(), 5269))
         );
+        assert_eq!(
+            parse_route("tls://[::1]:5270"),
+            Some(("::1".to_owned(), 5270, true))
+        );
+        assert_eq!(
+            parse_route("127.0.0.3:5269"),
+            Some(("127.0.0.3".to_owned(), 5269, false))
+        );
+        let c = Config::from_toml("[s2s.routes]\n\"p.test\" = \"tls://127.0.0.3:5270\"\n").unwrap();
+        assert_eq!(c.s2s.routes["p.test"], "tls://127.0.0.3:5270");
+        let err = Config::from_toml("[s2s.routes]\n\"p.test\" = \"tls://nowhere\"\n").unwrap_err();
+        assert!(err.to_string().contains("tls://host:port"), "{err}");
     }
 }

@@ -34,14 +34,14 @@ pub async fn targets(
     routes: &std::collections::BTreeMap<String, String>,
     domain: &str,
 ) -> Vec<Target> {
-    if let Some((host, port)) = routes
+    if let Some((host, port, direct_tls)) = routes
         .get(domain)
-        .and_then(|r| crate::config::parse_host_port(r))
+        .and_then(|r| crate::config::parse_route(r))
     {
         return vec![Target {
             host,
             port,
-            direct_tls: false,
+            direct_tls,
         }];
     }
     let mut records = Vec::new();
@@ -180,6 +180,12 @@ mod tests {
                 port: 5270,
                 direct_tls: false
             }]
+        );
+        routes.insert("tls.test".to_owned(), "tls://127.0.0.4:5270".to_owned());
+        let t = targets(None, &routes, "tls.test").await;
+        assert_eq!(
+            (t[0].host.as_str(), t[0].port, t[0].direct_tls),
+            ("127.0.0.4", 5270, true)
         );
         let t = targets(None, &routes, "other.test").await;
         assert_eq!(t[0].port, 5269);
