@@ -34,6 +34,7 @@ async fn disco_ping_and_version() {
         "urn:xmpp:blocking",
         "vcard-temp",
         "msgoffline",
+        "jabber:iq:private",
     ] {
         assert!(features.contains(&f), "{f} missing from {features:?}");
     }
@@ -556,5 +557,153 @@ async fn an_inactive_client_gets_presence_and_chat_states_with_the_next_message(
     let closed = alice.read_until("</stream:stream>").await;
     assert!(closed.contains("unsupported-stanza-type"), "{closed}");
     bob.close().await;
+    server.shutdown().await;
+}
+
+const PRIVATE: &str = "jabber:iq:private";
+
+fn condition(e: &Element) -> String {
+    child(e, "error")
+        .and_then(|err| err.children().next())
+        .map(|c| c.name().to_owned())
+        .unwrap_or_default()
+}
+
+/// The fragment in a private storage result.
+fn fragment(e: &Element) -> Element {
+    assert_eq!(e.attr("type"), Some("result"), "{e:?}");
+    let query = e.get_child("query", PRIVATE).expect("query");
+    query.children().next().expect("a fragment").clone()
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn private_xml_storage_keeps_fragments_for_their_owner_alone() {
+    let server = TestServer::start().await;
+    server.add_user("alice", "pw").await;
+    server.add_user("bob", "pw").await;
+    let mut alice = XmppClient::connect(&server, "alice@localhost/a", "pw").await;
+    let get = |id: &str, fragment: &str| {
+        format!("<iq type='get' id='{id}'><query xmlns='{PRIVATE}'>{fragment}</query></iq>")
+    };
+    let set = |id: &str, fragments: &str| {
+        format!("<iq type='set' id='{id}'><query xmlns='{PRIVATE}'>{fragments}</query></iq>")
+    };
+
+    // Nothing stored yet: the empty element comes back.
+    let r = alice
+        .iq("g0", &get("g0", "<storage xmlns='storage:bookmarks'/>"))
+        .await;
+    let f = fragment(&r);
+    assert_eq!(
+        (f.name(), f.ns().as_str()),
+        ("storage", "storage:bookmarks")
+    );
+    assert_eq!(f.children().count(), 0);
+
+    // Two fragments in one set (XEP-0048 bookmarks and the XEP-0083 delimiter Pidgin asks for).
+    let r = alice
+        .iq(
+            "s1",
+            &set(
+                "s1",
+                "<storage xmlns='storage:bookmarks'><conference jid='room@conference.localhost' \
+                 autojoin='true' name='Room'><nick>al</nick></conference></storage>\
+                 <roster xmlns='roster:delimiter'>::</roster>",
+            ),
+        )
+        .await;
+    assert_eq!(r.attr("type"), Some("result"), "{r:?}");
+    let bookmarks = fragment(
+        &alice
+            .iq("g1", &get("g1", "<storage xmlns='storage:bookmarks'/>"))
+            .await,
+    );
+    let conference = bookmarks.children().next().expect("a bookmark");
+    assert_eq!(conference.attr("jid"), Some("room@conference.localhost"));
+    assert_eq!(
+        child(conference, "nick").map(|n| n.text()).as_deref(),
+        Some("al")
+    );
+    let delimiter = fragment(
+        &alice
+            .iq("g2", &get("g2", "<roster xmlns='roster:delimiter'/>"))
+            .await,
+    );
+    assert_eq!(delimiter.text(), "::");
+    // The same name in another namespace is another fragment.
+    let notes = fragment(
+        &alice
+            .iq("g3", &get("g3", "<storage xmlns='storage:rosternotes'/>"))
+            .await,
+    );
+    assert_eq!(notes.children().count(), 0);
+    // An empty element removes what was kept under its name.
+    alice
+        .iq("s2", &set("s2", "<roster xmlns='roster:delimiter'/>"))
+        .await;
+    let delimiter = fragment(
+        &alice
+            .iq("g4", &get("g4", "<roster xmlns='roster:delimiter'/>"))
+            .await,
+    );
+    assert_eq!(delimiter.text(), "");
+
+    // Bad requests, each with its error, and nothing changed.
+    let r = alice.iq("e1", &set("e1", "")).await;
+    assert_eq!(condition(&r), "not-acceptable", "an empty set: {r:?}");
+    let r = alice.iq("e2", &get("e2", "")).await;
+    assert_eq!(condition(&r), "not-acceptable", "an empty get: {r:?}");
+    let r = alice.iq("e3", &set("e3", "<prefs>mine</prefs>")).await;
+    assert_eq!(
+        condition(&r),
+        "not-acceptable",
+        "no namespace of its own: {r:?}"
+    );
+    let r = alice
+        .iq("e4", &get("e4", "<a xmlns='x:one'/><b xmlns='x:two'/>"))
+        .await;
+    assert_eq!(condition(&r), "bad-request", "two at once: {r:?}");
+    let too_many: String = (0..300)
+        .map(|i| format!("<f{i} xmlns='x:many'>{i}</f{i}>"))
+        .collect();
+    let r = alice.iq("e5", &set("e5", &too_many)).await;
+    assert_eq!(condition(&r), "resource-constraint", "300 fragments: {r:?}");
+    let none = fragment(&alice.iq("g5", &get("g5", "<f1 xmlns='x:many'/>")).await);
+    assert_eq!(none.text(), "", "a refused set stores nothing");
+
+    // Another account's storage is forbidden, to read and to write.
+    let mut bob = XmppClient::connect(&server, "bob@localhost/b", "pw").await;
+    let r = bob
+        .iq(
+            "b1",
+            &format!(
+                "<iq type='get' id='b1' to='alice@localhost'><query xmlns='{PRIVATE}'>\
+                 <storage xmlns='storage:bookmarks'/></query></iq>"
+            ),
+        )
+        .await;
+    assert_eq!(condition(&r), "forbidden", "{r:?}");
+    let r = bob
+        .iq(
+            "b2",
+            &format!(
+                "<iq type='set' id='b2' to='alice@localhost'><query xmlns='{PRIVATE}'>\
+                 <storage xmlns='storage:bookmarks'/></query></iq>"
+            ),
+        )
+        .await;
+    assert_eq!(condition(&r), "forbidden", "{r:?}");
+    bob.close().await;
+    alice.close().await;
+
+    // Kept across a restart.
+    let server = server.restart().await;
+    let mut alice = XmppClient::connect(&server, "alice@localhost/a", "pw").await;
+    let bookmarks = fragment(
+        &alice
+            .iq("g6", &get("g6", "<storage xmlns='storage:bookmarks'/>"))
+            .await,
+    );
+    assert_eq!(bookmarks.children().count(), 1);
     server.shutdown().await;
 }

@@ -201,6 +201,52 @@ async fn every_method(store: &dyn Store) {
         store.vcard("alice").await.unwrap().as_deref(),
         Some("<vCard><FN>A</FN></vCard>")
     );
+
+    private_fragments(store).await;
+}
+
+/// Private XML storage: fragments keyed by namespace and name, set together, removed by None.
+async fn private_fragments(store: &dyn Store) {
+    let fragment =
+        |namespace: &str, name: &str, xml: Option<&str>| rookery::store::PrivateFragment {
+            namespace: namespace.into(),
+            name: name.into(),
+            xml: xml.map(Into::into),
+        };
+    assert_eq!(store.private_data("alice", "x:a", "p").await.unwrap(), None);
+    store
+        .set_private_data(
+            "alice",
+            &[
+                fragment("x:a", "p", Some("<p xmlns='x:a'>1</p>")),
+                fragment("x:b", "p", Some("<p xmlns='x:b'>2</p>")),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.private_data_count("alice").await.unwrap(), 2);
+    assert_eq!(store.private_data_count("bob").await.unwrap(), 0);
+    store
+        .set_private_data(
+            "alice",
+            &[
+                fragment("x:a", "p", Some("<p xmlns='x:a'>3</p>")),
+                fragment("x:b", "p", None),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .private_data("alice", "x:a", "p")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("<p xmlns='x:a'>3</p>")
+    );
+    assert_eq!(store.private_data("alice", "x:b", "p").await.unwrap(), None);
+    assert_eq!(store.private_data("bob", "x:a", "p").await.unwrap(), None);
+    assert_eq!(store.private_data_count("alice").await.unwrap(), 1);
 }
 
 /// PEP nodes and items: newest first, pruned to the node's limit, an id published again
@@ -287,6 +333,7 @@ async fn deleted_without_a_trace(store: &dyn Store) {
             .is_empty()
     );
     assert_eq!(store.vcard("alice").await.unwrap(), None);
+    assert_eq!(store.private_data_count("alice").await.unwrap(), 0);
     assert!(store.pep_nodes("alice").await.unwrap().is_empty());
     assert!(
         store

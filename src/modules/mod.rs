@@ -14,6 +14,7 @@ pub mod offline;
 pub mod pep;
 pub mod ping;
 pub mod presence;
+pub mod private;
 pub mod push;
 pub mod register;
 pub mod roster;
@@ -46,6 +47,7 @@ pub fn all() -> Vec<Arc<dyn Module>> {
         Arc::new(push::Push),
         Arc::new(upload::Upload::default()),
         Arc::new(vcard::VCard),
+        Arc::new(private::Private),
         Arc::new(pep::Pep::default()),
         Arc::new(mam::Mam::default()),
         Arc::new(muc::Muc::default()),

@@ -132,6 +132,15 @@ pub struct SubscriptionRequest {
     pub stanza: String,
 }
 
+/// A fragment of private XML storage (XEP-0049), keyed by its root element.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrivateFragment {
+    pub namespace: String,
+    pub name: String,
+    /// The serialized element; None removes the fragment.
+    pub xml: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct OfflineMessage {
     pub id: i64,
@@ -417,6 +426,19 @@ pub trait Store: Send + Sync {
     async fn set_vcard(&self, user: &str, vcard: &str, photo_hash: &str) -> StoreResult<()>;
     /// The photo hash of the stored vCard (XEP-0153); None without a vCard.
     async fn vcard_photo_hash(&self, user: &str) -> StoreResult<Option<String>>;
+
+    // Private XML storage (XEP-0049).
+    /// The fragment stored under its element's namespace and name, as XML.
+    async fn private_data(
+        &self,
+        user: &str,
+        namespace: &str,
+        name: &str,
+    ) -> StoreResult<Option<String>>;
+    /// Stores fragments together (one transaction); a fragment without XML is removed.
+    async fn set_private_data(&self, user: &str, fragments: &[PrivateFragment]) -> StoreResult<()>;
+    /// How many fragments the account keeps.
+    async fn private_data_count(&self, user: &str) -> StoreResult<u64>;
 
     // Personal eventing (XEP-0163).
     async fn pep_nodes(&self, user: &str) -> StoreResult<Vec<PepNode>>;

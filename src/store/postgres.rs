@@ -10,9 +10,9 @@ use sqlx::{Postgres, Row, Transaction};
 
 use super::{
     ArchivePage, ArchivePrefs, ArchiveQuery, ArchivedMessage, Credentials, NewArchived,
-    NewRestMessage, OfflineMessage, PepItem, PepNode, PushRegistration, RestApp, RestChat,
-    RestMessage, Roster, RosterItem, ScramKeys, Store, StoreError, StoreResult, StoredRoom,
-    Subscription, SubscriptionRequest, archive_sql, offline_in_order, search_words,
+    NewRestMessage, OfflineMessage, PepItem, PepNode, PrivateFragment, PushRegistration, RestApp,
+    RestChat, RestMessage, Roster, RosterItem, ScramKeys, Store, StoreError, StoreResult,
+    StoredRoom, Subscription, SubscriptionRequest, archive_sql, offline_in_order, search_words,
 };
 
 // The columns each REST row is read from, as literals so that queries stay `&'static str`.
@@ -152,6 +152,7 @@ impl Store for PgStore {
             "DELETE FROM offline_messages WHERE username = $1",
             "DELETE FROM blocklist WHERE username = $1",
             "DELETE FROM vcards WHERE username = $1",
+            "DELETE FROM private_data WHERE username = $1",
             "DELETE FROM archive WHERE username = $1",
             "DELETE FROM archive_prefs WHERE username = $1",
         ] {
@@ -802,6 +803,66 @@ impl Store for PgStore {
             .map(|r| r.try_get::<Option<String>, _>(0))
             .transpose()?
             .flatten())
+    }
+
+    async fn private_data(
+        &self,
+        user: &str,
+        namespace: &str,
+        name: &str,
+    ) -> StoreResult<Option<String>> {
+        let row = sqlx::query(
+            "SELECT xml FROM private_data WHERE username = $1 AND namespace = $2 AND name = $3",
+        )
+        .bind(user)
+        .bind(namespace)
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
+
+    async fn set_private_data(&self, user: &str, fragments: &[PrivateFragment]) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        for f in fragments {
+            match &f.xml {
+                Some(xml) => {
+                    sqlx::query(
+                        "INSERT INTO private_data (username, namespace, name, xml) \
+                         VALUES ($1, $2, $3, $4) \
+                         ON CONFLICT (username, namespace, name) DO UPDATE SET xml = excluded.xml",
+                    )
+                    .bind(user)
+                    .bind(&f.namespace)
+                    .bind(&f.name)
+                    .bind(xml)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                None => {
+                    sqlx::query(
+                        "DELETE FROM private_data \
+                         WHERE username = $1 AND namespace = $2 AND name = $3",
+                    )
+                    .bind(user)
+                    .bind(&f.namespace)
+                    .bind(&f.name)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn private_data_count(&self, user: &str) -> StoreResult<u64> {
+        let row = sqlx::query("SELECT COUNT(*) FROM private_data WHERE username = $1")
+            .bind(user)
+            .fetch_one(&self.pool)
+            .await?;
+        let n: i64 = row.try_get(0)?;
+        Ok(u64::try_from(n).unwrap_or(0))
     }
 
     async fn rest_create_app(&self, name: &str, token: &str) -> StoreResult<RestApp> {

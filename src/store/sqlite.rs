@@ -12,9 +12,9 @@ use sqlx::{Row, Sqlite, Transaction};
 
 use super::{
     ArchivePage, ArchivePrefs, ArchiveQuery, ArchivedMessage, Credentials, NewArchived,
-    NewRestMessage, OfflineMessage, PepItem, PepNode, PushRegistration, RestApp, RestChat,
-    RestMessage, Roster, RosterItem, ScramKeys, Store, StoreError, StoreResult, StoredRoom,
-    Subscription, SubscriptionRequest, archive_sql, offline_in_order, search_words,
+    NewRestMessage, OfflineMessage, PepItem, PepNode, PrivateFragment, PushRegistration, RestApp,
+    RestChat, RestMessage, Roster, RosterItem, ScramKeys, Store, StoreError, StoreResult,
+    StoredRoom, Subscription, SubscriptionRequest, archive_sql, offline_in_order, search_words,
 };
 
 // The columns each REST row is read from, as literals so that queries stay `&'static str`.
@@ -257,6 +257,7 @@ impl Store for SqliteStore {
             "DELETE FROM offline_messages WHERE username = ?",
             "DELETE FROM blocklist WHERE username = ?",
             "DELETE FROM vcards WHERE username = ?",
+            "DELETE FROM private_data WHERE username = ?",
             "DELETE FROM archive WHERE username = ?",
             "DELETE FROM archive_prefs WHERE username = ?",
         ] {
@@ -900,6 +901,66 @@ impl Store for SqliteStore {
             .map(|r| r.try_get::<Option<String>, _>(0))
             .transpose()?
             .flatten())
+    }
+
+    async fn private_data(
+        &self,
+        user: &str,
+        namespace: &str,
+        name: &str,
+    ) -> StoreResult<Option<String>> {
+        let row = sqlx::query(
+            "SELECT xml FROM private_data WHERE username = ? AND namespace = ? AND name = ?",
+        )
+        .bind(user)
+        .bind(namespace)
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
+
+    async fn set_private_data(&self, user: &str, fragments: &[PrivateFragment]) -> StoreResult<()> {
+        let mut tx = self.writer.begin().await?;
+        for f in fragments {
+            match &f.xml {
+                Some(xml) => {
+                    sqlx::query(
+                        "INSERT INTO private_data (username, namespace, name, xml) \
+                         VALUES (?, ?, ?, ?) \
+                         ON CONFLICT (username, namespace, name) DO UPDATE SET xml = excluded.xml",
+                    )
+                    .bind(user)
+                    .bind(&f.namespace)
+                    .bind(&f.name)
+                    .bind(xml)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                None => {
+                    sqlx::query(
+                        "DELETE FROM private_data \
+                         WHERE username = ? AND namespace = ? AND name = ?",
+                    )
+                    .bind(user)
+                    .bind(&f.namespace)
+                    .bind(&f.name)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn private_data_count(&self, user: &str) -> StoreResult<u64> {
+        let row = sqlx::query("SELECT COUNT(*) FROM private_data WHERE username = ?")
+            .bind(user)
+            .fetch_one(&self.pool)
+            .await?;
+        let n: i64 = row.try_get(0)?;
+        Ok(u64::try_from(n).unwrap_or(0))
     }
 
     async fn rest_create_app(&self, name: &str, token: &str) -> StoreResult<RestApp> {

@@ -8,8 +8,8 @@ use async_trait::async_trait;
 
 use super::{
     ArchivePage, ArchivePrefs, ArchiveQuery, Credentials, NewArchived, NewRestMessage,
-    OfflineMessage, PepItem, PepNode, PushRegistration, RestApp, RestChat, RestMessage, Roster,
-    RosterItem, Store, StoreResult, StoredRoom, SubscriptionRequest,
+    OfflineMessage, PepItem, PepNode, PrivateFragment, PushRegistration, RestApp, RestChat,
+    RestMessage, Roster, RosterItem, Store, StoreResult, StoredRoom, SubscriptionRequest,
 };
 
 pub struct Timed(pub Arc<dyn Store>);
@@ -173,6 +173,20 @@ impl Store for Timed {
     }
     async fn vcard_photo_hash(&self, user: &str) -> StoreResult<Option<String>> {
         timed!("vcard_photo_hash", self.0.vcard_photo_hash(user))
+    }
+    async fn private_data(
+        &self,
+        user: &str,
+        namespace: &str,
+        name: &str,
+    ) -> StoreResult<Option<String>> {
+        timed!("private_data", self.0.private_data(user, namespace, name))
+    }
+    async fn set_private_data(&self, user: &str, fragments: &[PrivateFragment]) -> StoreResult<()> {
+        timed!("set_private_data", self.0.set_private_data(user, fragments))
+    }
+    async fn private_data_count(&self, user: &str) -> StoreResult<u64> {
+        timed!("private_data_count", self.0.private_data_count(user))
     }
     async fn pep_nodes(&self, user: &str) -> StoreResult<Vec<PepNode>> {
         timed!("pep_nodes", self.0.pep_nodes(user))

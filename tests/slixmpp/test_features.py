@@ -69,6 +69,37 @@ def test_vcard(server):
     run(go())
 
 
+def test_private_storage_bookmarks(server):
+    """XEP-0048 bookmarks kept in private XML storage (XEP-0049), as slixmpp stores them by
+    default: another session of the account reads them back, another account cannot."""
+
+    async def go():
+        plugins = ("xep_0048",)
+        alice = await connected(server, "alice@localhost/a", "alice", plugins=plugins)
+        bookmarks = alice["xep_0048"].stanza.Bookmarks()
+        bookmarks.add_conference("room@conference.localhost", "al", name="Room", autojoin=True)
+        await asyncio.wait_for(alice["xep_0048"].set_bookmarks(bookmarks), TIMEOUT)
+
+        other = await connected(server, "alice@localhost/b", "alice", plugins=plugins)
+        got = await asyncio.wait_for(other["xep_0048"].get_bookmarks(), TIMEOUT)
+        conferences = got["private"]["bookmarks"]["conferences"]
+        assert [(str(c["jid"]), c["nick"], c["autojoin"]) for c in conferences] == [
+            ("room@conference.localhost", "al", True)
+        ]
+
+        bob = await connected(server, "bob@localhost/b", "bob", plugins=plugins)
+        # The plugin asks only its own account; the same request addressed to alice's.
+        iq = bob.make_iq_get(ito="alice@localhost")
+        iq["private"].enable("bookmarks")
+        with pytest.raises(IqError) as refused:
+            await asyncio.wait_for(iq.send(), TIMEOUT)
+        assert refused.value.condition == "forbidden"
+        for c in (alice, other, bob):
+            await c.close()
+
+    run(go())
+
+
 async def register(server, user, password):
     c = Client(server, f"{user}@localhost/r", password, plugins=("xep_0077",))
     # slixmpp holds back stanzas until a session exists; registration happens before one.
