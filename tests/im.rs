@@ -499,12 +499,13 @@ async fn offline_message_is_delivered_at_next_login_with_delay() {
 /// login.
 #[tokio::test(flavor = "current_thread")]
 async fn a_message_stored_as_its_recipient_comes_online_is_delivered() {
+    use rookery::modules::offline::{IfOnlineNow, store_or_bounce};
     let server = TestServer::start().await;
     for user in ["alice", "bob", "carol"] {
         server.add_user(user, "pw").await;
     }
     let running = server.running.as_ref().expect("running");
-    let stored_late = |to: &str, body: &str| {
+    let stored_late = |to: &str, body: &str, online: IfOnlineNow| {
         let msg: minidom::Element = format!(
             "<message xmlns='jabber:client' from='alice@localhost/a' to='{to}' type='chat'>\
              <body>{body}</body></message>"
@@ -513,19 +514,27 @@ async fn a_message_stored_as_its_recipient_comes_online_is_delivered() {
         .expect("message");
         let to = rookery::jid::parse_bare(to).expect("jid");
         let server = running.server.clone();
-        async move { rookery::modules::offline::store_or_bounce(&server, &to, msg).await }
+        async move { store_or_bounce(&server, &to, msg, online).await }
     };
     let mut bob = XmppClient::connect(&server, "bob@localhost/b", "pw").await;
     bob.send("<presence/>").await;
     bob.expect("own presence", is_presence("bob@localhost/b".into(), None))
         .await;
-    stored_late("bob@localhost", "just in time").await;
+    stored_late("bob@localhost", "just in time", IfOnlineNow::Deliver).await;
     let m = bob
         .expect("the message, live", is_message_with_body("just in time"))
         .await;
     assert!(child(&m, "delay").is_none(), "not a stored one: {m:?}");
     let store = &running.server.store;
     assert_eq!(store.offline_count("bob").await.expect("count"), 0);
+    // A message that has just failed to reach the resource (its node could not be reached)
+    // stays stored rather than going round again.
+    stored_late("bob@localhost", "kept", IfOnlineNow::Keep).await;
+    assert_eq!(store.offline_count("bob").await.expect("count"), 1);
+    bob.expect_none("the kept message", Duration::from_millis(300), |e| {
+        e.name() == "message"
+    })
+    .await;
 
     // A resource of negative priority takes no bare-JID message (RFC 6121 §8.5.2.1.1): it stays.
     let mut carol = XmppClient::connect(&server, "carol@localhost/c", "pw").await;
@@ -538,7 +547,7 @@ async fn a_message_stored_as_its_recipient_comes_online_is_delivered() {
             is_presence("carol@localhost/c".into(), None),
         )
         .await;
-    stored_late("carol@localhost", "for later").await;
+    stored_late("carol@localhost", "for later", IfOnlineNow::Deliver).await;
     assert_eq!(store.offline_count("carol").await.expect("count"), 1);
     carol
         .expect_none("a stored message", Duration::from_millis(300), |e| {

@@ -988,7 +988,8 @@ async fn undeliverable(server: &Server, jid: &str, stanza: Element) {
     let Ok(full) = FullJid::new(jid) else { return };
     match (stanza.name(), stanza::stanza_type(&stanza)) {
         ("message", "" | "normal" | "chat") => {
-            crate::modules::offline::store_or_bounce(server, &full.to_bare(), stanza).await
+            use crate::modules::offline::{IfOnlineNow, store_or_bounce};
+            store_or_bounce(server, &full.to_bare(), stanza, IfOnlineNow::Keep).await
         }
         ("iq", "get" | "set") => {
             crate::router::bounce(server, &stanza, StanzaError::service_unavailable()).await

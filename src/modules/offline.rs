@@ -41,9 +41,20 @@ fn worth_storing(msg: &Element) -> bool {
     msg.children().any(|c| c.ns() != CHATSTATES)
 }
 
+/// What to do with a message being stored when its account turns out to have an available
+/// resource after all (see [`came_online`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IfOnlineNow {
+    /// Claim it back and deliver it: the router found no resource a moment ago.
+    Deliver,
+    /// Keep it stored: delivery to that resource has just failed (its node could not be
+    /// reached), and trying again could go round in a loop.
+    Keep,
+}
+
 /// Stores a message for an account with no available resource, or bounces it when the
 /// account's offline storage is full.
-pub async fn store_or_bounce(server: &Server, to: &BareJid, msg: Element) {
+pub async fn store_or_bounce(server: &Server, to: &BareJid, msg: Element, online: IfOnlineNow) {
     if !worth_storing(&msg) {
         return;
     }
@@ -72,7 +83,9 @@ pub async fn store_or_bounce(server: &Server, to: &BareJid, msg: Element) {
     match server.store.push_offline(user, &xml, now).await {
         Ok(id) => {
             crate::metrics::offline_stored();
-            if !came_online(server, to, user, (id, now), &xml, msg.clone()).await {
+            let delivered = online == IfOnlineNow::Deliver
+                && came_online(server, to, user, (id, now), &xml, msg.clone()).await;
+            if !delivered {
                 super::push::notify(server, to, &msg).await;
             }
         }

@@ -330,7 +330,7 @@ async fn message_to_bare(server: &Server, bare: &BareJid, stanza: Element) {
         }
         _ => {
             if let Err(stanza) = to_top_resources(server, bare, stanza) {
-                offline::store_or_bounce(server, bare, stanza).await;
+                offline::store_or_bounce(server, bare, stanza, offline::IfOnlineNow::Deliver).await;
             }
         }
     }
