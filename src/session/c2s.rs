@@ -17,7 +17,6 @@ use tracing::{Instrument, debug, info, info_span};
 
 use super::conn::{Failure, Socket, XmlConn};
 use super::sm::{self, Moved, Resumption, Sm};
-use super::throttle::Throttle;
 use crate::auth::{AuthError, plain, scram};
 use crate::jid::{self, BareJid, FullJid, Jid};
 use crate::modules::{
@@ -27,7 +26,7 @@ use crate::router;
 use crate::router::table::{QueuedStanza, SessionCommand, SessionSender, TableError};
 use crate::server::Server;
 use crate::stanza::{self, StanzaError};
-use crate::stream::parser::{ParserLimits, RawMessage, StreamEvent, StreamHeader};
+use crate::stream::parser::{RawMessage, StreamEvent, StreamHeader};
 use crate::stream::{ns, writer};
 
 /// How many messages a session reads as trees after one read raw needed its tree after all.
@@ -132,12 +131,12 @@ async fn finish(server: &Server, conn: &mut XmlConn, failure: Failure) {
 /// A client's socket as an XML stream, with the configured limits.
 fn client_conn(server: &Server, socket: Socket) -> XmlConn {
     let limits = &server.config.limits;
-    let parser = ParserLimits {
-        max_stanza_bytes: limits.max_stanza_bytes,
-        max_depth: MAX_DEPTH,
-    };
-    let throttle = Throttle::new("c2s", limits.c2s_bytes_per_second, limits.max_stanza_bytes);
-    XmlConn::new(socket, parser).with_throttle(throttle)
+    XmlConn::limited(
+        socket,
+        limits,
+        MAX_DEPTH,
+        ("c2s", limits.c2s_bytes_per_second),
+    )
 }
 
 async fn tls_accept(server: &Server, conn: XmlConn) -> Result<XmlConn, Failure> {

@@ -200,10 +200,23 @@ impl XmlConn {
         }
     }
 
-    /// Reads the peer no faster than `throttle` allows from now on.
-    pub fn with_throttle(mut self, throttle: Option<Throttle>) -> XmlConn {
-        self.throttle = throttle.map(Box::new);
-        self
+    /// A connection read within the configured limits: stanzas up to `max_stanza_bytes` and
+    /// `max_depth`, and no faster than `bytes_per_second` (0: no limit), its pauses counted
+    /// under `kind`.
+    pub fn limited(
+        socket: Socket,
+        limits: &crate::config::Limits,
+        max_depth: usize,
+        (kind, bytes_per_second): (&'static str, u64),
+    ) -> XmlConn {
+        let parser = ParserLimits {
+            max_stanza_bytes: limits.max_stanza_bytes,
+            max_depth,
+        };
+        let mut conn = XmlConn::new(socket, parser);
+        conn.throttle =
+            Throttle::new(kind, bytes_per_second, limits.max_stanza_bytes).map(Box::new);
+        conn
     }
 
     /// From now on, gives messages as [`StreamEvent::Message`] where it can, or no longer

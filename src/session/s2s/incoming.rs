@@ -21,9 +21,8 @@ use crate::jid;
 use crate::router;
 use crate::server::Server;
 use crate::session::conn::{self, Failure, Socket, XmlConn};
-use crate::session::throttle::Throttle;
 use crate::stanza::{self, StanzaError};
-use crate::stream::parser::{ParserLimits, StreamEvent, StreamHeader};
+use crate::stream::parser::{StreamEvent, StreamHeader};
 use crate::stream::{ns, writer};
 
 /// A peer must authenticate a domain within this time of connecting.
@@ -65,12 +64,12 @@ struct Incoming<'a> {
 /// A peer server's socket as an XML stream, with the configured limits.
 fn peer_conn(server: &Server, socket: Socket) -> XmlConn {
     let limits = &server.config.limits;
-    let parser = ParserLimits {
-        max_stanza_bytes: limits.max_stanza_bytes,
-        max_depth: MAX_DEPTH,
-    };
-    let throttle = Throttle::new("s2s", limits.s2s_bytes_per_second, limits.max_stanza_bytes);
-    XmlConn::new(socket, parser).with_throttle(throttle)
+    XmlConn::limited(
+        socket,
+        limits,
+        MAX_DEPTH,
+        ("s2s", limits.s2s_bytes_per_second),
+    )
 }
 
 /// Serves one accepted connection on `listen.s2s` (or, `direct_tls`, on `listen.s2s_tls`)
