@@ -562,13 +562,6 @@ async fn an_inactive_client_gets_presence_and_chat_states_with_the_next_message(
 
 const PRIVATE: &str = "jabber:iq:private";
 
-fn condition(e: &Element) -> String {
-    child(e, "error")
-        .and_then(|err| err.children().next())
-        .map(|c| c.name().to_owned())
-        .unwrap_or_default()
-}
-
 /// The fragment in a private storage result.
 fn fragment(e: &Element) -> Element {
     assert_eq!(e.attr("type"), Some("result"), "{e:?}");
@@ -650,49 +643,45 @@ async fn private_xml_storage_keeps_fragments_for_their_owner_alone() {
 
     // Bad requests, each with its error, and nothing changed.
     let r = alice.iq("e1", &set("e1", "")).await;
-    assert_eq!(condition(&r), "not-acceptable", "an empty set: {r:?}");
+    assert_eq!(error_condition(&r), "not-acceptable", "an empty set: {r:?}");
     let r = alice.iq("e2", &get("e2", "")).await;
-    assert_eq!(condition(&r), "not-acceptable", "an empty get: {r:?}");
+    assert_eq!(error_condition(&r), "not-acceptable", "an empty get: {r:?}");
     let r = alice.iq("e3", &set("e3", "<prefs>mine</prefs>")).await;
     assert_eq!(
-        condition(&r),
+        error_condition(&r),
         "not-acceptable",
         "no namespace of its own: {r:?}"
     );
     let r = alice
         .iq("e4", &get("e4", "<a xmlns='x:one'/><b xmlns='x:two'/>"))
         .await;
-    assert_eq!(condition(&r), "bad-request", "two at once: {r:?}");
+    assert_eq!(error_condition(&r), "bad-request", "two at once: {r:?}");
     let too_many: String = (0..300)
         .map(|i| format!("<f{i} xmlns='x:many'>{i}</f{i}>"))
         .collect();
     let r = alice.iq("e5", &set("e5", &too_many)).await;
-    assert_eq!(condition(&r), "resource-constraint", "300 fragments: {r:?}");
+    assert_eq!(
+        error_condition(&r),
+        "resource-constraint",
+        "300 fragments: {r:?}"
+    );
     let none = fragment(&alice.iq("g5", &get("g5", "<f1 xmlns='x:many'/>")).await);
     assert_eq!(none.text(), "", "a refused set stores nothing");
 
     // Another account's storage is forbidden, to read and to write.
     let mut bob = XmppClient::connect(&server, "bob@localhost/b", "pw").await;
-    let r = bob
-        .iq(
-            "b1",
-            &format!(
-                "<iq type='get' id='b1' to='alice@localhost'><query xmlns='{PRIVATE}'>\
-                 <storage xmlns='storage:bookmarks'/></query></iq>"
-            ),
-        )
-        .await;
-    assert_eq!(condition(&r), "forbidden", "{r:?}");
-    let r = bob
-        .iq(
-            "b2",
-            &format!(
-                "<iq type='set' id='b2' to='alice@localhost'><query xmlns='{PRIVATE}'>\
-                 <storage xmlns='storage:bookmarks'/></query></iq>"
-            ),
-        )
-        .await;
-    assert_eq!(condition(&r), "forbidden", "{r:?}");
+    for (id, kind) in [("b1", "get"), ("b2", "set")] {
+        let r = bob
+            .iq(
+                id,
+                &format!(
+                    "<iq type='{kind}' id='{id}' to='alice@localhost'><query xmlns='{PRIVATE}'>\
+                     <storage xmlns='storage:bookmarks'/></query></iq>"
+                ),
+            )
+            .await;
+        assert_eq!(error_condition(&r), "forbidden", "{kind}: {r:?}");
+    }
     bob.close().await;
     alice.close().await;
 

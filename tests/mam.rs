@@ -92,13 +92,6 @@ async fn query(client: &mut XmppClient, id: &str, inner: &str) -> Result<Page, E
     }
 }
 
-fn error_condition(e: &Element) -> String {
-    child(e, "error")
-        .and_then(|err| err.children().next())
-        .map(|c| c.name().to_owned())
-        .unwrap_or_default()
-}
-
 async fn two_users() -> (TestServer, XmppClient, XmppClient) {
     let server = TestServer::start().await;
     server.add_user("alice", "pw").await;

@@ -30,13 +30,6 @@ fn presence_from(from: String, kind: Option<&'static str>) -> impl Fn(&Element) 
     }
 }
 
-fn error_condition(e: &Element) -> String {
-    child(e, "error")
-        .and_then(|err| err.children().next())
-        .map(|c| c.name().to_owned())
-        .unwrap_or_default()
-}
-
 /// Joins `room` as `nick`; returns the self-presence (status 110).
 async fn join(c: &mut XmppClient, room: &str, nick: &str, extra: &str) -> Element {
     c.send(&format!(

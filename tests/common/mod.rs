@@ -385,6 +385,14 @@ pub fn child<'a>(e: &'a Element, name: &str) -> Option<&'a Element> {
     e.children().find(|c| c.name() == name)
 }
 
+/// The defined condition of an error reply ("" when there is none).
+pub fn error_condition(e: &Element) -> String {
+    child(e, "error")
+        .and_then(|err| err.children().next())
+        .map(|c| c.name().to_owned())
+        .unwrap_or_default()
+}
+
 /// A raw client that speaks XML as text, for protocol edge cases and bad input.
 pub struct Raw {
     io: RawIo,
